@@ -1,0 +1,32 @@
+# The README's two commands: `make demo` and `make test`. Both install what they need first.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+RUN := $(UV) run --locked
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup demo test test-full bench lint clean
+
+setup:  ## install uv if missing, then the locked environment
+	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --user --quiet uv
+	$(UV) sync --locked
+
+demo: setup  ## the main job on freshly generated phantoms
+	$(RUN) medal phantoms out=outputs/data/demo_phantoms n=96 seed=0
+	$(RUN) medal check-data data.root=outputs/data/demo_phantoms
+
+test: setup  ## fast tests (no `slow` marker)
+	$(RUN) pytest -q -n $(PYTEST_WORKERS) --timeout 900
+
+test-full: setup  ## every test, `slow` ones included
+	$(RUN) pytest -q -n $(PYTEST_WORKERS) -m "slow or not slow" --timeout 3600
+
+bench: setup  ## every benchmark -> outputs/bench/*.json, *.md and summary.md
+	@for s in scripts/bench_*.py; do echo "== $$s"; $(RUN) python $$s || exit 1; done
+	$(RUN) python scripts/bench_summary.py
+
+lint: setup
+	$(RUN) ruff check medal tests scripts
+
+clean:  ## remove run outputs and caches (keeps outputs/.gitkeep)
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""medal: config-driven experiments for medical imaging with scarce labels."""

@@ -1,0 +1,3 @@
+from medal.cli import main
+
+main()

@@ -1,0 +1,38 @@
+"""`medal <task> [hydra overrides]`: dispatch to the task's own Hydra app."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from medal.tasks import TASKS
+
+USAGE = "usage: medal <task> [hydra overrides] [-m] [--help] [--cfg job]"
+
+
+def _print_help() -> None:
+    width = max(len(name) for name in TASKS)
+    print(USAGE)
+    print("\ntasks:")
+    for name, (_, text) in TASKS.items():
+        print(f"  {name:<{width}}  {text}")
+    print("\n`medal <task> --help` shows a task's config groups and options (Hydra).")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        _print_help()
+        return
+    task, rest = args[0], args[1:]
+    if task not in TASKS:
+        print(f"medal: unknown task {task!r}; choose one of: {', '.join(TASKS)} (see `medal --help`)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    module = importlib.import_module(TASKS[task][0])
+    sys.argv = [f"medal {task}", *rest]
+    module.main()
+
+
+if __name__ == "__main__":
+    main()

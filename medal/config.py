@@ -1,0 +1,24 @@
+"""OmegaConf resolvers and config helpers shared by every task."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def path_id(path: str) -> str:
+    """Short stable id of an absolute path: keeps work dirs of two data sets with one name apart."""
+    return hashlib.sha1(str(Path(path).expanduser().resolve()).encode()).hexdigest()[:8]
+
+
+def register_resolvers() -> None:
+    """Register `${path_id:...}`; safe to call more than once."""
+    if not OmegaConf.has_resolver("path_id"):
+        OmegaConf.register_new_resolver("path_id", path_id)
+
+
+register_resolvers()

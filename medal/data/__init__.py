@@ -1,0 +1,1 @@
+"""Data layer: RSNA layouts, phantoms, image decoding, cache, DataModules."""

@@ -1,0 +1,73 @@
+"""Decode any RSNA PNG flavour to one-channel float32, and write PNGs atomically.
+
+8- and 16-bit greyscale, palette, RGB and RGBA all become HxW float32 in [0, 1]; 16-bit files keep
+their full range (divided by 65535, not squeezed through 8 bits). Polarity is left as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from medal.errors import MedalError
+
+_RGB_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma, as PIL's "L"
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Return the image at `path` as float32 HxW in [0, 1]; raise MedalError with a one-line reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedalError(f"{path}: image file not found; restore it or remove its row from the labels")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decodes fully now, so a truncated file fails here and not later
+            return _to_float(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise MedalError(f"{path}: unreadable or truncated image ({err}); re-export it or remove it") from None
+
+
+def _to_float(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in {"I;16", "I;16B", "I;16L", "I"}:
+        arr = np.asarray(img, dtype=np.float32)
+        scale = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        return np.clip(arr / scale, 0.0, 1.0)
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        top = float(arr.max(initial=0))
+        return np.clip(arr / (top if top > 1 else 1.0), 0.0, 1.0)
+    if mode in {"RGB", "RGBA", "LA"}:
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        if mode == "LA":
+            return np.ascontiguousarray(arr[..., 0])
+        return arr[..., :3] @ _RGB_WEIGHTS
+    if mode in {"L", "1"}:
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def write_png(path: str | Path, image: np.ndarray, bits: int = 8) -> Path:
+    """Write float [0, 1] (or bool mask) HxW as an 8- or 16-bit greyscale PNG, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(image)
+    if arr.dtype == bool:
+        arr = arr.astype(np.float32)
+    arr = np.clip(arr.astype(np.float32), 0.0, 1.0)
+    if bits == 16:
+        pil = Image.fromarray(np.round(arr * 65535).astype(np.uint16))
+    elif bits == 8:
+        pil = Image.fromarray(np.round(arr * 255).astype(np.uint8), mode="L")
+    else:
+        raise MedalError(f"bits={bits}: PNG depth must be 8 or 16")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pil.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path

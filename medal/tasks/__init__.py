@@ -1,0 +1,18 @@
+"""Task registry: `medal <task>` name -> module that defines a Hydra `main()` and its primary config.
+
+Each task module lives in this package and is imported lazily, so `medal --help` stays fast.
+"""
+
+from __future__ import annotations
+
+TASKS: dict[str, tuple[str, str]] = {
+    # name: (module, one-line description)
+    "phantoms": ("medal.tasks.phantoms", "generate synthetic hand radiographs in the RSNA layout"),
+    "check-data": ("medal.tasks.check_data", "validate a data set and print a summary and every problem"),
+    "segment": ("medal.tasks.segment", "coarse masks + active-learning hand segmentation + RoI crops"),
+    "enhance": ("medal.tasks.enhance", "train the GAN enhancer (or CLAHE/none) and enhance every RoI"),
+    "boneage": ("medal.tasks.boneage", "train, validate and test a bone age regressor (fine-tune modes, PTL)"),
+    "cam": ("medal.tasks.cam", "class activation maps of a trained bone age model"),
+    "table": ("medal.tasks.table", "ablation tables and loss curves from runs (folders or W&B)"),
+    "pipeline": ("medal.tasks.pipeline", "the whole system end to end, resumable, with a report"),
+}

@@ -1,0 +1,80 @@
+"""The task wrapper: one Hydra app per task, metrics.json always written, failures never kill a multirun.
+
+A task is a plain function `fn(cfg) -> dict[str, float]`; `hydra_task("boneage")(fn)` makes it a
+Hydra `main()` with `conf/boneage.yaml` as primary config.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from medal.config import CONF_DIR
+from medal.errors import MedalError
+from medal.runs import write_metrics
+
+log = logging.getLogger("medal")
+
+TaskFn = Callable[[DictConfig], dict[str, Any] | None]
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def finish_loggers(failed: bool) -> None:
+    """Close a W&B run if one is open, marking it failed, so a sweep's next run starts clean."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def run_task(fn: TaskFn, cfg: DictConfig) -> float | None:
+    """Run `fn`, write metrics.json (status ok/failed), return `cfg.optimized_metric` for sweepers."""
+    out_dir = Path(cfg.paths.output_dir)
+    started = time.perf_counter()
+    try:
+        metrics = dict(fn(cfg) or {})
+    except MedalError as err:
+        log.error("%s", err)
+        write_metrics(out_dir, {}, status="failed", error=str(err))
+        finish_loggers(failed=True)
+        if _in_multirun():
+            return None
+        raise SystemExit(1) from None
+    except Exception as err:
+        log.exception("run failed: %s", err)
+        write_metrics(out_dir, {}, status="failed", error=f"{type(err).__name__}: {err}")
+        finish_loggers(failed=True)
+        if _in_multirun():
+            return None
+        raise
+    metrics.setdefault("time/run_s", time.perf_counter() - started)
+    write_metrics(out_dir, metrics)
+    finish_loggers(failed=False)
+    log.info("metrics written to %s", out_dir / "metrics.json")
+    key = cfg.get("optimized_metric")
+    return float(metrics[key]) if key and metrics.get(key) is not None else None
+
+
+def hydra_task(config_name: str) -> Callable[[TaskFn], Callable[[], Any]]:
+    """Decorator making `fn(cfg)` the Hydra app of a task with primary config `conf/<config_name>.yaml`."""
+
+    def wrap(fn: TaskFn) -> Callable[[], Any]:
+        @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
+        def main(cfg: DictConfig) -> float | None:
+            return run_task(fn, cfg)
+
+        main.__doc__ = fn.__doc__
+        return main
+
+    return wrap
