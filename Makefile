@@ -4,20 +4,25 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN := $(UV) run --locked
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-full bench lint clean
+.PHONY: setup browser demo test test-full bench lint clean
 
 setup:  ## install uv if missing, then the locked environment
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --user --quiet uv
 	$(UV) sync --locked
 
+browser:  ## Debian's headless Chromium for the report test (skipped with a reason where it can't be installed)
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+	  echo "chromium not installed: the browser test of the report will be skipped"
+
 demo: setup  ## the main job on freshly generated phantoms
 	$(RUN) medal phantoms out=outputs/data/demo_phantoms n=96 seed=0
 	$(RUN) medal check-data data.root=outputs/data/demo_phantoms
 
-test: setup  ## fast tests (no `slow` marker)
+test: setup browser  ## fast tests (no `slow` marker)
 	$(RUN) pytest -q -n $(PYTEST_WORKERS) --timeout 900
 
-test-full: setup  ## every test, `slow` ones included
+test-full: setup browser  ## every test, `slow` ones included
 	$(RUN) pytest -q -n $(PYTEST_WORKERS) -m "slow or not slow" --timeout 3600
 
 bench: setup  ## every benchmark -> outputs/bench/*.json, *.md and summary.md

@@ -1,18 +1,46 @@
-"""Build the configured Lightning loggers and send figures to them."""
+"""Build the configured Lightning loggers, log the resolved config, and send figures to them.
+
+`conf/logger/<name>.yaml` files each hold one top-level key (`csv:`, `wandb:`), so both `logger=csv` and
+`logger=[csv,wandb]` compose into one dict `name -> logger config` and `build_loggers` needs no special case.
+"""
 
 from __future__ import annotations
 
+import logging
+import netrc
+import os
+import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
-from pytorch_lightning.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+log = logging.getLogger("medal.loggers")
+
+WANDB_TAG_MAX = 64  # W&B rejects longer tags
 
 
-def build_loggers(cfg: DictConfig) -> list[Logger]:
-    """Instantiate every entry of `cfg.logger` (a dict of name -> `_target_` config)."""
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config as plain, resolved containers (without Hydra's own node): what a logger records."""
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert isinstance(container, dict)
+    container.pop("hydra", None)
+    return container
+
+
+def build_loggers(cfg: DictConfig, log_config: bool = True) -> list[Logger]:
+    """Instantiate every entry of `cfg.logger` and (by default) log the resolved config to each of them."""
     section = cfg.get("logger") or {}
-    return [instantiate(conf) for conf in section.values() if conf and "_target_" in conf]
+    loggers = [instantiate(conf) for conf in section.values() if conf and "_target_" in conf]
+    if loggers and log_config:
+        params = resolved_config(cfg)
+        for logger in loggers:
+            logger.log_hyperparams(params)
+    return loggers
 
 
 def log_figure(loggers: list[Logger], key: str, png_path: str | Path, step: int | None = None) -> None:
@@ -21,3 +49,60 @@ def log_figure(loggers: list[Logger], key: str, png_path: str | Path, step: int 
         log_image = getattr(logger, "log_image", None)
         if callable(log_image):
             log_image(key=key, images=[str(png_path)], step=step)
+
+
+def wandb_api_key_available() -> bool:
+    """True when W&B could authenticate: `WANDB_API_KEY` or a netrc entry for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_offline_wanted() -> bool:
+    """Offline when the user asked for it (`WANDB_MODE=offline|dryrun`) or when there is no key to go online."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    return mode in {"offline", "dryrun"} or not wandb_api_key_available()
+
+
+def wandb_logger(
+    save_dir: str | Path,
+    project: str = "medal",
+    tags: Iterable[str] | None = None,
+    name: str | None = None,
+    offline: bool | None = None,
+    **init_kwargs: Any,
+) -> WandbLogger:
+    """A WandbLogger writing under `save_dir/wandb/`; `offline=None` decides from the environment.
+
+    `tags` are the run's Hydra overrides (`finetune=ptl`, ...) so runs of a sweep can be filtered by
+    them; the display name defaults to the same overrides joined, which tells the runs of a group apart.
+    """
+    tag_list = [str(tag)[:WANDB_TAG_MAX] for tag in (tags or [])]
+    offline = wandb_offline_wanted() if offline is None else offline
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    if offline:
+        log.info("W&B runs offline in %s/wandb (sync later with `wandb sync`)", save_dir)
+    return WandbLogger(
+        save_dir=str(save_dir),
+        project=project,
+        tags=tag_list,
+        name=name or (",".join(tag_list)[:128] or None),
+        offline=offline,
+        **init_kwargs,
+    )
+
+
+def summarize_run(metrics: Mapping[str, Any], status: str) -> None:
+    """Copy a run's final metrics and status into the open W&B run's summary (no-op without W&B).
+
+    metrics.json and the W&B summary then hold the same numbers, so tables built from either agree.
+    """
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is None:
+        return
+    run.summary.update({"status": status, **{k: v for k, v in metrics.items() if v is not None}})

@@ -1,0 +1,1 @@
+"""`medal pipeline`: the whole system as resumable stages, and its report."""

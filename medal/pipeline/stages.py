@@ -1,0 +1,109 @@
+"""Resumable stages: a stage is skipped when it finished before with the same configuration.
+
+Each stage's record lives in `<state_dir>/<stage>.json`: its config fingerprint, its metrics and how
+long it took. A stage is redone when its fingerprint changed, when it never finished (a crash leaves
+no record, because the record is written last and atomically), or when `force` names it. Fingerprints
+chain: each includes the previous stage's, so changing an early stage's config redoes what follows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from medal.errors import MedalError
+
+log = logging.getLogger("medal.pipeline")
+
+StageFn = Callable[[DictConfig], dict[str, Any]]
+
+
+class StopPipeline(Exception):
+    """A stage needs something from a person (e.g. oracle answers); the pipeline stops cleanly here."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline; `keys` are the config subtrees whose values define its fingerprint."""
+
+    name: str
+    run: StageFn
+    keys: tuple[str, ...] = ()
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # "done" | "skipped" | "stopped"
+    seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def fingerprint(cfg: DictConfig, keys: Iterable[str], upstream: str = "") -> str:
+    """Hash of the resolved config subtrees a stage depends on, chained to the stage before it."""
+    parts = {key: _plain(OmegaConf.select(cfg, key)) for key in keys}
+    text = json.dumps({"upstream": upstream, "config": parts}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _record_path(state_dir: Path, name: str) -> Path:
+    return state_dir / f"{name}.json"
+
+
+def read_record(state_dir: Path, name: str) -> dict[str, Any] | None:
+    path = _record_path(state_dir, name)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_record(state_dir: Path, name: str, record: dict[str, Any]) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = _record_path(state_dir, name)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(path)
+
+
+def run_stages(stages: list[Stage], cfg: DictConfig, state_dir: Path, force: Iterable[str] = ()) -> list[StageResult]:
+    """Run `stages` in order, skipping finished ones; stop early (cleanly) on StopPipeline."""
+    names = [s.name for s in stages]
+    forced = set(force)
+    unknown = forced - set(names)
+    if unknown:
+        raise MedalError(f"pipeline.force: unknown stage(s) {sorted(unknown)}; choose from {names}")
+    results: list[StageResult] = []
+    fp = ""
+    for stage in stages:
+        fp = fingerprint(cfg, stage.keys, upstream=fp)
+        record = read_record(state_dir, stage.name)
+        done_before = record is not None and record.get("fingerprint") == fp
+        if done_before and stage.name not in forced:
+            log.info("stage %-12s skipped (done, config unchanged; pipeline.force=[%s] redoes it)",
+                     stage.name, stage.name)
+            results.append(StageResult(stage.name, "skipped", 0.0, record.get("metrics", {})))
+            continue
+        started = time.perf_counter()
+        try:
+            metrics = dict(stage.run(cfg) or {})
+        except StopPipeline as stop:
+            seconds = time.perf_counter() - started
+            log.warning("stage %-12s stopped: %s", stage.name, stop)
+            results.append(StageResult(stage.name, "stopped", seconds, message=str(stop)))
+            return results
+        seconds = time.perf_counter() - started
+        _write_record(state_dir, stage.name, {"fingerprint": fp, "metrics": metrics, "seconds": seconds})
+        log.info("stage %-12s done in %6.1f s", stage.name, seconds)
+        results.append(StageResult(stage.name, "done", seconds, metrics))
+    return results

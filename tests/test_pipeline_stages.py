@@ -1,0 +1,83 @@
+"""Stage skipping, forcing, chained invalidation and resume after a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from medal.errors import MedalError
+from medal.pipeline.stages import Stage, StopPipeline, run_stages
+
+
+def _stages(calls: list[str], crash_in: str | None = None) -> list[Stage]:
+    def make(name: str):
+        def run(cfg):
+            if name == crash_in:
+                raise RuntimeError(f"killed during {name}")
+            calls.append(name)
+            return {f"{name}/value": 1.0}
+        return run
+
+    return [Stage("a", make("a"), ("a",)), Stage("b", make("b"), ("b",)), Stage("c", make("c"), ("c",))]
+
+
+def test_second_run_skips_finished_stages(tmp_path: Path) -> None:
+    cfg = OmegaConf.create({"a": {"x": 1}, "b": {"y": 2}, "c": 3})
+    calls: list[str] = []
+    first = run_stages(_stages(calls), cfg, tmp_path)
+    assert [r.status for r in first] == ["done"] * 3 and calls == ["a", "b", "c"]
+    second = run_stages(_stages(calls), cfg, tmp_path)
+    assert [r.status for r in second] == ["skipped"] * 3 and calls == ["a", "b", "c"]
+    assert second[1].metrics == {"b/value": 1.0}
+
+
+def test_force_redoes_only_the_named_stage(tmp_path: Path) -> None:
+    cfg = OmegaConf.create({"a": 1, "b": 2, "c": 3})
+    calls: list[str] = []
+    run_stages(_stages(calls), cfg, tmp_path)
+    calls.clear()
+    results = run_stages(_stages(calls), cfg, tmp_path, force=["b"])
+    assert calls == ["b"] and [r.status for r in results] == ["skipped", "done", "skipped"]
+
+
+def test_changed_config_redoes_that_stage_and_everything_after(tmp_path: Path) -> None:
+    calls: list[str] = []
+    run_stages(_stages(calls), OmegaConf.create({"a": 1, "b": 2, "c": 3}), tmp_path)
+    calls.clear()
+    run_stages(_stages(calls), OmegaConf.create({"a": 1, "b": 99, "c": 3}), tmp_path)
+    assert calls == ["b", "c"]
+
+
+def test_crash_mid_pipeline_then_rerun_does_not_redo_finished_stages(tmp_path: Path) -> None:
+    cfg = OmegaConf.create({"a": 1, "b": 2, "c": 3})
+    calls: list[str] = []
+    with pytest.raises(RuntimeError, match="killed during b"):
+        run_stages(_stages(calls, crash_in="b"), cfg, tmp_path)
+    assert calls == ["a"]
+    results = run_stages(_stages(calls), cfg, tmp_path)
+    assert calls == ["a", "b", "c"]
+    assert [r.status for r in results] == ["skipped", "done", "done"]
+
+
+def test_stop_pipeline_ends_cleanly_and_continues_next_time(tmp_path: Path) -> None:
+    cfg = OmegaConf.create({"a": 1, "b": 2, "c": 3})
+    answers = {"ready": False}
+
+    def oracle(_cfg):
+        if not answers["ready"]:
+            raise StopPipeline("put answers in round_01/")
+        return {}
+
+    stages = [Stage("a", lambda c: {}, ("a",)), Stage("oracle", oracle, ("b",)), Stage("c", lambda c: {}, ("c",))]
+    first = run_stages(stages, cfg, tmp_path)
+    assert [r.status for r in first] == ["done", "stopped"] and "round_01" in first[1].message
+    answers["ready"] = True
+    second = run_stages(stages, cfg, tmp_path)
+    assert [r.status for r in second] == ["skipped", "done", "done"]
+
+
+def test_unknown_forced_stage_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(MedalError, match=r"pipeline.force: unknown stage\(s\) \['zzz'\]"):
+        run_stages(_stages([]), OmegaConf.create({"a": 1, "b": 2, "c": 3}), tmp_path, force=["zzz"])
