@@ -1,7 +1,7 @@
 """The task wrapper: one Hydra app per task, metrics.json always written, failures never kill a multirun.
 
 A task is a plain function `fn(cfg) -> dict[str, float]`; `hydra_task("boneage")(fn)` makes it a
-Hydra `main()` with `conf/boneage.yaml` as primary config.
+Hydra `main()` with `conf/boneage.yaml` as primary config; `main.run` stays the bare function.
 """
 
 from __future__ import annotations
@@ -75,6 +75,16 @@ def hydra_task(config_name: str) -> Callable[[TaskFn], Callable[[], Any]]:
             return run_task(fn, cfg)
 
         main.__doc__ = fn.__doc__
+        main.run = fn  # the bare task function, for callers that compose configs themselves (pipeline)
         return main
 
     return wrap
+
+
+def task_function(name: str) -> TaskFn:
+    """The bare function of task `name` (e.g. "boneage"), as registered in `medal.tasks.TASKS`."""
+    import importlib
+
+    from medal.tasks import TASKS
+
+    return importlib.import_module(TASKS[name][0]).main.run

@@ -1,0 +1,56 @@
+"""The task wrapper: metrics.json always written, one-line errors, a failed job never kills a multirun."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from medal.errors import MedalError
+from medal.tasks import runner
+
+
+def _cfg(tmp_path: Path):
+    return OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "optimized_metric": "val/mae"})
+
+
+def test_successful_run_writes_status_and_metrics_and_returns_optimized_metric(tmp_path: Path) -> None:
+    value = runner.run_task(lambda cfg: {"val/mae": 7.5, "test/mae": 8.0}, _cfg(tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert value == 7.5
+    assert metrics["status"] == "ok" and metrics["test/mae"] == 8.0 and metrics["time/run_s"] >= 0
+
+
+def test_bad_input_is_one_line_and_exit_status_1(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def fail(cfg):
+        raise MedalError("train.csv row 3: age 'abc' is not a number; fix or remove the row")
+
+    with caplog.at_level(logging.ERROR, logger="medal"), pytest.raises(SystemExit) as exit_info:
+        runner.run_task(fail, _cfg(tmp_path))
+    assert exit_info.value.code == 1
+    assert caplog.records[-1].getMessage() == "train.csv row 3: age 'abc' is not a number; fix or remove the row"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "row 3" in metrics["error"]
+
+
+def test_failure_inside_a_multirun_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(runner, "_in_multirun", lambda: True)
+
+    def crash(cfg):
+        raise RuntimeError("CUDA out of memory")
+
+    assert runner.run_task(crash, _cfg(tmp_path)) is None
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics == {"status": "failed", "error": "RuntimeError: CUDA out of memory"}
+
+
+def test_unexpected_error_in_a_single_run_propagates_with_its_traceback(tmp_path: Path) -> None:
+    def crash(cfg):
+        raise ZeroDivisionError("bug")
+
+    with pytest.raises(ZeroDivisionError):
+        runner.run_task(crash, _cfg(tmp_path))
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
