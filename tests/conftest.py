@@ -13,30 +13,11 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
-
-from medal.config import CONF_DIR  # noqa: E402
+from hydra_compose import compose_task  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # two xdist workers on two cores: don't oversubscribe
-
-
-def compose_task(task_config: str, overrides: list[str], root: Path) -> DictConfig:
-    """Compose `conf/<task_config>.yaml` as Hydra would, with every path under `root`."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose(
-            config_name=task_config,
-            overrides=[f"paths.root={root}", f"paths.output_dir={root / 'run'}", *overrides],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(root / "run")
-    return cfg
 
 
 @pytest.fixture

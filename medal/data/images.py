@@ -53,8 +53,11 @@ def _to_float(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
 
 
-def write_png(path: str | Path, image: np.ndarray, bits: int = 8) -> Path:
-    """Write float [0, 1] (or bool mask) HxW as an 8- or 16-bit greyscale PNG, atomically."""
+def write_png(path: str | Path, image: np.ndarray, bits: int = 8, compress_level: int = 6) -> Path:
+    """Write float [0, 1] (or bool mask) HxW as an 8- or 16-bit greyscale PNG, atomically.
+
+    `compress_level` 1 halves the encoding time for ~15% larger files (bulk writers such as phantoms).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(image)
@@ -68,6 +71,6 @@ def write_png(path: str | Path, image: np.ndarray, bits: int = 8) -> Path:
     else:
         raise MedalError(f"bits={bits}: PNG depth must be 8 or 16")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pil.save(tmp, format="PNG")
+    pil.save(tmp, format="PNG", compress_level=compress_level)
     tmp.replace(path)
     return path

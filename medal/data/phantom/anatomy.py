@@ -126,14 +126,17 @@ class Individual:
     timing_sd: float = 0.07  # relative SD of a centre's timing around the population value
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, male: bool, offset_sd: float = 4.0,
-               timing_sd: float = 0.07) -> Individual:
+    def sample(
+        cls, rng: np.random.Generator, male: bool, offset_sd: float = 4.0, timing_sd: float = 0.07
+    ) -> Individual:
         names = list(population_timings(male))
+        offset = float(np.clip(rng.normal(0.0, offset_sd), -3 * offset_sd, 3 * offset_sd))
+        appear, late = np.clip(rng.normal(size=(2, len(names))), -2.5, 2.5).tolist()
         return cls(
             male=male,
-            maturity_offset=float(np.clip(rng.normal(0.0, offset_sd), -3 * offset_sd, 3 * offset_sd)),
-            appear_z={n: float(z) for n, z in zip(names, np.clip(rng.normal(size=len(names)), -2.5, 2.5))},
-            late_z={n: float(z) for n, z in zip(names, np.clip(rng.normal(size=len(names)), -2.5, 2.5))},
+            maturity_offset=offset,
+            appear_z=dict(zip(names, appear, strict=True)),
+            late_z=dict(zip(names, late, strict=True)),
             timing_sd=timing_sd,
         )
 
@@ -170,8 +173,7 @@ def describe(individual: Individual, boneage: float) -> dict[str, CentreState]:
         else:
             width = 1.08
         gap = float(np.clip((t.fuse - age) / FUSION_MONTHS, 0.0, 1.0))
-        stage = "fused" if age >= t.fuse else "capped" if age >= t.cap else "widened" if age >= t.widen \
-            else "appeared"
+        stage = STAGES[1 + sum(age >= when for when in (t.widen, t.cap, t.fuse))]
         size = float(np.clip(0.2 + 0.8 * (age - t.appear) / (t.cap - t.appear), 0.2, 1.0))
         states[name] = CentreState(True, stage, size, float(width), gap)
     return states

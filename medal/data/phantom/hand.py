@@ -34,6 +34,7 @@ class Rod:
     rmid: float
     cap0: float = 0.4  # axial length of the rounded end, as a fraction of the end radius
     cap1: float = 0.4
+    flat: float = 1.0  # depth / width of the cross-section (the distal radius is flattened)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Blob:
     axis: np.ndarray
     minor: float
     wobble: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # amp2, phase2, amp3, phase3
+    taper: float = 0.0  # > 0: thicker towards the tip of `axis` (a wedge, like the distal radial epiphysis)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Capsule:
     p0: np.ndarray
     p1: np.ndarray
     radius: float
+    flat: float = 1.0  # depth / width of the cross-section
 
 
 @dataclass
@@ -67,22 +70,22 @@ class HandGeometry:
 
 # Adult carpal bones: centre (x, y), semi-axes (a, b), long-axis angle (degrees from +x).
 CARPAL_LAYOUT = {
-    "scaphoid": ((15.0, 12.0), (11.5, 6.0), 60.0),
-    "lunate": ((1.5, 11.0), (7.5, 7.0), 90.0),
-    "triquetrum": ((-11.5, 14.0), (7.0, 5.5), 35.0),
-    "pisiform": ((-13.0, 12.0), (5.0, 4.5), 0.0),
-    "trapezium": ((24.0, 28.0), (8.0, 6.5), 35.0),
-    "trapezoid": ((14.0, 31.0), (6.5, 5.5), 90.0),
-    "capitate": ((3.0, 29.0), (11.0, 6.5), 90.0),
-    "hamate": ((-9.5, 28.0), (10.0, 7.0), 80.0),
+    "scaphoid": ((15.5, 14.0), (10.0, 5.4), 60.0),
+    "lunate": ((2.0, 13.5), (6.6, 6.2), 90.0),
+    "triquetrum": ((-11.0, 16.0), (6.2, 4.9), 35.0),
+    "pisiform": ((-13.5, 13.5), (4.4, 4.0), 0.0),
+    "trapezium": ((24.0, 29.0), (7.0, 5.8), 35.0),
+    "trapezoid": ((14.5, 32.0), (5.7, 4.9), 90.0),
+    "capitate": ((3.5, 30.5), (9.6, 5.8), 90.0),
+    "hamate": ((-8.5, 29.5), (8.8, 6.0), 80.0),
 }
 # Metacarpal base (x, y), direction (degrees from +y towards the thumb), length, radii base/mid/head.
 MC_LAYOUT = {
-    1: ((26.0, 40.0), 36.0, 44.0, (6.0, 4.0, 6.0)),
-    2: ((14.0, 45.0), 6.0, 68.0, (5.5, 3.7, 5.5)),
-    3: ((3.0, 46.0), 0.0, 65.0, (5.5, 3.7, 5.8)),
-    4: ((-8.0, 45.0), -6.0, 58.0, (4.8, 3.2, 5.2)),
-    5: ((-18.0, 43.0), -12.0, 54.0, (5.0, 3.2, 5.2)),
+    1: ((27.0, 37.0), 30.0, 44.0, (6.0, 4.2, 6.2)),
+    2: ((16.0, 44.0), 8.0, 66.0, (5.8, 3.9, 5.8)),
+    3: ((4.0, 45.0), 0.0, 64.0, (5.8, 3.9, 6.0)),
+    4: ((-8.0, 44.0), -8.0, 57.0, (5.0, 3.4, 5.4)),
+    5: ((-19.0, 42.0), -16.0, 53.0, (5.2, 3.4, 5.4)),
 }
 PHALANX_LENGTHS = {  # finger -> (proximal, middle, distal) in mm; the thumb has no middle phalanx
     1: (31.0, 0.0, 23.0),
@@ -111,13 +114,18 @@ class HandShape:
     def sample(cls, rng: np.random.Generator) -> HandShape:
         return cls(
             length_scale=float(rng.normal(1.0, 0.05)),
-            finger_spread=tuple(float(v) for v in rng.normal(0.0, 4.0, size=5)),
+            # Neighbouring fingers are ~10 degrees apart: keep the spread small enough that none cross.
+            finger_spread=tuple(float(v) for v in np.clip(rng.normal(0.0, 2.5, size=5), -5.0, 5.0)),
             finger_length=tuple(float(v) for v in rng.normal(1.0, 0.03, size=5)),
             bone_width=float(rng.normal(1.0, 0.06)),
             soft_tissue=float(rng.normal(1.0, 0.08)),
             carpal_wobble=tuple(
-                (float(rng.uniform(0.02, 0.08)), float(rng.uniform(0, 2 * np.pi)),
-                 float(rng.uniform(0.0, 0.05)), float(rng.uniform(0, 2 * np.pi)))
+                (
+                    float(rng.uniform(0.02, 0.08)),
+                    float(rng.uniform(0, 2 * np.pi)),
+                    float(rng.uniform(0.0, 0.05)),
+                    float(rng.uniform(0, 2 * np.pi)),
+                )
                 for _ in CARPALS
             ),
         )
@@ -145,15 +153,16 @@ def _long_bone(
 ) -> np.ndarray:
     """Add a long bone (and its epiphysis, if ossified) from `base` along `direction`; return its tip.
 
-    The epiphysis occupies about a fifth of the bone; before it ossifies that slot is cartilage and
-    shows as soft tissue only. The growth plate between epiphysis and shaft closes at fusion.
+    The epiphysis takes a slot at one end (9% of a phalanx, 15% of a metacarpal head); before it
+    ossifies that slot is cartilage and shows as soft tissue only. The growth plate between epiphysis
+    and shaft narrows to nothing at fusion, where the two overlap slightly (the faint physeal scar).
     """
     tip = base + direction * length
     r_base, r_mid, r_head = radii
     if epi is None:
         geo.rods.append(Rod(base, tip, r_base, r_head, r_mid, cap0=0.5, cap1=head_cap))
         return tip
-    epi_len = 0.2 * length if epi_at_base else 0.24 * length
+    epi_len = 0.09 * length if epi_at_base else 0.15 * length
     gap = PHYSIS_MM * (0.5 + 0.5 * length / 40.0) * (epi.gap if epi.present else 1.0)
     if epi_at_base:
         shaft0, shaft1 = base + direction * (epi_len + gap), tip
@@ -165,7 +174,7 @@ def _long_bone(
         epi_end, r_meta = tip, r1
     geo.rods.append(Rod(shaft0, shaft1, r0, r1, r_mid, cap0=cap0, cap1=cap1))
     if epi.present:
-        half_len = 0.5 * epi_len * (0.45 + 0.55 * epi.size)
+        half_len = 0.5 * epi_len * (0.5 + 0.5 * epi.size)
         towards_shaft = direction if epi_at_base else -direction
         # The epiphysis grows from the joint side; fused ones touch (and slightly overlap) the shaft.
         shaft_face = epi_end + towards_shaft * (epi_len - 0.3 * (1 - epi.gap))
@@ -192,20 +201,31 @@ def build_hand(individual: Individual, boneage: float, shape: HandShape | None =
 
     # Forearm: radius and ulna shafts run off the bottom of the image.
     radius_axis, ulna_axis = 10.0, -16.0
-    for axis_x, r_shaft, r_distal, epi_name, half_w, half_h, tilt in (
-        (radius_axis, 7.5, 12.5, "radius_epi", 12.0, 3.8, 14.0),
-        (ulna_axis, 5.5, 7.0, "ulna_epi", 6.5, 3.2, 0.0),
+    for axis_x, r_shaft, r_distal, epi_name, half_w, half_h, tilt, taper in (
+        (radius_axis, 6.5, 12.0, "radius_epi", 11.5, 3.6, 14.0, 0.5),
+        (ulna_axis, 5.0, 6.5, "ulna_epi", 6.0, 3.0, 0.0, 0.0),
     ):
         st = states[epi_name]
         top = -1.0 if epi_name == "radius_epi" else -5.0
         gap = PHYSIS_MM * 1.3 * (st.gap if st.present else 1.0)
-        geo.rods.append(Rod(pt(axis_x, -160), pt(axis_x, top) - np.array([0, gap]),
-                            r_shaft * width, r_distal * width, r_shaft * width, cap0=0.5, cap1=0.2))
+        geo.rods.append(
+            Rod(
+                pt(axis_x, -160),
+                pt(axis_x, top) - np.array([0, gap]),
+                r_shaft * width,
+                r_distal * width,
+                r_shaft * width,
+                cap0=0.5,
+                cap1=0.2,
+                flat=0.7,
+            )
+        )
         if st.present:
             hw = half_w * width * st.width_ratio
             hh = half_h * scale * (0.45 + 0.55 * st.size)
             centre = pt(axis_x, top) + np.array([0.0, hh - 0.3 * (1 - st.gap)])
-            geo.blobs.append(Blob(centre, _unit(90 - tilt) * hw, hh))
+            # The radial epiphysis starts as an oval and becomes a wedge, thick on the thumb side.
+            geo.blobs.append(Blob(centre, _unit(90 - tilt) * hw, hh, taper=taper * st.size))
 
     for i, name in enumerate(CARPALS):
         st = states[name]
@@ -222,25 +242,39 @@ def build_hand(individual: Individual, boneage: float, shape: HandShape | None =
         d = _unit(angle)
         flen = shape.finger_length[f - 1]
         r = tuple(v * width for v in radii)
-        mc_tip = _long_bone(geo, pt(bx, by), d, mc_len * scale * flen, r,
-                            states[f"mc{f}_epi"], epi_at_base=(f == 1))
+        mc_tip = _long_bone(
+            geo, pt(bx, by), d, mc_len * scale * flen, r, states[f"mc{f}_epi"], epi_at_base=(f == 1)
+        )
         # Fingers continue the metacarpal's line, fanning out a little more.
-        d = _unit(angle * (1.5 if f == 1 else 1.25) + shape.finger_spread[f - 1])
+        d = _unit(angle * (1.25 if f == 1 else 1.2) + shape.finger_spread[f - 1])
         start = mc_tip + d * JOINT_MM * scale
         pp, mp, dp = PHALANX_LENGTHS[f]
-        rows = [("pp", pp, (4.8, 3.4, 4.0)), ("mp", mp, (4.0, 2.8, 3.3)), ("dp", dp, (3.6, 2.2, 2.8))]
+        rows = [("pp", pp, (5.2, 3.6, 4.3)), ("mp", mp, (4.4, 3.0, 3.6)), ("dp", dp, (3.9, 2.4, 3.1))]
         for row, length, prad in rows:
             if length == 0:
                 continue
             factor = 1.12 if f == 1 else 1.0 if f != 5 else 0.88
             r = tuple(v * width * factor for v in prad)
             cap = 0.7 if row == "dp" else 0.6
-            end = _long_bone(geo, start, d, length * scale * flen, r, states[f"{row}{f}_epi"],
-                             epi_at_base=True, head_cap=cap)
+            end = _long_bone(
+                geo,
+                start,
+                d,
+                length * scale * flen,
+                r,
+                states[f"{row}{f}_epi"],
+                epi_at_base=True,
+                head_cap=cap,
+            )
             start = end + d * JOINT_MM * scale
         tips[f] = start + d * 2.5 * scale
-        geo.tissue.append(Capsule(pt(bx, by) + d * 10 * scale, tips[f] - d * FINGER_SOFT_RADIUS[f] * soft * 0.6,
-                                  FINGER_SOFT_RADIUS[f] * soft))
+        geo.tissue.append(
+            Capsule(
+                pt(bx, by) + d * 10 * scale,
+                tips[f] - d * FINGER_SOFT_RADIUS[f] * soft * 0.6,
+                FINGER_SOFT_RADIUS[f] * soft,
+            )
+        )
         if f > 1:
             geo.tissue.append(Capsule(pt(bx, by), mc_tip, 13.0 * soft))
         else:
@@ -253,7 +287,9 @@ def build_hand(individual: Individual, boneage: float, shape: HandShape | None =
         centre = head + _unit(angle - 90) * 3.5 * scale
         geo.blobs.append(Blob(centre, _unit(angle) * 3.0 * scale * st.size, 2.4 * scale * st.size))
 
-    geo.tissue.append(Capsule(pt(-3, 22), pt(-3, -240), 34.0 * soft))  # carpus, wrist and forearm
-    geo.tissue.append(Capsule(pt(0, 30), pt(-2, 50), 30.0 * soft))  # palm
-    geo.extent = (-50 * scale, 62 * scale, -45 * scale, max(t[1] for t in tips.values()))
+    geo.tissue.append(Capsule(pt(-3, 15), pt(-3, -240), 28.0 * soft, flat=0.55))  # wrist and forearm
+    geo.tissue.append(Capsule(pt(0, 32), pt(-2, 56), 32.0 * soft, flat=0.6))  # palm
+    # Young children are X-rayed with more forearm in the field, so their hands look smaller.
+    forearm = 45.0 + 60.0 * (1.0 - (growth - 0.33) / 0.67)
+    geo.extent = (-50 * scale, 62 * scale, -forearm * scale, max(t[1] for t in tips.values()))
     return geo

@@ -1,0 +1,313 @@
+"""Write a phantom data set in the official RSNA layout, in parallel, deterministically and resumably.
+
+Every image's randomness comes from `SeedSequence([seed, index])`, so an image depends only on
+(seed, index, settings), never on the number of workers or on which images were already on disk.
+Image files are written atomically; a rerun with the same settings skips every finished image, and
+settings are recorded in `phantoms.json` so a different request cannot silently mix into the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from medal.data.images import write_png
+from medal.data.phantom.acquisition import Acquisition, Nuisance, acquire, sample_acquisition
+from medal.data.phantom.anatomy import Individual, sample_boneage
+from medal.data.phantom.hand import HandShape, build_hand
+from medal.data.phantom.render import gold_image, render_layers
+from medal.errors import MedalError
+
+log = logging.getLogger("medal.phantoms")
+
+GENERATOR_VERSION = 1  # bump when images change for the same settings, so old folders are not reused
+SETTINGS_FILE = "phantoms.json"
+SPLIT_DIRS = {
+    "train": ("boneage-training-dataset",),
+    "val": ("boneage-validation-dataset-1", "boneage-validation-dataset-2"),
+    "test": ("Test Set Images",),
+}
+FIRST_ID = 1000
+
+
+@dataclass(frozen=True)
+class PhantomSettings:
+    """Everything that determines the images; recorded in `phantoms.json`."""
+
+    n: int
+    seed: int
+    image_size: int = 512
+    splits: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
+    age_range: tuple[float, float] = (1.0, 228.0)
+    male_fraction: float = 0.54
+    maturity_sd: float = 4.0  # months: how far anatomy as a whole strays from the label
+    timing_sd: float = 0.07  # relative spread of each centre's timing
+    nuisance: Nuisance = field(default_factory=Nuisance)
+
+    def validate(self) -> None:
+        checks = [
+            (self.n >= 1, "n", "must be a positive number of images"),
+            (self.image_size >= 32, "image_size", "must be at least 32 pixels"),
+            (
+                len(self.splits) == 3 and min(self.splits) >= 0 and abs(sum(self.splits) - 1) < 1e-6,
+                "splits",
+                "train/val/test fractions must be >= 0 and sum to 1",
+            ),
+            (
+                0 < self.age_range[0] < self.age_range[1] <= 240,
+                "age_range",
+                "needs 0 < min < max <= 240 months",
+            ),
+            (0 <= self.male_fraction <= 1, "male_fraction", "must lie in [0, 1]"),
+            (self.maturity_sd >= 0 and self.timing_sd >= 0, "maturity_sd/timing_sd", "must be >= 0"),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise MedalError(f"phantoms.{key}={getattr(self, key, '?')}: {why}")
+        self.nuisance.validate()
+
+    def to_json(self) -> dict:
+        return {"version": GENERATOR_VERSION, **json.loads(json.dumps(asdict(self)))}
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One phantom radiograph, fully determined: who, at which bone age, and how it was acquired."""
+
+    index: int
+    id: str
+    split: str
+    folder: str
+    boneage: float
+    individual: Individual
+    shape: HandShape
+    acquisition: Acquisition
+
+
+def assign_splits(n: int, seed: int, fractions: tuple[float, float, float]) -> list[tuple[str, str]]:
+    """(split, folder) of every index: a seeded shuffle cut by the fractions; val alternates folders."""
+    n_val, n_test = round(n * fractions[1]), round(n * fractions[2])
+    order = np.random.default_rng([seed, 0x5A17]).permutation(n)
+    labels = np.array(["train"] * n, dtype=object)
+    labels[order[:n_val]] = "val"
+    labels[order[n_val : n_val + n_test]] = "test"
+    out, val_seen = [], 0
+    for split in labels:
+        dirs = SPLIT_DIRS[split]
+        if split == "val":
+            out.append((split, dirs[val_seen % 2]))
+            val_seen += 1
+        else:
+            out.append((split, dirs[0]))
+    return out
+
+
+def sample_spec(settings: PhantomSettings, index: int, split: str, folder: str) -> ImageSpec:
+    """Draw image `index` of the data set; the same arguments always give the same spec."""
+    rng = np.random.default_rng(np.random.SeedSequence([settings.seed, index]))
+    male = bool(rng.random() < settings.male_fraction)
+    boneage = sample_boneage(rng, male, settings.age_range)
+    # Official layouts: whole months for train/val, decimals for the test ground truth.
+    boneage = round(boneage, 2) if split == "test" else float(np.clip(round(boneage), *settings.age_range))
+    individual = Individual.sample(rng, male, offset_sd=settings.maturity_sd, timing_sd=settings.timing_sd)
+    shape = HandShape.sample(rng)
+    acq = sample_acquisition(rng, settings.image_size, settings.nuisance)
+    return ImageSpec(index, str(FIRST_ID + index), split, folder, boneage, individual, shape, acq)
+
+
+def render_spec(spec: ImageSpec, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(raw, mask, gold) of one spec: raw float in [0, 1], mask bool, gold float in [0, 1]."""
+    acq = spec.acquisition
+    geo = build_hand(spec.individual, spec.boneage, spec.shape)
+    texture = np.random.default_rng(np.random.SeedSequence([seed, spec.index, 2]))
+    layers = render_layers(geo, acq.pose, acq.height, acq.width, texture=texture)
+    noise_rng = np.random.default_rng(np.random.SeedSequence([seed, spec.index, 1]))
+    return acquire(layers, acq, noise_rng), layers.mask, gold_image(layers)
+
+
+def _paths(out_dir: Path, spec: ImageSpec) -> tuple[Path, Path, Path]:
+    name = f"{spec.id}.png"
+    return out_dir / spec.folder / name, out_dir / "masks" / name, out_dir / "gold" / name
+
+
+def _make_image(job: tuple[Path, PhantomSettings, int, str, str]) -> tuple[dict, bool]:
+    """Render and write one image unless all its files exist; return its metadata row and whether made."""
+    out_dir, settings, index, split, folder = job
+    spec = sample_spec(settings, index, split, folder)
+    raw_path, mask_path, gold_path = _paths(out_dir, spec)
+    made = not (raw_path.exists() and mask_path.exists() and gold_path.exists())
+    if made:
+        raw, mask, gold = render_spec(spec, settings.seed)
+        write_png(gold_path, gold, bits=8, compress_level=1)
+        write_png(mask_path, mask, bits=8, compress_level=1)
+        write_png(raw_path, raw, bits=spec.acquisition.bits, compress_level=1)  # written last: its presence marks "done"
+    acq = spec.acquisition
+    row = {
+        "id": spec.id,
+        "split": split,
+        "boneage": spec.boneage,
+        "male": spec.individual.male,
+        "inverted": acq.inverted,
+        "bits": acq.bits,
+        "height": acq.height,
+        "width": acq.width,
+        "maturity_offset": round(spec.individual.maturity_offset, 3),
+        "path": f"{folder}/{spec.id}.png",
+    }
+    return row, made
+
+
+def _check_folder(out_dir: Path, settings: PhantomSettings) -> None:
+    """Refuse to mix a different request into a non-empty folder; record settings in a new one."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MedalError(f"{out_dir}: is a file, not a folder; pick another out=")
+    record = out_dir / SETTINGS_FILE
+    wanted = settings.to_json()
+    if record.exists():
+        if json.loads(record.read_text()) != wanted:
+            raise MedalError(
+                f"{out_dir}: holds phantoms made with other settings (see {SETTINGS_FILE}); "
+                "pick another out= or delete it"
+            )
+        return
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise MedalError(
+            f"{out_dir}: folder is not empty and not a phantom data set; pick another out= or delete it"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps(wanted, indent=2))
+    tmp.replace(record)
+
+
+def _write_labels(out_dir: Path, meta: pd.DataFrame) -> None:
+    """The official label files of the three splits, plus `phantoms.csv` with everything drawn."""
+
+    def atomic(path: Path, write) -> None:
+        tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+        write(tmp)
+        tmp.replace(path)
+
+    train = meta[meta.split == "train"]
+    val = meta[meta.split == "val"]
+    test = meta[meta.split == "test"]
+    atomic(
+        out_dir / "train.csv",
+        lambda p: pd.DataFrame(
+            {"id": train.id.astype(int), "boneage": train.boneage.round().astype(int), "male": train.male}
+        ).to_csv(p, index=False),
+    )
+    atomic(
+        out_dir / "Validation Dataset.csv",
+        lambda p: pd.DataFrame(
+            {
+                "Image ID": val.id.astype(int),
+                "male": val.male,
+                "Bone Age (months)": val.boneage.round().astype(int),
+            }
+        ).to_csv(p, index=False),
+    )
+    atomic(
+        out_dir / "Bone age ground truth.xlsx",
+        lambda p: pd.DataFrame(
+            {
+                "Case ID": test.id.astype(int),
+                "Sex": np.where(test.male, "M", "F"),
+                "Ground truth bone age (months)": test.boneage.astype(float),
+            }
+        ).to_excel(p, index=False, engine="openpyxl"),
+    )
+    atomic(out_dir / "phantoms.csv", lambda p: meta.to_csv(p, index=False))
+
+
+def generate_dataset(
+    out_dir: str | Path,
+    n: int,
+    seed: int,
+    image_size: int = 512,
+    workers: int | None = None,
+    *,
+    splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    age_range: tuple[float, float] = (1.0, 228.0),
+    male_fraction: float = 0.54,
+    maturity_sd: float = 4.0,
+    timing_sd: float = 0.07,
+    nuisance: Nuisance | dict | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Generate (or finish) `n` phantom radiographs under `out_dir`; return the metadata table.
+
+    The table's `attrs` hold `generated` (images made by this call) and `seconds` (time spent).
+    """
+    if isinstance(nuisance, dict):
+        unknown = sorted(set(nuisance) - {f.name for f in fields(Nuisance)})
+        if unknown:
+            raise MedalError(
+                f"phantoms.nuisance.{unknown[0]}: unknown setting; see conf/phantoms.yaml for the keys"
+            )
+        nuisance = Nuisance(**{k: tuple(v) if isinstance(v, list) else v for k, v in nuisance.items()})
+    settings = PhantomSettings(
+        n=int(n),
+        seed=int(seed),
+        image_size=int(image_size),
+        splits=tuple(float(f) for f in splits),
+        age_range=tuple(float(a) for a in age_range),
+        male_fraction=float(male_fraction),
+        maturity_sd=float(maturity_sd),
+        timing_sd=float(timing_sd),
+        nuisance=nuisance or Nuisance(),
+    )
+    settings.validate()
+    workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
+    if workers < 1:
+        raise MedalError(f"phantoms.workers={workers}: must be >= 1 (or null for min(2, cores))")
+    if workers > 1 and mp.current_process().daemon:
+        log.warning("phantoms: running inside a daemonic worker process, generating with 1 process")
+        workers = 1
+    out_dir = Path(out_dir)
+    _check_folder(out_dir, settings)
+    jobs = [
+        (out_dir, settings, i, split, folder)
+        for i, (split, folder) in enumerate(assign_splits(settings.n, settings.seed, settings.splits))
+    ]
+    started = time.perf_counter()
+    rows, made = [], 0
+    bar = tqdm(total=len(jobs), desc="phantoms", unit="img", disable=not progress)
+    if workers == 1:
+        results = map(_make_image, jobs)
+        pool = None
+    else:
+        # fork: workers inherit the imported modules instead of re-importing them (seconds per worker).
+        method = "fork" if sys.platform == "linux" else "spawn"
+        pool = mp.get_context(method).Pool(min(workers, len(jobs)))
+        results = pool.imap(_make_image, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers))))
+    try:
+        for row, was_made in results:
+            rows.append(row)
+            made += was_made
+            bar.update()
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        raise
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    seconds = time.perf_counter() - started
+    meta = pd.DataFrame(rows)
+    _write_labels(out_dir, meta)
+    meta.attrs.update(generated=made, seconds=seconds)
+    log.info("phantoms: %d images in %s (%d made now, %.1f s)", len(meta), out_dir, made, seconds)
+    return meta
