@@ -3,18 +3,22 @@
 Training reads rows of `<work_dir>/cache/<key>.npy` (float16 in [0, 1]; half the disk of float32 and still
 finer than 8-bit) and never touches a PNG again. The key hashes every file's path, size and mtime, the
 target size, the fit mode and `CACHE_VERSION`, so a changed file or setting builds a new cache. A build
-writes to a temporary name and renames when complete: an interrupted build is redone, a complete one reused.
+writes to a temporary name and renames when complete, so a complete cache is reused and an interrupted one
+resumes where it stopped; a lock makes concurrent runs (a parallel multirun) build it once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,33 +29,39 @@ from medal.errors import MedalError
 
 log = logging.getLogger("medal.data")
 
-CACHE_VERSION = 1  # bump when decoding/resizing changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when decoding/resizing changes, so old caches are not reused
 CACHE_DTYPE = np.float16
+PROGRESS_EVERY = 256  # images between progress records of a build (what a killed build keeps)
 FITS = ("pad", "stretch")
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    if image.shape == (height, width):
+        return image
+    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
+    return np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def fit_square(image: np.ndarray, size: int, fit: str = "pad") -> np.ndarray:
     """Resize HxW float [0, 1] to (size, size) float32.
 
-    `pad` pads the short side to a square first (keeping the aspect ratio) with the median of the image
-    border, so a white-background (inverted) radiograph gets white bars and a normal one black bars;
-    `stretch` resizes directly. PIL's bilinear filter widens its support when shrinking (antialiased).
+    `pad` keeps the aspect ratio: the long side is resized to `size` and the short side padded with the
+    median of the image border, so a white-background (inverted) radiograph gets white bars and a normal
+    one black bars; `stretch` resizes directly. PIL's bilinear filter widens its support when shrinking
+    (antialiased). Padding after resizing touches size x size pixels, not the full-resolution square.
     """
     if fit not in FITS:
         raise MedalError(f"data.fit={fit!r}: choose one of {', '.join(FITS)}")
     h, w = image.shape
-    if fit == "pad" and h != w:
-        side = max(h, w)
-        border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-        square = np.full((side, side), float(np.median(border)), dtype=np.float32)
-        y0, x0 = (side - h) // 2, (side - w) // 2
-        square[y0:y0 + h, x0:x0 + w] = image
-        image = square
-    if image.shape != (size, size):
-        resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F").resize(
-            (size, size), Image.Resampling.BILINEAR)
-        image = np.asarray(resized, dtype=np.float32)
-    return np.clip(image, 0.0, 1.0)
+    if fit == "stretch" or h == w:
+        return np.clip(_resize(image, size, size), 0.0, 1.0)
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    out = np.full((size, size), float(np.median(border)), dtype=np.float32)
+    y0, x0 = (size - nh) // 2, (size - nw) // 2
+    out[y0:y0 + nh, x0:x0 + nw] = _resize(image, nh, nw)
+    return np.clip(out, 0.0, 1.0)
 
 
 def load_resized(path: str | Path, size: int, fit: str = "pad") -> np.ndarray:
@@ -90,46 +100,99 @@ def _decode(job: tuple[str, int, str]) -> tuple[np.ndarray | None, str | None]:
         return None, str(err)
 
 
+def _load_complete(array_path: Path, meta_path: Path, ids: list[str]) -> CachedImages | None:
+    if not (array_path.is_file() and meta_path.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta["ids"] != ids:
+        return None
+    log.debug("image cache hit: %s", array_path)
+    return CachedImages(np.load(array_path, mmap_mode="r"), ids, meta["failed"], array_path)
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock: two runs that need the same cache (a parallel multirun) build it once."""
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(path)
+
+
 def build_cache(ids: Sequence[str], paths: Sequence[str | Path], work_dir: str | Path, size: int,
                 fit: str = "pad", workers: int | None = None) -> CachedImages:
     """Return the cache of `paths` at (size, fit), building it (in parallel, with a progress bar) if needed.
 
     Images that fail to decode are left black and listed in `failed`, so the caller decides whether
-    that is fatal (`cached_images`) or a row to skip (data.strict=false).
+    that is fatal (`cached_images`) or a row to skip (data.strict=false). An interrupted build resumes:
+    rows already decoded are recorded in a progress file (after the array is flushed) and not redone.
     """
     if len(ids) != len(paths):
         raise ValueError(f"{len(ids)} ids but {len(paths)} paths")
     if fit not in FITS:
         raise MedalError(f"data.fit={fit!r}: choose one of {', '.join(FITS)}")
+    ids = [str(i) for i in ids]
     cache_dir = Path(work_dir) / "cache"
     key = cache_key(paths, size, fit)
     array_path, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if array_path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta["ids"] == list(map(str, ids)):
-            log.debug("image cache hit: %s", array_path)
-            array = np.load(array_path, mmap_mode="r")
-            return CachedImages(array, meta["ids"], meta["failed"], array_path)
+    if (hit := _load_complete(array_path, meta_path, ids)) is not None:
+        return hit
     cache_dir.mkdir(parents=True, exist_ok=True)
-    log.info("building image cache of %d images at %d px (%s) in %s", len(ids), size, fit, array_path)
-    tmp = cache_dir / f".{key}.{os.getpid()}.npy.tmp"
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=CACHE_DTYPE, shape=(len(ids), size, size))
-    failed: dict[str, str] = {}
-    jobs = [(str(p), size, fit) for p in paths]
-    for i, (image, error) in enumerate(iter_parallel(_decode, jobs, workers=workers, desc="caching images")):
-        if error is None:
-            array[i] = image
-        else:
-            array[i] = 0
-            failed[str(ids[i])] = error
-    array.flush()
-    del array
-    meta_tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-    meta_tmp.write_text(json.dumps({"ids": list(map(str, ids)), "failed": failed, "size": size, "fit": fit,
-                                    "version": CACHE_VERSION}))
-    meta_tmp.replace(meta_path)
-    tmp.replace(array_path)  # last: a cache whose array exists is complete
-    return CachedImages(np.load(array_path, mmap_mode="r"), list(map(str, ids)), failed, array_path)
+    with _exclusive(cache_dir / f".{key}.lock"):
+        if (hit := _load_complete(array_path, meta_path, ids)) is not None:  # built while we waited
+            return hit
+        _build(ids, paths, cache_dir / f".{key}.partial.npy", cache_dir / f".{key}.progress.json", size, fit,
+               workers, meta_path, array_path)
+    (cache_dir / f".{key}.lock").unlink(missing_ok=True)
+    return _load_complete(array_path, meta_path, ids)  # type: ignore[return-value]
+
+
+def _save_progress(array: np.memmap, progress: Path, ids: list[str], done: np.ndarray,
+                   failed: dict[str, str]) -> None:
+    array.flush()  # rows on disk first, then the record that says they are there
+    _write_json(progress, {"ids": ids, "done": np.flatnonzero(done).tolist(), "failed": failed})
+
+
+def _build(ids: list[str], paths: Sequence[str | Path], partial: Path, progress: Path, size: int, fit: str,
+           workers: int | None, meta_path: Path, array_path: Path) -> None:
+    """Decode the rows not done yet into `partial`, then publish it as `array_path`."""
+    shape = (len(ids), size, size)
+    done, failed = np.zeros(len(ids), dtype=bool), {}
+    if partial.is_file() and progress.is_file():
+        state = json.loads(progress.read_text())
+        array = np.load(partial, mmap_mode="r+")
+        if array.shape == shape and state["ids"] == ids:
+            done[state["done"]] = True
+            failed = state["failed"]
+            log.info("resuming image cache build: %d of %d images already done", done.sum(), len(ids))
+    if not done.any():
+        array = np.lib.format.open_memmap(partial, mode="w+", dtype=CACHE_DTYPE, shape=shape)
+    todo = np.flatnonzero(~done)
+    log.info("building image cache of %d images at %d px (%s) in %s", len(todo), size, fit, array_path)
+
+    jobs = [(str(paths[i]), size, fit) for i in todo]
+    try:
+        results = iter_parallel(_decode, jobs, workers=workers, desc="caching images")
+        for n, (i, (image, error)) in enumerate(zip(todo, results, strict=True), start=1):
+            array[i] = image if error is None else 0
+            if error is not None:
+                failed[ids[i]] = error
+            done[i] = True
+            if n % PROGRESS_EVERY == 0:
+                _save_progress(array, progress, ids, done, failed)
+    finally:
+        _save_progress(array, progress, ids, done, failed)
+    _write_json(meta_path, {"ids": ids, "failed": failed, "size": size, "fit": fit, "version": CACHE_VERSION})
+    partial.replace(array_path)  # last: a cache whose array exists is complete
+    progress.unlink(missing_ok=True)
 
 
 def cached_images(ids: Sequence[str], paths: Sequence[str | Path], work_dir: str | Path, size: int,

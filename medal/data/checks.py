@@ -49,9 +49,10 @@ def age_problem(value: object) -> str | None:
 
 
 def row_problems(labels: pd.DataFrame) -> list[Problem]:
-    """Row-level problems of parsed labels (see `rsna.read_labels`): ages, sexes, duplicates, missing images.
+    """Row-level problems of parsed labels (see `rsna.scan`): ages, sexes, duplicates, missing images.
 
-    `labels` has columns id, split, path, boneage_raw, male (bool or None), source, line, labelled.
+    `labels` has columns id, split, path, boneage_raw, male (bool or None), male_raw, source, line, labelled,
+    image_dirs.
     """
     problems: list[Problem] = []
     first_seen: dict[str, str] = {}
@@ -63,7 +64,7 @@ def row_problems(labels: pd.DataFrame) -> list[Problem]:
         first_seen[row.id] = f"{row.source}:{row.line}"
         if row.labelled and (why := age_problem(row.boneage_raw)):
             problems.append(Problem(message=f"id {row.id}: {why}", **where))
-        if row.male is None:
+        if pd.isna(row.male):
             problems.append(Problem(message=f"id {row.id}: unknown sex {row.male_raw!r} (use M/F, True/False, 1/0)",
                                     **where))
         if not row.path:
@@ -85,3 +86,17 @@ def _decode_error(path: str) -> str | None:
     except MedalError as err:
         return str(err).removeprefix(f"{path}: ")
     return None
+
+
+def summarize(index: pd.DataFrame) -> pd.DataFrame:
+    """Per split: images, male, female, age min/mean/max (NaN where a split has no labels)."""
+    rows = []
+    for split in SPLITS:
+        part = index[index["split"] == split]
+        if part.empty:
+            continue
+        ages = part["boneage"].astype(float)
+        rows.append({"split": split, "images": len(part), "male": int(part["male"].sum()),
+                     "female": int((~part["male"].astype(bool)).sum()),
+                     "age_min": ages.min(), "age_mean": ages.mean(), "age_max": ages.max()})
+    return pd.DataFrame(rows, columns=["split", "images", "male", "female", "age_min", "age_mean", "age_max"])

@@ -107,7 +107,8 @@ def _images_in(dirs: list[Path]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for folder in dirs:
         for png in sorted(folder.glob("*.png")):
-            found.setdefault(png.stem, png.resolve())
+            if not png.name.startswith("."):  # macOS `._1377.png` resource forks are not images
+                found.setdefault(png.stem, png.resolve())
     return found
 
 
@@ -122,7 +123,7 @@ def _scan_split(root: Path, split: str, problems: list[Problem]) -> tuple[pd.Dat
                         f"under {root}"))
         return None, None
     table = _read_table(labels_path)
-    id_col, sex_col, age_col = _column(table, _ID_COLUMNS), _column(table, _SEX_COLUMNS), _column(table, "age")
+    id_col, sex_col, age_col = _column(table, _ID_COLUMNS), _column(table, _SEX_COLUMNS), _column(table, "boneage")
     if id_col is None or sex_col is None:
         problems.append(Problem(source=str(labels_path), message=f"no id or sex column in {list(table.columns)}; "
                                 "expected e.g. id,boneage,male"))

@@ -39,6 +39,14 @@ class SplitOptions:
             raise MedalError(f"data.split.bins={self.bins}: must be >= 1")
 
 
+def _largest_remainder(quotas: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Integer shares of `total` close to `quotas` (floors, then +1 to the largest remainders, ties at random)."""
+    takes = np.floor(quotas).astype(int)
+    remainders = quotas - takes + rng.random(len(quotas)) * 1e-9
+    takes[np.argsort(-remainders)[: max(0, total - int(takes.sum()))]] += 1
+    return takes
+
+
 def stratified_holdout(frame: pd.DataFrame, fraction: float, seed: int, bins: int) -> np.ndarray:
     """Boolean mask over `frame` rows: `fraction` of each (age quantile bin, sex) stratum, seeded.
 
@@ -52,10 +60,11 @@ def stratified_holdout(frame: pd.DataFrame, fraction: float, seed: int, bins: in
     edges = np.unique(np.quantile(ages, np.linspace(0, 1, bins + 1)[1:-1]))
     strata = np.digitize(ages, edges) * 2 + males
     rng = np.random.default_rng(seed)
+    labels, sizes = np.unique(strata, return_counts=True)
+    takes = _largest_remainder(fraction * sizes, round(fraction * len(frame)), rng)
     chosen_sorted = np.zeros(len(frame), dtype=bool)
-    for stratum in np.unique(strata):
+    for stratum, take in zip(labels, takes, strict=True):
         members = np.flatnonzero(strata == stratum)
-        take = int(np.floor(fraction * len(members) + rng.random()))  # unbiased rounding of small strata
         chosen_sorted[rng.permutation(members)[:take]] = True
     chosen = np.zeros(len(frame), dtype=bool)
     chosen[order] = chosen_sorted

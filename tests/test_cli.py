@@ -1,0 +1,48 @@
+"""The `medal` command: task list, unknown tasks, and a task's Hydra `--help` / `--cfg job` (real processes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medal.cli import main
+from medal.tasks import TASKS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def medal(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m medal ARGS` with this venv's interpreter, as a user would run it."""
+    return subprocess.run([sys.executable, "-m", "medal", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={"PATH": "/usr/bin:/bin", "MEDAL_ROOT": str(cwd), "HOME": str(cwd)})
+
+
+def test_help_lists_every_task(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: medal <task>")
+    for name, (_, description) in TASKS.items():
+        assert f"  {name}" in out and description in out
+
+
+def test_unknown_task_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["trian"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown task 'trian'" in err and "check-data" in err
+
+
+def test_task_help_and_cfg_job_in_a_real_process(tmp_path: Path) -> None:
+    helped = medal("check-data", "--help", cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert "check_data" in helped.stdout and "data: phantom, rsna" in helped.stdout
+    shown = medal("check-data", "data=rsna", f"data.root={tmp_path}", "data.image_size=128", "--cfg", "job",
+                  cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "task_name: check_data" in shown.stdout and "name: rsna" in shown.stdout
+    assert "image_size: 128" in shown.stdout and f"root: {tmp_path}" in shown.stdout
+    assert not (tmp_path / "outputs").exists()  # printing the config runs nothing
