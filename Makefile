@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN := $(UV) run --locked
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup browser demo test test-full bench lint clean
+.PHONY: setup browser demo test test-full bench figure12-smoke lint clean
 
 setup:  ## install uv if missing, then the locked environment
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --user --quiet uv
@@ -28,6 +28,9 @@ test-full: setup browser  ## every test, `slow` ones included
 bench: setup  ## every benchmark -> outputs/bench/*.json, *.md and summary.md
 	@for s in scripts/bench_*.py; do echo "== $$s"; $(RUN) python $$s || exit 1; done
 	$(RUN) python scripts/bench_summary.py
+
+figure12-smoke: setup  ## Figure 12 (36 runs) on phantoms, tiny model; tables from the folder and offline W&B must match
+	$(RUN) python scripts/figure12_smoke.py --root outputs/figure12_smoke --n 96 --epochs 3
 
 lint: setup
 	$(RUN) ruff check medal tests scripts

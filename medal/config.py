@@ -15,10 +15,19 @@ def path_id(path: str) -> str:
     return hashlib.sha1(str(Path(path).expanduser().resolve()).encode()).hexdigest()[:8]
 
 
+def fast_precision(accelerator: str = "cpu") -> str:
+    """`${fast_precision:cpu}`: bf16-mixed where bf16 is native, else 32-true (see medal.hardware)."""
+    from medal.hardware import fast_precision as pick
+
+    return pick(accelerator)
+
+
 def register_resolvers() -> None:
-    """Register `${path_id:...}`; safe to call more than once."""
+    """Register `${path_id:...}` and `${fast_precision:...}`; safe to call more than once."""
     if not OmegaConf.has_resolver("path_id"):
         OmegaConf.register_new_resolver("path_id", path_id)
+    if not OmegaConf.has_resolver("fast_precision"):
+        OmegaConf.register_new_resolver("fast_precision", fast_precision)
 
 
 register_resolvers()

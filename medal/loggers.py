@@ -26,10 +26,14 @@ WANDB_TAG_MAX = 64  # W&B rejects longer tags
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     """The run's config as plain, resolved containers (without Hydra's own node): what a logger records."""
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    assert isinstance(container, dict)
-    container.pop("hydra", None)
-    return container
+    resolved: dict[str, Any] = {}
+    for key in cfg:
+        if key == "hydra":  # Hydra's own node: launcher/sweeper internals, some unresolvable outside a sweep
+            continue
+        node = cfg[key]
+        resolved[str(key)] = (OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+                              if OmegaConf.is_config(node) else node)
+    return resolved
 
 
 def build_loggers(cfg: DictConfig, log_config: bool = True) -> list[Logger]:

@@ -30,7 +30,18 @@ def clahe_params(clip_limit: float | int, grid: int | Sequence[int]) -> tuple[fl
     return clip, (cells[0], cells[1])
 
 
-def clahe(images: torch.Tensor, clip_limit: float | int = 2.0, grid: int | Sequence[int] = (8, 8)) -> torch.Tensor:
-    """Contrast-limited adaptive histogram equalisation of (B, C, H, W) or (C, H, W) images in [0, 1]."""
+def clahe(
+    images: torch.Tensor,
+    clip_limit: float | int = 2.0,
+    grid: int | Sequence[int] = (8, 8),
+    keep_background: bool = False,
+) -> torch.Tensor:
+    """Contrast-limited adaptive histogram equalisation of (B, C, H, W) or (C, H, W) images in [0, 1].
+
+    `keep_background` re-zeroes pixels that were exactly 0 (the segmented RoI's background), which
+    equalisation would otherwise lift to grey.
+    """
     clip, cells = clahe_params(clip_limit, grid)
-    return equalize_clahe(images.float().clamp(0, 1), clip_limit=clip, grid_size=cells)
+    images = images.float().clamp(0, 1)
+    out = equalize_clahe(images, clip_limit=clip, grid_size=cells)
+    return out * (images > 0) if keep_background else out

@@ -97,3 +97,21 @@ class UNet(nn.Module):
         for up, block, skip in zip(self.up, self.decoder, reversed(skips), strict=True):
             x = block(torch.cat([up(x), skip], dim=1))
         return self.head(x)
+
+
+class InputResidual(nn.Module):
+    """Logits = net(x) + logit(x): the net learns a *correction* of its [0, 1] input and starts as identity.
+
+    For enhancement the output is mostly the input (same hand, same bones), so the residual form
+    spends no training on relearning the image and cannot start worse than pass-through; the net's
+    last conv is zero-initialised for that reason.
+    """
+
+    def __init__(self, net: UNet, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.net, self.eps = net, eps
+        nn.init.zeros_(net.head.weight)
+        nn.init.zeros_(net.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) + torch.logit(x.float().clamp(self.eps, 1 - self.eps))

@@ -31,6 +31,7 @@ class Section:
     paragraphs: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    code: list[str] = field(default_factory=list)  # preformatted blocks (configuration)
 
 
 def _copy_figures(sections: list[Section], out_dir: Path) -> dict[Path, str]:
@@ -64,6 +65,8 @@ def _markdown(title: str, sections: list[Section], links: dict[Path, str]) -> st
             out.append("")
         for fig in sec.figures:
             out += [f"![{fig.caption}]({links[Path(fig.path)]})", "", f"*{fig.caption}*", ""]
+        for block in sec.code:
+            out += ["```", block.rstrip(), "```", ""]
     return "\n".join(out)
 
 
@@ -75,6 +78,7 @@ th{background:#eee}td:first-child,th:first-child{text-align:left}caption{caption
 figure{display:inline-block;margin:.6rem;vertical-align:top;max-width:100%}
 figure img{max-width:100%;max-height:34rem;border:1px solid #ddd}figcaption{font-size:.9rem;color:#555}
 footer{margin-top:3rem;font-size:.8rem;color:#777}
+pre{background:#f6f6f6;padding:.6rem;overflow-x:auto;font-size:.8rem}
 """
 
 # Counts images that loaded; a browser test (and a reader) can see broken figures at a glance.
@@ -106,6 +110,7 @@ def _html(title: str, sections: list[Section], links: dict[Path, str]) -> str:
             src = esc(links[Path(fig.path)])
             body.append(f'<figure><img src="{src}" alt="{esc(fig.caption)}">'
                         f"<figcaption>{esc(fig.caption)}</figcaption></figure>")
+        body += [f"<pre>{esc(block)}</pre>" for block in sec.code]
         body.append("</section>")
     body.append('<footer id="image-check" data-loaded="" data-total="">figures not checked (JavaScript off)</footer>')
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'

@@ -16,7 +16,9 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+import medal.config  # noqa: F401  (registers the resolvers that saved configs refer to)
 from medal.errors import MedalError
 from medal.runs import METRICS_FILE
 
@@ -36,6 +38,7 @@ class RunResult:
     status: str
     overrides: list[str] = field(default_factory=list)
     history: pd.DataFrame | None = None  # one row per epoch, columns = logged metric names
+    extra: dict[str, Any] = field(default_factory=dict)  # source-specific facts (W&B group, id, images)
 
     def get(self, key: str, default: Any = None) -> Any:
         """Dotted config lookup (`finetune.name`); `default` when any part is missing."""
@@ -82,10 +85,48 @@ def _read_yaml(path: Path) -> Any:
         raise MedalError(f"{path}: cannot read ({err}); is this a Hydra run folder?") from None
 
 
+_HYDRA_NODE = "__hydra__"
+
+
+def resolve_leniently(config: dict[str, Any], hydra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Resolve the interpolations Hydra saved unresolved (`images: ${enhance.images_dir}`) where possible.
+
+    `${hydra:x}` is looked up in the run's own `.hydra/hydra.yaml` (`hydra`), not in whatever Hydra is live now.
+    Values that still cannot resolve (a missing env var) stay as written, so a table can group runs by any key
+    without the reader failing on one it doesn't need.
+    """
+    text = yaml.safe_dump(config).replace("${hydra:", "${" + _HYDRA_NODE + ".")
+    root = OmegaConf.create({**yaml.safe_load(text), _HYDRA_NODE: hydra or {}})
+
+    def walk(node: DictConfig | ListConfig) -> Any:
+        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+        out: dict | list = {} if isinstance(node, DictConfig) else []
+        for key in keys:
+            try:
+                value = node[key]
+            except Exception:  # noqa: BLE001 - any resolver error: keep the literal text
+                value = node._get_node(key)._value()
+            if isinstance(value, DictConfig | ListConfig):
+                value = walk(value)
+            elif isinstance(value, str):  # left unresolved: show it as the run wrote it
+                value = value.replace("${" + _HYDRA_NODE + ".", "${hydra:")
+            if isinstance(out, dict):
+                out[key] = value
+            else:
+                out.append(value)
+        return out
+
+    resolved = walk(root)
+    resolved.pop(_HYDRA_NODE)
+    return resolved
+
+
 def read_run(run_dir: str | Path) -> RunResult:
     """One Hydra run folder -> RunResult (status `incomplete` when it never wrote metrics.json)."""
     run_dir = Path(run_dir)
-    config = _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    hydra = (_read_yaml(hydra_file) or {}).get("hydra") if hydra_file.exists() else None
+    config = resolve_leniently(_read_yaml(run_dir / ".hydra" / "config.yaml") or {}, hydra)
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = [str(o) for o in (_read_yaml(overrides_file) or [])] if overrides_file.exists() else []
     metrics_file = run_dir / METRICS_FILE

@@ -39,7 +39,7 @@ def otsu_binarise(probs: torch.Tensor) -> torch.Tensor:
     out = np.zeros(arr.shape, dtype=bool)
     for i, p in enumerate(arr):
         lo, hi = float(p.min()), float(p.max())
-        thr = threshold_otsu(p) if hi - lo > 1e-6 else 0.5
+        thr = threshold_otsu(p.ravel()) if hi - lo > 1e-6 else 0.5
         out[i] = p > thr
     return torch.from_numpy(out).to(probs.device)
 
@@ -52,4 +52,5 @@ def dice_iou(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
         warnings.simplefilter("ignore", UserWarning)
         dice = dice_score(pred, gold, num_classes=1, input_format="one-hot", average="micro")
     iou = torch.stack([binary_jaccard_index(p, g, zero_division=1.0) for p, g in zip(pred, gold, strict=True)])
-    return dice.reshape(-1).float(), iou.float()
+    dice = torch.nan_to_num(dice.reshape(-1).float(), nan=1.0)  # both masks empty: perfect agreement
+    return dice, iou.float()

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from medal.config import CONF_DIR
 from medal.errors import MedalError
+from medal.loggers import summarize_run
 from medal.runs import write_metrics
 
 log = logging.getLogger("medal")
@@ -31,8 +32,10 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def finish_loggers(failed: bool) -> None:
-    """Close a W&B run if one is open, marking it failed, so a sweep's next run starts clean."""
+def finish_loggers(metrics: dict[str, Any], failed: bool) -> None:
+    """Copy the final metrics and status into an open W&B run, then close it, so metrics.json and W&B
+    agree and a sweep's next run starts clean."""
+    summarize_run(metrics, "failed" if failed else "ok")
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=1 if failed else 0)
@@ -47,20 +50,20 @@ def run_task(fn: TaskFn, cfg: DictConfig) -> float | None:
     except MedalError as err:
         log.error("%s", err)
         write_metrics(out_dir, {}, status="failed", error=str(err))
-        finish_loggers(failed=True)
+        finish_loggers({}, failed=True)
         if _in_multirun():
             return None
         raise SystemExit(1) from None
     except Exception as err:
         log.exception("run failed: %s", err)
         write_metrics(out_dir, {}, status="failed", error=f"{type(err).__name__}: {err}")
-        finish_loggers(failed=True)
+        finish_loggers({}, failed=True)
         if _in_multirun():
             return None
         raise
     metrics.setdefault("time/run_s", time.perf_counter() - started)
     write_metrics(out_dir, metrics)
-    finish_loggers(failed=False)
+    finish_loggers(metrics, failed=False)
     log.info("metrics written to %s", out_dir / "metrics.json")
     key = cfg.get("optimized_metric")
     return float(metrics[key]) if key and metrics.get(key) is not None else None

@@ -1,0 +1,1 @@
+"""Deep active learning: query strategies, the labelled pool, oracles and the round loop."""

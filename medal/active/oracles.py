@@ -1,0 +1,124 @@
+"""Oracles answer the pool's queries with hand masks.
+
+`SimulatedOracle` reads held-back ground truth (`<masks_dir>/<id>.png`, e.g. the phantoms' masks/);
+`FolderOracle` is the human in the loop: it exports the queried images and a starting mask into a
+round folder, the run stops, a person saves `<id>_bin.png` answers there (the reference code's
+naming), and the next run validates and imports them. Every answer is a full-size boolean mask.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medal.data.images import read_image, write_png
+from medal.errors import MedalError
+
+if TYPE_CHECKING:
+    from medal.active.loop import QueryContext
+
+log = logging.getLogger("medal.active")
+
+ANSWER_SUFFIX = "_bin.png"
+START_SUFFIX = "_start.png"
+MANIFEST = "queried.json"
+
+
+class OracleWaiting(Exception):
+    """The human oracle has not answered yet; the message says where to put the answers."""
+
+
+def binary_mask(path: Path, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a mask file: must decode, be binary (0 and one other value) and, if given, have the shape."""
+    arr = read_image(path)
+    if expected_shape is not None and arr.shape != tuple(expected_shape):
+        raise MedalError(
+            f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} (WxH) but the image is "
+            f"{expected_shape[1]}x{expected_shape[0]}; save it at the image's size"
+        )
+    values = np.unique(arr)
+    if values.size > 2 or (values.size == 2 and values[0] != 0.0):
+        raise MedalError(
+            f"{path}: mask is not binary ({values.size} grey levels); save it with only black (0) and white (255)"
+        )
+    return arr > 0
+
+
+class SimulatedOracle:
+    """Answers from a folder of ground-truth masks `<id>.png` (held back from the learner)."""
+
+    def __init__(self, masks_dir: str | Path) -> None:
+        self.masks_dir = Path(masks_dir)
+        if not self.masks_dir.is_dir():
+            raise MedalError(f"oracle.masks_dir={self.masks_dir}: folder not found; point it at <id>.png masks")
+
+    def answer(self, round_no: int, ids: Sequence[str], ctx: QueryContext) -> dict[str, np.ndarray]:
+        return {i: binary_mask(self.masks_dir / f"{i}.png", ctx.shape_of(i)) for i in ids}
+
+
+class FolderOracle:
+    """A person answers through `<root>/round_XX/`: images + starting masks out, `<id>_bin.png` back."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def round_dir(self, round_no: int) -> Path:
+        return self.root / f"round_{round_no:02d}"
+
+    def export(self, round_no: int, ids: Sequence[str], ctx: QueryContext) -> Path:
+        """Write `<id>.png` (the image) and `<id>_start.png` (a mask to correct) once per round."""
+        out = self.round_dir(round_no)
+        manifest = out / MANIFEST
+        if manifest.is_file() and json.loads(manifest.read_text())["ids"] == list(ids):
+            return out
+        shapes = {}
+        for i in ids:
+            image = ctx.image_of(i)
+            shapes[i] = list(image.shape)
+            write_png(out / f"{i}.png", image)
+            start = ctx.start_mask_of(i)
+            if start is not None:
+                write_png(out / f"{i}{START_SUFFIX}", start.astype(np.float32))
+        tmp = out / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps({"round": round_no, "ids": list(ids), "shapes": shapes}, indent=1))
+        tmp.replace(manifest)
+        return out
+
+    def answer(self, round_no: int, ids: Sequence[str], ctx: QueryContext) -> dict[str, np.ndarray]:
+        """Export the round (once), then import every answer, or raise OracleWaiting / MedalError (bad files)."""
+        folder = self.export(round_no, ids, ctx)
+        manifest = folder / MANIFEST
+        shapes = {k: tuple(v) for k, v in json.loads(manifest.read_text())["shapes"].items()}
+        wanted = set(ids)
+        problems: list[str] = []
+        for path in sorted(folder.glob(f"*{ANSWER_SUFFIX}")):
+            image_id = path.name[: -len(ANSWER_SUFFIX)]
+            if image_id not in wanted:
+                problems.append(
+                    f"{path}: no image {image_id!r} was queried in round {round_no}; rename it to a queried id or remove it"
+                )
+        missing = [i for i in ids if not (folder / f"{i}{ANSWER_SUFFIX}").is_file()]
+        answers: dict[str, np.ndarray] = {}
+        for i in ids:
+            if i in missing:
+                continue
+            try:
+                answers[i] = binary_mask(folder / f"{i}{ANSWER_SUFFIX}", shapes.get(i))
+            except MedalError as err:
+                problems.append(str(err))
+        if problems:
+            for line in problems:
+                log.error("%s", line)
+            raise MedalError(f"{len(problems)} bad answer file(s) in {folder}; first: {problems[0]}")
+        if missing:
+            raise OracleWaiting(
+                f"waiting for {len(missing)} of {len(ids)} answers: save each mask as <id>{ANSWER_SUFFIX} "
+                f"(white hand on black, image size; <id>{START_SUFFIX} is a start) in {folder}, "
+                "then rerun `medal segment` with the same arguments"
+            )
+        return answers

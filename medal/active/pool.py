@@ -1,0 +1,151 @@
+"""The active-learning pool: which image was labelled in which round, every round's scores, the answers.
+
+The whole state is one JSON file rewritten atomically (temp file + rename) after every change, so a
+crash or a deliberate stop (a human oracle still labelling) loses nothing: the next run loads it and
+goes on. Invariants enforced here: an image is queried at most once and labelled at most once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from medal.errors import MedalError
+
+STATE_VERSION = 1
+
+
+class ActivePool:
+    """Labelled / pending / unlabelled split of `ids`, persisted to `path` after every step."""
+
+    def __init__(self, ids: Sequence[str], path: str | Path | None = None) -> None:
+        if len(set(ids)) != len(ids):
+            raise MedalError("active pool: duplicate image ids in the pool; the data index must have unique ids")
+        self.ids = [str(i) for i in ids]
+        self.path = Path(path) if path is not None else None
+        self.round = 0
+        self.labelled: dict[str, int] = {}  # id -> round whose query labelled it
+        self.pending: list[str] = []  # queried, oracle answer not yet in
+        self.answers: dict[str, str] = {}  # id -> where the stored answer mask lives
+        self.scores: dict[int, dict[str, float]] = {}  # round -> id -> strategy score at query time
+        self.history: list[dict[str, float]] = []  # per finished round: labelled count, val dice, ...
+        self.best_dice = float("-inf")
+        self.rounds_since_best = 0
+        self.stopped: str | None = None  # why the loop ended, once it has
+
+    # -- queries and answers ------------------------------------------------------------------
+    @property
+    def unlabelled(self) -> list[str]:
+        """Pool ids neither labelled nor waiting for an answer, in pool order."""
+        taken = set(self.labelled) | set(self.pending)
+        return [i for i in self.ids if i not in taken]
+
+    def query(self, ids: Iterable[str], scores: dict[str, float] | None = None) -> None:
+        """Ask the oracle for `ids` in the current round (they become pending); save."""
+        ids = [str(i) for i in ids]
+        if self.pending:
+            raise MedalError(f"active pool: round {self.round} still waits for {len(self.pending)} answers")
+        known = set(self.ids)
+        free = set(self.unlabelled)
+        for i in ids:
+            if i not in known:
+                raise MedalError(f"active pool: id {i} is not in the pool")
+            if i not in free or ids.count(i) > 1:
+                raise MedalError(f"active pool: id {i} was already queried; an image is queried only once")
+        self.pending = ids
+        if scores is not None:
+            self.scores[self.round] = {str(k): float(v) for k, v in scores.items()}
+        self.save()
+
+    def label(self, image_id: str, answer: str | Path) -> None:
+        """Record the oracle's answer for one pending id (the stored mask's path); save."""
+        if image_id not in self.pending:
+            raise MedalError(f"active pool: answer for {image_id}, which was not queried in round {self.round}")
+        self.pending.remove(image_id)
+        self.labelled[image_id] = self.round
+        self.answers[image_id] = str(answer)
+        self.save()
+
+    def end_round(self, metrics: dict[str, float], patience: int, min_delta: float = 0.0) -> bool:
+        """Close the round with its metrics; return True when validation Dice stopped improving.
+
+        `metrics["val/dice"]` (if present) drives early stopping: `patience` rounds in a row without
+        an improvement of more than `min_delta` stop the loop.
+        """
+        record = {"round": float(self.round), "labelled": float(len(self.labelled)), **metrics}
+        self.history.append(record)
+        dice = metrics.get("val/dice")
+        stalled = False
+        if dice is not None:
+            if dice > self.best_dice + min_delta:
+                self.best_dice = float(dice)
+                self.rounds_since_best = 0
+            else:
+                self.rounds_since_best += 1
+                stalled = self.rounds_since_best >= patience
+        self.round += 1
+        self.save()
+        return stalled
+
+    def finish(self, reason: str) -> None:
+        self.stopped = reason
+        self.save()
+
+    # -- persistence --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "ids": self.ids,
+            "round": self.round,
+            "labelled": self.labelled,
+            "pending": self.pending,
+            "answers": self.answers,
+            "scores": {str(k): v for k, v in self.scores.items()},
+            "history": self.history,
+            "best_dice": self.best_dice if self.best_dice != float("-inf") else None,
+            "rounds_since_best": self.rounds_since_best,
+            "stopped": self.stopped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise MedalError(f"active pool: state version {state.get('version')} unsupported; delete the al/ dir")
+        if list(state["ids"]) != self.ids:
+            raise MedalError(
+                f"active pool {self.path}: saved for a different pool of images; use another al.dir or delete it"
+            )
+        self.round = int(state["round"])
+        self.labelled = {str(k): int(v) for k, v in state["labelled"].items()}
+        self.pending = [str(i) for i in state["pending"]]
+        self.answers = {str(k): str(v) for k, v in state["answers"].items()}
+        self.scores = {int(k): v for k, v in state["scores"].items()}
+        self.history = list(state["history"])
+        best = state.get("best_dice")
+        self.best_dice = float(best) if best is not None else float("-inf")
+        self.rounds_since_best = int(state["rounds_since_best"])
+        self.stopped = state.get("stopped")
+
+    def save(self) -> None:
+        """Write the state atomically; no-op for an in-memory pool."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.state_dict(), indent=1))
+        tmp.replace(self.path)
+
+    @classmethod
+    def open(cls, ids: Sequence[str], path: str | Path) -> ActivePool:
+        """Resume the pool saved at `path`, or start a new one there."""
+        pool = cls(ids, path)
+        path = Path(path)
+        if path.is_file():
+            try:
+                state = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise MedalError(f"{path}: unreadable active-pool state ({err}); restore it or delete it") from None
+            pool.load_state_dict(state)
+        return pool

@@ -1,0 +1,49 @@
+"""Keras-2 inverse-time learning rate decay, applied per optimizer step to every parameter group.
+
+Keras 2 optimizers with `decay=d` use `lr_t = lr0 / (1 + d * t)` with t the number of updates; the paper
+uses lr0 = 1e-3 and d = 0.05. torch's `LambdaLR` sizes its per-group state when it is built, so groups
+that paced transfer learning adds later would keep a constant lr; this scheduler adopts every new group
+when it first sees it and decays it from that step on (a Keras model recompiled for a new stage starts
+its decay anew as well).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+
+def inverse_time(step: int, decay: float) -> float:
+    """The Keras-2 factor `1 / (1 + decay * step)`."""
+    return 1.0 / (1.0 + decay * step)
+
+
+class InverseTimeDecay(LRScheduler):
+    """`lr = initial_lr / (1 + decay * steps_since_the_group_joined)` for every group, old and new."""
+
+    def __init__(self, optimizer: Optimizer, decay: float = 0.05, last_epoch: int = -1):
+        if decay < 0:
+            raise ValueError(f"decay must be >= 0, got {decay}")
+        self.decay = float(decay)
+        super().__init__(optimizer, last_epoch)
+
+    def adopt(self, group: dict[str, Any], updates_done: int | None = None) -> None:
+        """Start decaying `group` from its current lr; `updates_done` = optimizer steps taken before it joined."""
+        group.setdefault("initial_lr", group["lr"])
+        group.setdefault("decay_start", self.last_epoch if updates_done is None else updates_done)
+
+    def get_lr(self) -> list[float]:
+        lrs = []
+        for group in self.optimizer.param_groups:
+            # A group not adopted when it was added is met here, right after its first update.
+            self.adopt(group, updates_done=max(self.last_epoch - 1, 0))
+            lrs.append(group["initial_lr"] * inverse_time(self.last_epoch - group["decay_start"], self.decay))
+        self.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        return lrs
+
+
+def inverse_time_decay(optimizer: Optimizer, decay: float = 0.05) -> dict[str, Any]:
+    """Lightning scheduler config: step the decay after every optimizer update (Hydra `_partial_` target)."""
+    return {"scheduler": InverseTimeDecay(optimizer, decay=decay), "interval": "step", "frequency": 1}

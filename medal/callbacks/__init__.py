@@ -1,0 +1,1 @@
+"""Lightning callbacks: fixed fine-tune modes and paced transfer learning."""

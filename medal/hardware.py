@@ -1,0 +1,37 @@
+"""Which fast paths this machine really has: bf16 helps only where the hardware does bf16 natively.
+
+Without native support (CPUs lacking avx512_bf16/AMX) oneDNN emulates bf16 and convolutions run ~2x
+*slower* than fp32, so every "fast dtype" setting in medal accepts `auto` and asks here.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import torch
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(setting: bool | str, device: str | None = None) -> bool:
+    """Resolve a true / false / "auto" bf16 setting for `device` (default: CUDA if present, else CPU)."""
+    if setting != "auto":
+        return bool(setting)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_has_native_bf16()
+
+
+def fast_precision(accelerator: str = "cpu") -> str:
+    """Lightning `precision` for `accelerator`: bf16-mixed where bf16 is native, else 32-true."""
+    device = "cuda" if accelerator in {"gpu", "cuda"} else "cpu"
+    return "bf16-mixed" if use_bf16("auto", device) else "32-true"

@@ -1,0 +1,1 @@
+"""LightningModules of the learned stages (segmenter committee, enhancer, bone age regressor)."""

@@ -1,0 +1,97 @@
+"""LightningModule of the bone age regressor: scaled-target loss, month-valued metrics, config optimisers.
+
+Everything it needs to be rebuilt is a plain hyperparameter (model config, target scaling, loss, optimiser
+and scheduler configs), so `BoneAgeModule.load_from_checkpoint(path)` restores a trained model for testing
+and CAM. Logged names: `train/loss` (per epoch; the loss-curve reader relies on it), `train/mae`,
+`val/loss`, `val/mae`, `val/rmse`, `val/bias`, `val/within12`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics import MeanAbsoluteError
+
+from medal.boneage.metrics import boneage_metrics
+from medal.boneage.targets import TargetScaler
+from medal.errors import MedalError
+from medal.models.regressor import build_regressor
+
+LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss, "huber": F.smooth_l1_loss}
+
+DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.RMSprop", "_partial_": True, "lr": 1e-3,
+                                     "alpha": 0.9, "eps": 1e-7}
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+class BoneAgeModule(pl.LightningModule):
+    """Trains a `BoneAgeRegressor` on scaled targets; predicts and reports months."""
+
+    def __init__(self, model_cfg: Mapping[str, Any], target_shift: float = 0.0, target_scale: float = 240.0,
+                 loss: str = "l1", optimizer: Mapping[str, Any] | None = None,
+                 scheduler: Mapping[str, Any] | None = None, channels_last: bool = True) -> None:
+        super().__init__()
+        model_cfg, optimizer, scheduler = _plain(model_cfg), _plain(optimizer), _plain(scheduler)
+        if loss not in LOSSES:
+            raise MedalError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
+        self.save_hyperparameters({"model_cfg": model_cfg, "target_shift": float(target_shift),
+                                   "target_scale": float(target_scale), "loss": loss,
+                                   "optimizer": optimizer, "scheduler": scheduler, "channels_last": channels_last})
+        self.model = build_regressor(model_cfg)
+        self.scaler = TargetScaler(float(target_shift), float(target_scale))
+        self.loss_fn = LOSSES[loss]
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        self.train_mae = MeanAbsoluteError()
+        self.val_metrics = boneage_metrics("val/")
+
+    def forward(self, image: torch.Tensor, male: torch.Tensor | None = None) -> torch.Tensor:
+        """Bone age in months."""
+        scaled = self.model(image.contiguous(memory_format=self.memory_format), male)
+        return self.scaler.to_months(scaled.float())
+
+    def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        image = batch["image"].contiguous(memory_format=self.memory_format)
+        scaled = self.model(image, batch["male"]).float()
+        loss = self.loss_fn(scaled, self.scaler.scale_targets(batch["boneage"].float()))
+        return loss, self.scaler.to_months(scaled.detach())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, months = self._step(batch)
+        size = len(batch["boneage"])
+        # synced across ranks: PTL decides its stage from this value, and every rank must decide alike
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
+        self.train_mae(months, batch["boneage"].float())
+        self.log("train/mae", self.train_mae, on_step=False, on_epoch=True, batch_size=size)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, months = self._step(batch)
+        size = len(batch["boneage"])
+        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        self.val_metrics.update(months, batch["boneage"].float())
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute())
+        self.val_metrics.reset()
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise MedalError("no trainable parameters: check finetune= and the model's block map")
+        optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER)(params)
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler)(optimizer)
+        if not isinstance(scheduler, Mapping):
+            scheduler = {"scheduler": scheduler, "interval": "epoch"}
+        return {"optimizer": optimizer, "lr_scheduler": dict(scheduler)}

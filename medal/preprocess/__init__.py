@@ -1,0 +1,1 @@
+"""Classical preprocessing: coarse hand masks (polarity, Otsu, components, morphology) and RoI cropping."""

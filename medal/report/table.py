@@ -1,0 +1,300 @@
+"""Ablation tables from runs: rows and columns are config keys, a cell is one metric (mean over seeds).
+
+Figure 12 of the paper is the preset `figure12`: rows = fine-tune mode, columns = enhancement x cohort, cell =
+`test/mae` of the run trained and tested on that cohort. A cell with no run is shown as '—', a cell whose runs
+all failed as 'failed' — never as 0, so a broken sweep can't pass for a result.
+The pseudo key `metric` puts several metrics on an axis (e.g. one model scored per sex:
+`columns=[metric]`, `metrics=[test/mae, test/mae_male, test/mae_female]`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from medal.errors import MedalError
+from medal.report.runs import RunResult
+
+METRIC_AXIS = "metric"
+MISSING_MARK, FAILED_MARK = "—", "failed"
+
+# Figure 12 of the paper (MAE in months, RSNA test set, Xception at 299 px); DOMAIN.md.
+FINETUNE_MODES = ("above_fc", "above_exit", "above_mid", "above_entry", "all", "ptl")
+_PAPER_ROWS = {  # mode: (enhanced: all, male, female), (not enhanced: all, male, female)
+    "above_fc": ((28.168, 28.271, 25.982), (28.731, 30.388, 26.180)),
+    "above_exit": ((12.695, 10.082, 11.242), (16.635, 14.702, 12.915)),
+    "above_mid": ((11.213, 8.339, 8.115), (11.511, 8.146, 11.835)),
+    "above_entry": ((9.796, 7.626, 8.337), (9.695, 9.175, 8.060)),
+    "all": ((9.141, 6.923, 7.265), (8.305, 8.923, 7.666)),
+    "ptl": ((7.664, 5.991, 6.263), (8.074, 7.495, 7.256)),
+}
+FIGURE12_PAPER: dict[tuple[str, ...], float] = {
+    (mode, enhance, cohort): value
+    for mode, blocks in _PAPER_ROWS.items()
+    for enhance, values in zip(("gan", "none"), blocks, strict=True)
+    for cohort, value in zip(("all", "male", "female"), values, strict=True)
+}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What to tabulate. `orders` fixes value order (and the expected cells) per key; `labels` renames
+    values (`"value"` or `"key=value"`, the latter winning) and keys (the row header)."""
+
+    rows: str
+    columns: tuple[str, ...]
+    metric: str | None = None
+    metrics: tuple[str, ...] = ()
+    orders: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    title: str = ""
+    decimals: int = 3
+    best: str | None = None  # "min" or "max": bold the best value of each column
+    reference: Mapping[tuple[str, ...], float] | None = None
+    reference_name: str = "paper"
+
+    def __post_init__(self) -> None:
+        axes = (self.rows, *self.columns)
+        if METRIC_AXIS in axes and not self.metrics:
+            raise MedalError("table: the `metric` axis needs table.metrics=[...] (e.g. [test/mae,test/mae_male])")
+        if METRIC_AXIS not in axes and not self.metric:
+            raise MedalError("table.metric is not set; name the metric of a cell, e.g. table.metric=test/mae")
+        if self.best not in (None, "min", "max"):
+            raise MedalError(f"table.best={self.best!r}: use min, max or null")
+
+
+FIGURE12 = TableSpec(
+    rows="finetune.name",
+    columns=("enhance.name", "cohort.name"),
+    metric="test/mae",
+    orders={"finetune.name": FINETUNE_MODES, "enhance.name": ("gan", "none"),
+            "cohort.name": ("all", "male", "female")},
+    labels={"finetune.name": "fine-tune", "above_fc": "above FC", "above_exit": "above exit",
+            "above_mid": "above middle", "above_entry": "above entry", "finetune.name=all": "all layers",
+            "ptl": "PTL", "gan": "enhanced", "none": "not enhanced"},
+    title="Figure 12: test MAE (months) by fine-tune mode, with/without enhancement, per cohort",
+    best="min",
+    reference=FIGURE12_PAPER,
+)
+PRESETS: dict[str, TableSpec] = {"figure12": FIGURE12}
+
+
+@dataclass
+class Cell:
+    """The runs that landed in one cell: their metric values and how many of them failed."""
+
+    values: list[float] = field(default_factory=list)
+    failed: int = 0
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    @property
+    def state(self) -> str:
+        if self.values:
+            return "ok"
+        return "failed" if self.failed else "missing"
+
+
+@dataclass
+class Table:
+    spec: TableSpec
+    row_values: list[Any]
+    column_values: list[tuple[Any, ...]]
+    cells: dict[tuple[Any, tuple[Any, ...]], Cell]
+    compare: bool = False
+
+    def cell(self, row: Any, column: Sequence[Any]) -> Cell:
+        return self.cells.get((row, tuple(column)), Cell())
+
+    def counts(self) -> dict[str, int]:
+        """How many cells are filled, failed, missing (what `medal table` reports as its metrics)."""
+        states = [self.cell(r, c).state for r in self.row_values for c in self.column_values]
+        return {state: states.count(state) for state in ("ok", "failed", "missing")}
+
+    # -- rendering ---------------------------------------------------------------------------------------
+    def _label(self, key: str, value: Any) -> str:
+        labels = self.spec.labels
+        return str(labels.get(f"{key}={value}", labels.get(str(value), value)))
+
+    def column_label(self, column: Sequence[Any]) -> str:
+        return " / ".join(self._label(k, v) for k, v in zip(self.spec.columns, column, strict=True))
+
+    def _best(self) -> dict[tuple[Any, ...], float]:
+        if self.spec.best is None:
+            return {}
+        pick = min if self.spec.best == "min" else max
+        best = {}
+        for column in self.column_values:
+            means = [m for r in self.row_values if (m := self.cell(r, column).mean) is not None]
+            if means:
+                best[column] = pick(means)
+        return best
+
+    def format_cell(self, cell: Cell) -> str:
+        d = self.spec.decimals
+        if cell.state != "ok":
+            return FAILED_MARK if cell.state == "failed" else MISSING_MARK
+        text = f"{cell.mean:.{d}f}" if cell.std is None else f"{cell.mean:.{d}f} ± {cell.std:.{d}f}"
+        if len(cell.values) > 1:
+            text += f" (n={len(cell.values)})"
+        if cell.failed:
+            text += f" ({cell.failed} failed)"
+        return text
+
+    def _reference(self, row: Any, column: Sequence[Any]) -> float | None:
+        return (self.spec.reference or {}).get((str(row), *map(str, column)))
+
+    def _display_rows(self) -> list[list[tuple[str, bool]]]:
+        """Each row as (text, is best of its column) pairs: the row label, our cells, then reference cells."""
+        best = self._best()
+        lines = []
+        for row in self.row_values:
+            line = [(self._label(self.spec.rows, row), False)]
+            for column in self.column_values:
+                cell = self.cell(row, column)
+                line.append((self.format_cell(cell), cell.mean is not None and best.get(column) == cell.mean))
+            if self.compare:
+                for column in self.column_values:
+                    ref = self._reference(row, column)
+                    line.append((MISSING_MARK if ref is None else f"{ref:.{self.spec.decimals}f}", False))
+            lines.append(line)
+        return lines
+
+    def headers(self) -> list[str]:
+        heads = [self.spec.labels.get(self.spec.rows, self.spec.rows)]
+        heads += [self.column_label(c) for c in self.column_values]
+        if self.compare:
+            heads += [f"{self.spec.reference_name}: {self.column_label(c)}" for c in self.column_values]
+        return heads
+
+    def to_markdown(self) -> str:
+        heads = self.headers()
+        lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] + ["---:"] * (len(heads) - 1)) + "|"]
+        for row in self._display_rows():
+            lines.append("| " + " | ".join(f"**{text}**" if best else text for text, best in row) + " |")
+        title = f"**{self.spec.title}**\n\n" if self.spec.title else ""
+        metric = self.spec.metric or ", ".join(self.spec.metrics)
+        note = (f"\n\nCells: `{metric}`; '{MISSING_MARK}' = no run, '{FAILED_MARK}' = every run of the cell failed; "
+                f"bold = best per column.")
+        if self.compare:
+            note += f" `{self.spec.reference_name}:` columns are the published numbers, for comparison."
+        return title + "\n".join(lines) + note + "\n"
+
+    def to_csv(self) -> str:
+        """Machine-readable: full-precision means, 'failed'/'missing' spelled out, n and failures per cell."""
+        keys = list(self.spec.columns)
+        names = [";".join(f"{k}={v}" for k, v in zip(keys, c, strict=True)) for c in self.column_values]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        header = [self.spec.rows, *names, *(f"n[{n}]" for n in names)]
+        if self.compare:
+            header += [f"{self.spec.reference_name}[{n}]" for n in names]
+        writer.writerow(header)
+        for row in self.row_values:
+            cells = [self.cell(row, c) for c in self.column_values]
+            line = [row] + [repr(c.mean) if c.mean is not None else c.state for c in cells]
+            line += [len(c.values) for c in cells]
+            if self.compare:
+                line += ["" if (ref := self._reference(row, c)) is None else ref for c in self.column_values]
+            writer.writerow(line)
+        return out.getvalue()
+
+    def to_latex(self) -> str:
+        """A booktabs table whose column header has one level per column key (multicolumn spans)."""
+        n_cols = len(self.column_values)
+        blocks = [("", self.column_values)]
+        if self.compare:
+            blocks.append((self.spec.reference_name, self.column_values))
+        spec = "l" + "r" * n_cols * len(blocks)
+        lines = [r"\begin{tabular}{" + spec + "}", r"\toprule"]
+        if self.compare:
+            heads = [""] + [rf"\multicolumn{{{n_cols}}}{{c}}{{{_tex(name or 'medal')}}}" for name, _ in blocks]
+            lines.append(" & ".join(heads) + r" \\")
+        for level in range(len(self.spec.columns)):
+            row_head = self.spec.labels.get(self.spec.rows, self.spec.rows)
+            heads = [_tex(row_head) if level == len(self.spec.columns) - 1 else ""]
+            key = self.spec.columns[level]
+            for _, columns in blocks:
+                heads += [rf"\multicolumn{{{span}}}{{c}}{{{_tex(self._label(key, value))}}}" if span > 1 else
+                          _tex(self._label(key, value)) for value, span in _spans(columns, level)]
+            lines.append(" & ".join(heads) + r" \\")
+        lines.append(r"\midrule")
+        for row in self._display_rows():
+            lines.append(" & ".join(rf"\textbf{{{_tex(text)}}}" if best else _tex(text) for text, best in row)
+                         + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+
+
+def _spans(columns: Sequence[tuple[Any, ...]], level: int) -> list[tuple[Any, int]]:
+    """Run-length groups of the header at `level` (a value spans while the prefix up to `level` repeats)."""
+    spans: list[tuple[Any, int]] = []
+    previous = None
+    for column in columns:
+        prefix = column[: level + 1]
+        if prefix == previous:
+            spans[-1] = (spans[-1][0], spans[-1][1] + 1)
+        else:
+            spans.append((column[level], 1))
+        previous = prefix
+    return spans
+
+
+def _tex(text: str) -> str:
+    for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                          ("±", r"$\pm$"), ("—", "---")):
+        text = text.replace(char, escaped)
+    return text
+
+
+def _ordered(seen: Iterable[Any], order: Sequence[Any] | None) -> list[Any]:
+    """The declared order first (so expected-but-missing values still get a row/column), then the rest seen."""
+    seen = list(dict.fromkeys(seen))
+    if not order:
+        return sorted(seen, key=str)
+    order = list(order)
+    return order + [v for v in sorted(seen, key=str) if v not in order]
+
+
+def build_table(runs: Sequence[RunResult], spec: TableSpec, compare: bool = False) -> Table:
+    """Place every run in its cell. Runs lacking a row/column key are ignored (they belong to another table)."""
+    if compare and not spec.reference:
+        raise MedalError("table.compare=paper: this table has no published numbers; use table.preset=figure12")
+    axes = (spec.rows, *spec.columns)
+    metrics = spec.metrics if METRIC_AXIS in axes else (spec.metric,)
+    cells: dict[tuple[Any, tuple[Any, ...]], Cell] = {}
+    seen: dict[str, list[Any]] = {key: [] for key in axes}
+    for run in runs:
+        for metric in metrics:
+            values = [metric if key == METRIC_AXIS else run.get(key) for key in axes]
+            if any(v is None for v in values):
+                continue
+            for key, value in zip(axes, values, strict=True):
+                seen[key].append(value)
+            cell = cells.setdefault((values[0], tuple(values[1:])), Cell())
+            value = run.metrics.get(metric) if run.ok else None
+            if value is not None:
+                cell.values.append(value)
+            elif run.status == "failed":
+                cell.failed += 1
+    orders = {key: spec.orders.get(key) or (metrics if key == METRIC_AXIS else None) for key in axes}
+    row_values = _ordered(seen[spec.rows], orders[spec.rows])
+    column_values = _product([_ordered(seen[k], orders[k]) for k in spec.columns])
+    return Table(spec=spec, row_values=row_values, column_values=column_values, cells=cells, compare=compare)
+
+
+def _product(levels: list[list[Any]]) -> list[tuple[Any, ...]]:
+    result: list[tuple[Any, ...]] = [()]
+    for values in levels:
+        result = [(*prefix, v) for prefix in result for v in values]
+    return result

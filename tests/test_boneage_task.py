@@ -1,0 +1,59 @@
+"""`medal boneage` and `medal cam` end to end on the tiny phantom set (raw images, 64 px, tiny backbone)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+
+from medal.boneage.cam_report import run_cam
+from medal.boneage.evaluate import predict_frame
+from medal.boneage.experiment import build_module, run_boneage
+from medal.data.datamodule import build_boneage_datamodule
+from medal.runs import write_metrics
+
+FAST = ["model=tiny", "data.images=raw", "data.image_size=64", "data.augment.enabled=false", "finetune=all",
+        "scheduler=null", "optimizer.lr=0.003", "trainer.max_epochs=4", "trainer.enable_progress_bar=false",
+        "trainer.precision=32-true", "evaluation.bootstrap=200"]
+
+
+def test_tiny_training_run_lowers_val_mae_and_writes_its_artifacts(make_cfg, tiny_phantoms, tmp_path) -> None:
+    cfg = make_cfg("boneage", [*FAST, f"data.root={tiny_phantoms}"])
+    # the run's starting point: same seed, same order of random draws as run_boneage
+    pl.seed_everything(0, workers=True)
+    datamodule = build_boneage_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    untrained = build_module(cfg, datamodule.frames["train"]["boneage"].to_numpy())
+    start = predict_frame(untrained, datamodule.val_dataloader(), "val", bf16=False, progress=False)
+    start_mae = float(np.abs(start["predicted"] - start["true"]).mean())
+
+    metrics = run_boneage(cfg)
+    assert metrics["val/mae"] < start_mae
+    for key in ("test/mae", "test/mae_male", "test/mae_female", "test/rmse", "test/bias", "test/within12",
+                "test/mae_ci_low", "test/mae_ci_high", "test/mae_mean_predictor", "val/mae"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["test/mae_ci_low"] <= metrics["test/mae"] <= metrics["test/mae_ci_high"]
+
+    run = tmp_path / "run"
+    predictions = pd.read_csv(run / "predictions.csv", dtype={"id": str})
+    assert set(predictions["split"]) == {"val", "test"}
+    assert not set(predictions["id"]) & set(datamodule.frames["train"]["id"])  # never training images
+    assert (run / "plots" / "bland_altman.png").is_file() and (run / "plots" / "predicted_vs_true.png").is_file()
+    curve = pd.read_csv(run / "csv" / "metrics.csv")
+    assert curve["train/loss"].notna().sum() == 4  # one per epoch: the Figure 11 reader depends on it
+    assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
+
+    # a finished run is not redone
+    write_metrics(run, metrics)
+    assert run_boneage(cfg)["test/mae"] == metrics["test/mae"]
+
+    # CAM of the best checkpoint on the run's own test split
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    cam_cfg = make_cfg("cam", [f"ckpt={best}", f"data.root={tiny_phantoms}", "data.images=raw",
+                               f"paths.output_dir={tmp_path / 'cam'}", "cam.max_overlays=3"])
+    cam = run_cam(cam_cfg)
+    n_test = len(predictions[predictions["split"] == "test"])
+    assert cam["cam/n_male"] + cam["cam/n_female"] == n_test and cam["cam/exact"] == 1.0
+    assert len(list((tmp_path / "cam" / "overlays").glob("*.png"))) == 3
+    assert (tmp_path / "cam" / "cam_by_sex.png").is_file()

@@ -1,0 +1,98 @@
+"""End to end: `medal segment` on tiny phantoms (64 px, tiny FC-DenseNets) writes contract 5 and metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra_compose import compose_task
+from omegaconf import DictConfig
+
+from medal.data.images import read_image
+from medal.tasks.runner import run_task
+from medal.tasks.segment import run_segment
+
+TINY = [
+    "segment.image_size=64",
+    "segment.steps_per_round=6",
+    "segment.batch_size=4",
+    "segment.net.first_conv=8",
+    "segment.net.growth=4",
+    "segment.net.down_layers=[2,2,2]",
+    "segment.net.bottleneck_layers=4",
+    "segment.net.dropout=0.0",
+    "segment.unet.depth=3",
+    "segment.unet.width=8",
+    "segment.roi.size=64",
+    "segment.coarse.work_size=128",
+    "segment.workers=1",
+    "segment.figures=true",
+    "al.initial=4",
+    "al.per_round=2",
+    "al.budget=8",
+    "al.patience=5",
+    "trainer.precision=32-true",
+    "trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Task config with every path under tmp_path (Hydra's runtime node set read-write)."""
+    return lambda task, overrides=(): compose_task(task, list(overrides), tmp_path)
+
+
+@pytest.fixture
+def single_thread():
+    """One thread: on a busy shared 2-core box, two OpenMP threads spin-wait far slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_segment_task_writes_masks_rois_and_resumes(make_cfg, tiny_phantoms: Path, single_thread) -> None:
+    cfg = make_cfg("segment", [f"data.root={tiny_phantoms}", *TINY])
+    run_task(run_segment, cfg)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert metrics["status"] == "ok"
+    assert metrics["al/labelled"] == 8 and metrics["al/rounds"] == 3
+    for key in ("val/dice", "test/dice", "test/iou", "coarse/test_dice"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+
+    work = Path(cfg.data.work_dir)
+    ids = sorted(p.stem for p in (tiny_phantoms / "masks").glob("*.png"))
+    raw = {p.stem: p for p in tiny_phantoms.rglob("*.png") if p.parent.name not in {"masks", "gold"}}
+    for image_id in ids[:5]:
+        mask = read_image(work / "masks" / f"{image_id}.png")
+        assert mask.shape == read_image(raw[image_id]).shape  # full size, not the working size
+        assert set(np.unique(mask)) <= {0.0, 1.0}
+        assert read_image(work / "roi" / f"{image_id}.png").shape == (64, 64)
+        assert read_image(work / "roi_gold" / f"{image_id}.png").shape == (64, 64)
+        assert (work / "coarse" / f"{image_id}.png").is_file()
+    with (work / "roi" / "boxes.csv").open() as fh:
+        boxes = list(csv.DictReader(fh))
+    assert {b["id"] for b in boxes} == set(ids)
+    assert {"y0", "x0", "y1", "x1", "inverted"} <= set(boxes[0])
+    assert (Path(cfg.paths.output_dir) / "figures" / "learning_curve.png").is_file()
+
+    pool = json.loads((Path(cfg.al.dir) / "pool.json").read_text())
+    assert len(pool["labelled"]) == 8 and pool["stopped"] == "budget"
+    # a rerun resumes: nothing retrained, nothing re-queried, the same labels
+    stamp = (work / "roi" / "stamp.json").stat().st_mtime_ns
+    run_task(run_segment, cfg)
+    assert json.loads((Path(cfg.al.dir) / "pool.json").read_text())["labelled"] == pool["labelled"]
+    assert (work / "roi" / "stamp.json").stat().st_mtime_ns == stamp
+
+
+def test_unet_random_baseline_uses_the_same_label_count(make_cfg, tiny_phantoms: Path, single_thread) -> None:
+    cfg = make_cfg("segment", [f"data.root={tiny_phantoms}", *TINY, "segment.model=unet_random",
+                               "segment.write_outputs=false", "segment.figures=false"])
+    metrics = run_segment(cfg)
+    assert metrics["al/labelled"] == 8 and metrics["al/rounds"] == 1
+    assert 0.0 <= metrics["test/dice_lowres"] <= 1.0

@@ -1,0 +1,131 @@
+"""Pure pieces of the segmentation stage: network shapes, loss, strategies, coarse masks, RoI crops."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medal.active import strategies
+from medal.errors import MedalError
+from medal.models.fc_densenet import FCDenseNet
+from medal.preprocess.coarse import coarse_mask, is_inverted
+from medal.preprocess.crop import crop_square, roi_box
+from medal.segment.losses import bce_dice_loss, dice_iou
+
+
+def test_fc_densenet_default_has_three_down_blocks_and_192_bottleneck_maps() -> None:
+    torch.manual_seed(0)
+    net = FCDenseNet().eval()
+    assert len(net.down_blocks) == 3 and len(net.up_blocks) == 3
+    assert net.bottleneck_channels == 192
+    with torch.no_grad():
+        logits, features = net(torch.rand(2, 1, 32, 32))
+    assert logits.shape == (2, 1, 32, 32)
+    assert features.shape == (2, 192 * 4 * 4)  # the flattened bottleneck map, 1/8 of the input side (paper)
+
+
+def test_fc_densenet_gap_features_and_bad_input_size() -> None:
+    net = FCDenseNet(first_conv=8, growth=4, down_layers=(2, 2, 2), bottleneck_layers=3, feature="gap").eval()
+    with torch.no_grad():
+        logits, features = net(torch.rand(3, 1, 32, 48))
+    assert logits.shape == (3, 1, 32, 48) and features.shape == (3, 12)
+    with pytest.raises(MedalError, match="divisible by 8"):
+        net(torch.rand(1, 1, 30, 32))
+    with pytest.raises(MedalError, match="feature"):
+        FCDenseNet(feature="max")
+
+
+def test_loss_equals_bce_plus_one_minus_soft_dice_by_hand() -> None:
+    logits = torch.tensor([0.0, math.log(3.0)]).reshape(1, 1, 1, 2)  # p = 0.5, 0.75
+    target = torch.tensor([1.0, 0.0]).reshape(1, 1, 1, 2)
+    bce = (-math.log(0.5) - math.log(0.25)) / 2
+    dice = (2 * 0.5 + 1) / (0.5 + 0.75 + 1 + 1)  # smoothed by eps = 1
+    assert bce_dice_loss(logits, target).item() == pytest.approx(bce + 1 - dice, rel=1e-6)
+
+
+def test_loss_is_finite_for_saturated_logits() -> None:
+    logits = torch.tensor([200.0, -200.0]).reshape(1, 1, 1, 2)
+    target = torch.tensor([0.0, 1.0]).reshape(1, 1, 1, 2)
+    loss = bce_dice_loss(logits, target)
+    assert torch.isfinite(loss) and loss.item() > 100
+
+
+def test_dice_iou_binarise_with_otsu_like_the_paper() -> None:
+    probs = torch.full((1, 1, 4, 4), 0.1)
+    probs[..., :2, :] = 0.4  # above the image's Otsu threshold although below 0.5
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., :3, :] = 1  # 12 pixels; prediction 8, overlap 8
+    dice, iou = dice_iou(probs, target)
+    assert dice.item() == pytest.approx(2 * 8 / (8 + 12))
+    assert iou.item() == pytest.approx(8 / 12)
+
+
+def test_qbc_is_zero_for_identical_members_and_ranks_a_planted_disagreement_first() -> None:
+    torch.manual_seed(0)
+    same = torch.randn(1, 6, 32).expand(3, 6, 32).clone()
+    indices, scores = strategies.qbc(same, 2)
+    assert torch.allclose(scores, torch.zeros(6), atol=1e-3)
+    planted = same.clone()
+    planted[2, 4] = -planted[2, 4] + torch.randn(32)  # member 2 sees image 4 differently
+    indices, scores = strategies.qbc(planted, 2)
+    assert indices[0].item() == 4
+    assert scores.shape == (6,) and torch.isfinite(scores).all()
+
+
+def test_qbc_sums_sine_over_member_pairs() -> None:
+    e = torch.eye(3)
+    features = e[:, None, :]  # three mutually orthogonal members, one image: 3 pairs x sin 90°
+    assert strategies.pairwise_sine(features).item() == pytest.approx(3.0)
+
+
+def test_entropy_prefers_uncertain_masks_and_random_draws_distinct_images() -> None:
+    probs = torch.full((3, 4, 1, 8, 8), 0.02)
+    probs[:, 2] = 0.5
+    indices, scores = strategies.entropy(probs, 2)
+    assert indices.tolist()[0] == 2 and scores.shape == (4,)
+    indices, scores = strategies.random(10, 4, torch.Generator().manual_seed(0))
+    assert len(set(indices.tolist())) == 4 and scores.shape == (10,)
+    with pytest.raises(MedalError):
+        strategies.entropy(torch.rand(4, 8), 1)
+
+
+def _hand_image(inverted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A palm + five fingers on a noisy background, a letter marker and a thin frame."""
+    rng = np.random.default_rng(0)
+    h, w = 160, 128
+    yy, xx = np.mgrid[:h, :w]
+    hand = ((yy - 110) ** 2 / 30**2 + (xx - 64) ** 2 / 28**2) < 1
+    for k, x0 in enumerate((36, 50, 64, 78, 92)):
+        hand |= (abs(xx - x0) < 5) & (yy > 40 + 4 * abs(k - 2)) & (yy < 110)
+    hand |= (abs(xx - 64) < 18) & (yy >= 110)  # wrist reaches the bottom edge
+    image = 0.12 + 0.03 * rng.standard_normal((h, w)) + 0.45 * hand
+    image[8:16, 100:116] = 0.9  # a burned-in marker
+    image[:2], image[-2:], image[:, :2], image[:, -2:] = 0.95, 0.95, 0.95, 0.95  # bright scanner frame
+    image = np.clip(image, 0, 1).astype(np.float32)
+    return (1.0 - image if inverted else image), hand
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_coarse_mask_normalises_polarity_and_finds_the_hand(inverted: bool) -> None:
+    image, hand = _hand_image(inverted)
+    assert is_inverted(image) == inverted
+    mask, detected = coarse_mask(image, work_size=128)
+    assert detected == inverted
+    assert mask.shape == image.shape and mask.dtype == bool
+    dice = 2 * (mask & hand).sum() / (mask.sum() + hand.sum())
+    assert dice > 0.9
+    assert not mask[8:16, 100:116].any()  # the marker is not the largest component
+
+
+def test_roi_box_margin_and_square_crop() -> None:
+    mask = np.zeros((100, 80), dtype=bool)
+    mask[20:60, 30:50] = True  # 40 x 20
+    assert roi_box(mask, margin=0.1) == (16, 26, 64, 54)
+    assert roi_box(np.zeros((10, 12), bool)) == (0, 0, 10, 12)
+    image = mask.astype(np.float32)
+    crop = crop_square(image, roi_box(mask, 0.0), size=40)
+    assert crop.shape == (40, 40)
+    assert crop[:, 10:30].mean() > 0.95 and crop[:, :8].max() == 0  # centred, zero-padded sides

@@ -1,0 +1,179 @@
+"""W&B offline: the logger writes into the run dir, and the disk reader recovers config, summary, history, images
+— the same table as the multirun-folder reader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import wandb
+from fake_runs import GRID, write_multirun
+from hydra_compose import compose_task
+from PIL import Image
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+from medal.errors import MedalError
+from medal.loggers import build_loggers, log_figure, summarize_run, wandb_logger
+from medal.report.curves import stage_boundaries
+from medal.report.runs import collect_runs
+from medal.report.table import FIGURE12, build_table
+from medal.report.wandb_runs import collect_disk_runs, read_disk_run
+from medal.tasks.table import make_table
+
+
+def _flush_wandb() -> None:
+    """`wandb.finish()` returns before the W&B service has written the run log; shutting the service down
+    flushes it (a task's process does the same at exit)."""
+    wandb.teardown()
+
+
+def _offline_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("offline-run-*") if p.is_dir())
+
+
+def test_build_loggers_csv_and_wandb_write_offline_to_run_dir(tmp_path: Path) -> None:
+    cfg = compose_task("table", ["table.source=somewhere", "+logger=[csv,wandb]", "+experiment_name=figure12"],
+                       tmp_path)
+    assert set(cfg.logger) == {"csv", "wandb"}
+    loggers = build_loggers(cfg)
+    csv_logger, wandb_run_logger = loggers
+    assert isinstance(csv_logger, CSVLogger) and isinstance(wandb_run_logger, WandbLogger)
+    wandb_run_logger.log_metrics({"train/loss": 0.25, "epoch": 0}, step=0)
+    png = tmp_path / "figure.png"
+    Image.new("L", (16, 16), 128).save(png)
+    log_figure(loggers, "figures/figure11", png)
+    summarize_run({"test/mae": 3.5, "test/mae_male": None}, status="ok")
+    wandb.finish()
+    _flush_wandb()
+    csv_logger.save()
+
+    run_dirs = _offline_dirs(tmp_path / "run" / "wandb")
+    assert len(run_dirs) == 1
+    run = read_disk_run(run_dirs[0])
+    assert run.status == "ok" and run.metrics["test/mae"] == 3.5 and "test/mae_male" not in run.metrics
+    assert run.config["table"]["source"] == "somewhere" and run.config["task_name"] == "table"
+    assert run.extra["group"] == "figure12" and run.extra["project"] == "medal"
+    assert "+experiment_name=figure12" in run.overrides
+    assert run.history["train/loss"].tolist() == [0.25]
+    (image,) = run.extra["images"]["figures/figure11"]
+    assert image.is_file() and Image.open(image).size == (16, 16)
+    hparams = (tmp_path / "run" / "csv" / "hparams.yaml").read_text()
+    assert "source: somewhere" in hparams
+
+
+def _mirror_job_to_wandb(job_dir: Path) -> None:
+    """Log a planted job the way a task run with logger=wandb does: config, per-epoch history, final summary."""
+    config = __import__("yaml").safe_load((job_dir / ".hydra" / "config.yaml").read_text())
+    overrides = __import__("yaml").safe_load((job_dir / ".hydra" / "overrides.yaml").read_text())
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    logger = wandb_logger(save_dir=job_dir, group="figure12", job_type="boneage", tags=overrides, offline=True)
+    logger.log_hyperparams(config)
+    history_file = job_dir / "csv" / "metrics.csv"
+    if history_file.exists():
+        for row in pd.read_csv(history_file).to_dict("records"):
+            logger.log_metrics({k: v for k, v in row.items() if k != "step" and pd.notna(v)}, step=int(row["step"]))
+    status = metrics.pop("status")
+    metrics.pop("error", None)
+    summarize_run(metrics, status=status)
+    wandb.finish(exit_code=0 if status == "ok" else 1)
+
+
+@pytest.fixture(scope="module")
+def mirrored_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 planted jobs (fine-tune all/ptl x enhance x cohort), one failed, each also logged to W&B offline."""
+    root = tmp_path_factory.mktemp("sweep")
+    keep = {n for n, (mode, _, _) in enumerate(GRID) if mode in ("all", "ptl")}
+    failed = min(keep) + 4
+    write_multirun(root, failed={failed}, missing=set(range(len(GRID))) - keep)
+    for job in sorted(p for p in root.iterdir() if p.is_dir()):
+        _mirror_job_to_wandb(job)
+    _flush_wandb()
+    return root
+
+
+def test_offline_reader_gives_the_folder_table(mirrored_sweep: Path) -> None:
+    from_folder = collect_runs(mirrored_sweep)
+    from_wandb = collect_disk_runs(mirrored_sweep, group="figure12")
+    assert len(from_wandb) == len(from_folder) == 12
+    folder_table = build_table(from_folder, FIGURE12, compare=True)
+    wandb_table = build_table(from_wandb, FIGURE12, compare=True)
+    assert wandb_table.counts() == folder_table.counts() == {"ok": 11, "failed": 1, "missing": 24}
+    assert wandb_table.to_csv() == folder_table.to_csv()
+    assert wandb_table.to_markdown() == folder_table.to_markdown()
+    by_name = {(r.get("finetune.name"), r.get("cohort.name"), r.get("enhance.name")): r for r in from_wandb}
+    for run in from_folder:
+        twin = by_name[(run.get("finetune.name"), run.get("cohort.name"), run.get("enhance.name"))]
+        assert twin.overrides == run.overrides
+        if run.history is not None:
+            assert stage_boundaries(twin.history) == stage_boundaries(run.history)
+            assert twin.history["train/loss"].tolist() == pytest.approx(run.history["train/loss"].tolist())
+    with pytest.raises(MedalError, match="group 'other'"):
+        collect_disk_runs(mirrored_sweep, group="other")
+
+
+def test_table_task_from_wandb_offline(tmp_path: Path, mirrored_sweep: Path) -> None:
+    cfg = compose_task("table", ["table.source=wandb_offline", f"table.dir={mirrored_sweep}",
+                                 "table.group=figure12"], tmp_path)
+    counts = make_table(cfg)
+    assert counts["table/cells_ok"] == 11 and counts["table/cells_failed"] == 1
+    assert (tmp_path / "run" / "figure11.png").stat().st_size > 10_000
+
+
+def test_datastore_records_spanning_blocks(tmp_path: Path) -> None:
+    """Records bigger than a 32 KiB block (FIRST/MIDDLE/LAST chunks) and many small ones read back whole."""
+    long_text = "".join(chr(65 + i % 26) for i in range(80_000))
+    run = wandb.init(mode="offline", dir=tmp_path, project="medal", config={"note": long_text})
+    for step in range(400):
+        run.log({"train/loss": 1.0 / (step + 1), "epoch": step})
+    run.finish()
+    _flush_wandb()
+    (run_dir,) = _offline_dirs(tmp_path)
+    result = read_disk_run(run_dir)
+    assert result.config["note"] == long_text
+    assert len(result.history) == 400 and result.history["train/loss"].iloc[-1] == pytest.approx(1 / 400)
+    assert result.status == "ok"
+
+
+class _RecordedRun:
+    """The attributes of `wandb.apis.public.Run` that the online reader uses, with recorded values."""
+
+    def __init__(self, run_id: str, mode: str, state: str, summary: dict) -> None:
+        self.id, self.state, self.group, self.tags = run_id, state, "figure12", [f"finetune={mode}"]
+        self.config = {"finetune": {"name": mode}, "enhance": {"name": "gan"}, "cohort": {"name": "all"},
+                       "_wandb": {"cli_version": "0.31.0"}}
+        self.summary_metrics = summary
+
+    def scan_history(self) -> list[dict]:
+        return [{"epoch": 0, "_step": 0, "train/loss": 2.0}, {"epoch": 1, "_step": 1, "train/loss": 1.0}]
+
+
+class _RecordedApi:
+    def __init__(self, runs: list[_RecordedRun]) -> None:
+        self.runs_ = runs
+        self.calls: list[tuple] = []
+
+    def runs(self, path: str, filters: dict | None = None) -> list[_RecordedRun]:
+        self.calls.append((path, filters))
+        return self.runs_
+
+
+def test_online_reader_maps_states_and_summary() -> None:
+    from medal.report.wandb_runs import collect_online_runs
+
+    api = _RecordedApi([
+        _RecordedRun("a1", "ptl", "finished", {"test/mae": 7.5, "_runtime": 3, "status": "ok"}),
+        _RecordedRun("b2", "all", "crashed", {"_runtime": 3}),
+        _RecordedRun("c3", "above_fc", "finished", {"status": "failed"}),
+    ])
+    runs = collect_online_runs("medal", entity="lab", group="figure12", api=api)
+    assert api.calls == [("lab/medal", {"group": "figure12"})]
+    assert [r.status for r in runs] == ["ok", "failed", "failed"]
+    assert runs[0].metrics == {"test/mae": 7.5} and "_wandb" not in runs[0].config
+    assert runs[0].history["train/loss"].tolist() == [2.0, 1.0] and runs[0].overrides == ["finetune=ptl"]
+    table = build_table(runs, FIGURE12)
+    assert table.cell("ptl", ("gan", "all")).mean == 7.5
+    assert table.cell("all", ("gan", "all")).state == table.cell("above_fc", ("gan", "all")).state == "failed"
+    with pytest.raises(MedalError, match="has no runs"):
+        collect_online_runs("medal", api=_RecordedApi([]))
