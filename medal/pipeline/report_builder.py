@@ -50,7 +50,7 @@ def data_section(cfg: DictConfig) -> Section:
 def segmentation_section(stage_dir: Path, metrics: dict[str, Any]) -> Section:
     names = [("coarse/test_dice", "Otsu + largest component (coarse) Dice"), ("test/dice", "committee Dice"),
              ("test/iou", "committee IoU"), ("al/labelled", "labelled images used")]
-    rows = [[label, _fmt(metrics.get(key), 3)] for key, label in names if key in metrics]
+    rows = [[label, _fmt(metrics.get(key), 0 if key == "al/labelled" else 3)] for key, label in names if key in metrics]
     rounds = sorted((stage_dir / "figures").glob("queried_round_*.png"))
     figs = _figures([(stage_dir / "figures" / "learning_curve.png", "Active learning: held-out Dice vs labelled images")]
                     + ([(rounds[-1], f"Queried images and each member's mask ({rounds[-1].stem})")] if rounds else []))
@@ -60,16 +60,18 @@ def segmentation_section(stage_dir: Path, metrics: dict[str, Any]) -> Section:
                    [Table(["measure", "value"], rows)], figs)
 
 
-def enhancement_section(stage_dirs: dict[str, Path], metrics: dict[str, dict[str, Any]]) -> Section:
+def enhancement_section(sample_dir: Path, metrics: dict[str, dict[str, Any]]) -> Section:
     rows = []
     for name, m in metrics.items():
-        rows.append([name, _fmt(m.get("test/psnr")), _fmt(m.get("test/ssim"), 3), _fmt(m.get("test/psnr_none")),
+        rows.append([name, f"{_fmt(m.get('test/psnr'))} ± {_fmt(m.get('test/psnr_std'))}", _fmt(m.get("test/psnr_p5")),
+                     f"{_fmt(m.get('test/ssim'), 3)} ± {_fmt(m.get('test/ssim_std'), 3)}",
                      _fmt(m.get("enhance/images_per_s"), 1)])
-    samples = sorted((stage_dirs.get("enhance", Path("/nonexistent")) / "samples").glob("*.png"))
+    samples = sorted(sample_dir.glob("*.png"))
     figs = _figures([(samples[-1], "Enhancer samples: input | generated | gold standard")] if samples else [])
     return Section("Image enhancement",
-                   ["PSNR (dB) and SSIM against the gold standard on held-out pairs."] + _missing(figs, "enhancement"),
-                   [Table(["method", "test PSNR", "test SSIM", "PSNR of input (none)", "images/s"], rows)], figs)
+                   ["PSNR (dB) and SSIM against the gold standard on the same held-out pairs for every method; "
+                    "'none' is the segmented RoI itself."] + _missing(figs, "enhancement"),
+                   [Table(["method", "test PSNR", "PSNR 5th pct", "test SSIM", "images/s"], rows)], figs)
 
 
 def boneage_section(runs: dict[str, tuple[Path, dict[str, Any]]]) -> Section:
@@ -113,16 +115,22 @@ def _versions() -> Table:
     return Table(["package", "version"], rows)
 
 
+def _resolved_yaml(cfg: DictConfig) -> str:
+    """The run's own configuration (Hydra's internal `hydra` node left out), resolved."""
+    own = {key: cfg[key] for key in cfg if key != "hydra"}
+    return OmegaConf.to_yaml(OmegaConf.to_container(OmegaConf.create(own), resolve=True))
+
+
 def build_report(cfg: DictConfig, builder: StageBuilder, results: list[StageResult], out_dir: Path) -> tuple[Path, Path]:
     """Write report.md and report.html into `out_dir` from the stages' folders and metrics."""
     by_name = {r.name: r for r in results}
     sections = [data_section(cfg)]
     if "segment" in by_name:
         sections.append(segmentation_section(builder.stage_dir("segment"), by_name["segment"].metrics))
-    enh = {n: by_name[n].metrics for n in ("enhance", "enhance_clahe") if n in by_name}
+    enh = {(n.removeprefix("enhance_") if n != "enhance" else str(cfg.pipeline.enhance)): r.metrics
+           for n, r in by_name.items() if n.startswith("enhance")}
     if enh:
-        named = {("clahe" if n == "enhance_clahe" else str(cfg.pipeline.enhance)): m for n, m in enh.items()}
-        sections.append(enhancement_section({n: builder.stage_dir(n) for n in enh}, named))
+        sections.append(enhancement_section(builder.stage_dir("enhance") / "samples", enh))
     boneage = {r.name.removeprefix("boneage_"): (builder.stage_dir(r.name), r.metrics)
                for r in results if r.name.startswith("boneage_")}
     if boneage:
@@ -133,5 +141,5 @@ def build_report(cfg: DictConfig, builder: StageBuilder, results: list[StageResu
                    caption="This run's stages (skipped = finished earlier with the same configuration)")
     sections.append(Section("Configuration and versions",
                             [f"Stage outputs are kept in `{builder.root}`."],
-                            [timing, _versions()], code=[OmegaConf.to_yaml(cfg, resolve=True)]))
+                            [timing, _versions()], code=[_resolved_yaml(cfg)]))
     return write_report("medal pipeline report", sections, out_dir)

@@ -8,18 +8,19 @@ seed, `pipeline.common` and `pipeline.stages.<task>` overrides, into a stable fo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medal.config import CONF_DIR
 from medal.errors import MedalError
 from medal.pipeline.report_builder import build_report
-from medal.pipeline.stages import Stage, StageResult, run_stages
+from medal.pipeline.stages import Stage, StageResult, StopPipeline, run_stages
 from medal.runs import write_metrics
 from medal.tasks.runner import hydra_task, task_function
 
@@ -34,12 +35,39 @@ def compose_task_config(task_config: str, overrides: list[str]) -> DictConfig:
         return compose(config_name=task_config, overrides=overrides)
 
 
+def _applies(cfg: DictConfig, override: str) -> bool:
+    """Whether `key=value` names a key or config group present in `cfg` (`+`/`~` prefixes stripped)."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING
+
+
+_MISSING = object()
+
+
 def _data_choice(cfg: DictConfig) -> str:
     if HydraConfig.initialized():
         choice = HydraConfig.get().runtime.choices.get("data")
         if choice:
             return str(choice)
     return "rsna" if cfg.data.name == "rsna" else "phantom"
+
+
+def stop_for_oracle(task_cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """The folder oracle waits for a person's masks: stop the pipeline with where to put them."""
+    if metrics.get("al/waiting"):
+        rounds = sorted(Path(task_cfg.al.dir).glob("round_*"))
+        where = rounds[-1] if rounds else Path(task_cfg.al.dir)
+        raise StopPipeline(f"the folder oracle waits for {int(metrics['al/waiting'])} hand masks: save each as "
+                           f"<id>_bin.png (white hand on black, the image's size) in {where}, then rerun this command")
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """The best-by-val-MAE checkpoint a `medal boneage` run kept (`checkpoints/best-*.ckpt`)."""
+    found = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
+    if not found:
+        raise MedalError(f"{run_dir}/checkpoints: no best-*.ckpt; rerun the bone age stage "
+                         f"(pipeline.force=[{run_dir.name}])")
+    return found[-1]
 
 
 class StageBuilder:
@@ -58,23 +86,31 @@ class StageBuilder:
                 f"data.work_dir={data.work_dir}", f"data.strict={data.strict}", f"++seed={self.cfg.seed}",
                 f"paths.root={self.cfg.paths.root}"]
 
-    def task_stage(self, name: str, task: str, task_config: str, extra: list[str] | None = None,
-                   keys: tuple[str, ...] = (), uses_data: bool = True) -> Stage:
-        """A stage that runs task `task` with the pipeline's overrides plus `extra`, in its own folder."""
+    def task_stage(self, name: str, task: str, task_config: str,
+                   extra: list[str] | Callable[[], list[str]] | None = None,
+                   keys: tuple[str, ...] = (), uses_data: bool = True,
+                   check: Callable[[DictConfig, dict[str, Any]], None] | None = None) -> Stage:
+        """A stage that runs task `task` with the pipeline's overrides plus `extra`, in its own folder.
+
+        `pipeline.common` and `pipeline.stages.<task>` overrides are applied where the task's config has
+        their key, so e.g. GAN settings don't break the CLAHE stage and `trainer=gpu` skips check-data.
+        """
         pipe = self.cfg.pipeline
 
         def run(cfg: DictConfig) -> dict[str, Any]:
             out = self.stage_dir(name)
             shared = self.shared_overrides() if uses_data else [f"paths.root={self.cfg.paths.root}"]
-            overrides = [*shared, *pipe.common, *pipe.stages.get(task, []), *(extra or []),
-                         f"paths.output_dir={out}"]
-            task_cfg = compose_task_config(task_config, overrides)
+            fixed = [*shared, *((extra() if callable(extra) else extra) or []), f"paths.output_dir={out}"]
+            base = compose_task_config(task_config, fixed)
+            optional = [o for o in [*pipe.common, *pipe.stages.get(task, [])] if _applies(base, o)]
+            task_cfg = compose_task_config(task_config, [*fixed[:-1], *optional, fixed[-1]])
             metrics = dict(task_function(task)(task_cfg) or {})
             write_metrics(out, metrics)
+            if check:
+                check(task_cfg, metrics)
             return metrics
 
-        base_keys = ("data", "seed", "pipeline.common", f"pipeline.stages.{task}")
-        return Stage(name, run, base_keys + keys)
+        return Stage(name, run, ("data", "seed", "pipeline.common", f"pipeline.stages.{task}", *keys))
 
     def stages(self) -> list[Stage]:
         pipe = self.cfg.pipeline
@@ -86,11 +122,12 @@ class StageBuilder:
                 [f"out={self.cfg.data.root}", f"n={p.n}", f"seed={p.seed}", f"image_size={p.image_size}"],
                 keys=("pipeline.phantoms",), uses_data=False))
         stages.append(self.task_stage("check_data", "check-data", "check_data"))
-        stages.append(self.task_stage("segment", "segment", "segment"))
+        stages.append(self.task_stage("segment", "segment", "segment", check=stop_for_oracle))
         stages.append(self.task_stage("enhance", "enhance", "enhance", [f"enhance={pipe.enhance}"],
                                       keys=("pipeline.enhance",)))
-        if pipe.enhance != "clahe":  # the report compares the enhancer with CLAHE on the same held-out pairs
-            stages.append(self.task_stage("enhance_clahe", "enhance", "enhance", ["enhance=clahe"]))
+        for baseline in ("clahe", "none"):  # the report compares the enhancer with both on the same pairs
+            if pipe.enhance != baseline:
+                stages.append(self.task_stage(f"enhance_{baseline}", "enhance", "enhance", [f"enhance={baseline}"]))
         for cohort in pipe.cohorts:
             stages.append(self.task_stage(f"boneage_{cohort}", "boneage", "boneage",
                                           [f"enhance={pipe.enhance}", f"cohort={cohort}"],
@@ -99,10 +136,11 @@ class StageBuilder:
             if pipe.cam_cohort not in pipe.cohorts:
                 raise MedalError(f"pipeline.cam_cohort={pipe.cam_cohort} is not in pipeline.cohorts="
                                  f"{list(pipe.cohorts)}; add it there or set pipeline.cam_cohort=null")
-            ckpt = self.stage_dir(f"boneage_{pipe.cam_cohort}") / "checkpoints" / "best.ckpt"
-            stages.append(self.task_stage("cam", "cam", "cam",
-                                          [f"ckpt={ckpt}", f"enhance={pipe.enhance}", f"cohort={pipe.cam_cohort}"],
-                                          keys=("pipeline.enhance", "pipeline.cam_cohort")))
+            run_dir = self.stage_dir(f"boneage_{pipe.cam_cohort}")
+            stages.append(self.task_stage(
+                "cam", "cam", "cam",
+                lambda: [f"ckpt={best_checkpoint(run_dir)}", f"enhance={pipe.enhance}", f"cohort={pipe.cam_cohort}"],
+                keys=("pipeline.enhance", "pipeline.cam_cohort")))
         return stages
 
 
