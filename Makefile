@@ -15,9 +15,8 @@ browser:  ## Debian's headless Chromium for the report test (skipped with a reas
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
 	  echo "chromium not installed: the browser test of the report will be skipped"
 
-demo: setup  ## the main job on freshly generated phantoms
-	$(RUN) medal phantoms out=outputs/data/demo_phantoms n=96 seed=0
-	$(RUN) medal check-data data.root=outputs/data/demo_phantoms
+demo: setup  ## the main job: the whole pipeline on freshly generated phantoms (~10 min on 2 cores)
+	$(RUN) medal pipeline experiment=demo
 
 test: setup browser  ## fast tests (no `slow` marker)
 	$(RUN) pytest -q -n $(PYTEST_WORKERS) --timeout 900

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -50,10 +51,10 @@ def peak_memory_mib(fast: bool, batch: int, size: int) -> float:
 class Setting:
     """One model + optimizer under one numeric setting; `step()` is one full training update."""
 
-    def __init__(self, name: str, fast: bool, batch: int, size: int):
+    def __init__(self, name: str, fast: bool, batch: int, size: int, channels_last: bool | None = None):
         torch.manual_seed(0)
         self.name, self.fast = name, fast
-        self.format = torch.channels_last if fast else torch.contiguous_format
+        self.format = torch.channels_last if (fast if channels_last is None else channels_last) else torch.contiguous_format
         cfg = OmegaConf.load(Path(CONF_DIR) / "model" / "xception.yaml")
         self.model = build_regressor(cfg).to(memory_format=self.format).train()
         self.optimizer = torch.optim.RMSprop(self.model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
@@ -88,7 +89,8 @@ def main() -> None:
 
     peaks = {fast: peak_memory_mib(fast, args.batch, args.size) for fast in (False, True)}
     settings = [Setting("fp32 eager", False, args.batch, args.size),
-                Setting("channels_last + bf16 autocast", True, args.batch, args.size)]
+                Setting("channels_last + bf16 autocast", True, args.batch, args.size),
+                Setting("channels_last fp32", False, args.batch, args.size, channels_last=True)]
     for setting in settings:
         for _ in range(args.warmup):
             setting.step()
@@ -97,8 +99,8 @@ def main() -> None:
             setting.timed_round(args.steps)
             log.info("%s: %.2f s/step", setting.name, setting.times[-1])
 
-    baseline, fast = settings
-    rate = {s.name: args.batch / (sorted(s.times)[len(s.times) // 2]) for s in settings}  # median step
+    baseline, fast, layout_only = settings
+    rate = {s.name: args.batch / statistics.median(s.times) for s in settings}
     rows = [
         BenchRow(f"Xception regressor training images/s (299 px, batch {args.batch})", rate[fast.name], "img/s",
                  baseline.name, rate[baseline.name], higher_is_better=True,
@@ -106,8 +108,12 @@ def main() -> None:
                                                                          for s in settings}}),
         BenchRow("peak resident memory of a training process (model + 2 steps)", peaks[True], "MiB",
                  baseline.name, peaks[False], higher_is_better=False, extra={"measure": "ru_maxrss of a forked child"}),
+        BenchRow(f"Xception regressor training images/s, channels_last only (299 px, batch {args.batch})",
+                 rate[layout_only.name], "img/s", baseline.name, rate[baseline.name], higher_is_better=True),
     ]
-    notes = (f"Training step = forward + L1 loss + backward + RMSprop update of every layer, random input, "
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    bf16_hw = "has" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "lacks"
+    notes = (f"This CPU {bf16_hw} native bf16 (avx512_bf16/amx_bf16). Training step = forward + L1 loss + backward + RMSprop update of every layer, random input, "
              f"{args.warmup} warm-up steps, {args.rounds} alternating rounds of {args.steps} steps, median step time, "
              f"{torch.get_num_threads()} torch threads. Load average at the end: {Path('/proc/loadavg').read_text().split()[0]} "
              "(other jobs share these cores; the interleaving keeps the ratio fair, not the absolute rate).")

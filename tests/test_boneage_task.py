@@ -12,9 +12,11 @@ from medal.boneage.experiment import build_module, run_boneage
 from medal.data.datamodule import build_boneage_datamodule
 from medal.runs import write_metrics
 
+# /240 scaling: the untrained model predicts ~0 months, so a working loop must move val MAE a long way
+# (with z-scores it starts on the train-mean predictor, which 52 images and 4 epochs cannot reliably beat).
 FAST = ["model=tiny", "data.images=raw", "data.image_size=64", "data.augment.enabled=false", "finetune=all",
-        "scheduler=null", "optimizer.lr=0.003", "trainer.max_epochs=4", "trainer.enable_progress_bar=false",
-        "trainer.precision=32-true", "evaluation.bootstrap=200"]
+        "scheduler=null", "target.scaling=divide", "optimizer.lr=0.01", "trainer.max_epochs=4",
+        "trainer.enable_progress_bar=false", "trainer.precision=32-true", "evaluation.bootstrap=200"]
 
 
 def test_tiny_training_run_lowers_val_mae_and_writes_its_artifacts(make_cfg, tiny_phantoms, tmp_path) -> None:
@@ -29,7 +31,7 @@ def test_tiny_training_run_lowers_val_mae_and_writes_its_artifacts(make_cfg, tin
     start_mae = float(np.abs(start["predicted"] - start["true"]).mean())
 
     metrics = run_boneage(cfg)
-    assert metrics["val/mae"] < start_mae
+    assert metrics["val/mae"] < start_mae, (metrics["val/mae"], start_mae)
     for key in ("test/mae", "test/mae_male", "test/mae_female", "test/rmse", "test/bias", "test/within12",
                 "test/mae_ci_low", "test/mae_ci_high", "test/mae_mean_predictor", "val/mae"):
         assert np.isfinite(metrics[key]), key

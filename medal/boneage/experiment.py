@@ -23,6 +23,7 @@ from medal.boneage.metrics import cohort_metrics
 from medal.boneage.plots import bland_altman, predicted_vs_true
 from medal.boneage.targets import TargetScaler
 from medal.errors import MedalError
+from medal.hardware import use_bf16
 from medal.lit.regressor import BoneAgeModule
 from medal.loggers import build_loggers, log_figure
 from medal.runs import read_metrics
@@ -79,7 +80,7 @@ def evaluate(module: BoneAgeModule, datamodule: Any, out_dir: Path, cfg: DictCon
              loggers: list[Any]) -> dict[str, float]:
     """Val and test metrics by cohort, train-mean baseline, predictions.csv and plots."""
     ev = cfg.get("evaluation") or {}
-    bf16 = bool(ev.get("bf16", True))
+    bf16 = use_bf16(ev.get("bf16", "auto"), next(module.parameters()).device.type)
     train_ids = set(datamodule.frames["train"]["id"])
     frames = {}
     for split, loader in (("val", datamodule.val_dataloader()), ("test", datamodule.test_dataloader())):

@@ -7,6 +7,7 @@ Hydra `main()` with `conf/boneage.yaml` as primary config; `main.run` stays the 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +27,11 @@ from medal.runs import write_metrics
 log = logging.getLogger("medal")
 
 TaskFn = Callable[[DictConfig], dict[str, Any] | None]
+
+
+def _is_worker_rank() -> bool:
+    """A DDP process other than global rank 0: it must not overwrite rank 0's metrics.json."""
+    return os.environ.get("RANK", "0") != "0"
 
 
 def _in_multirun() -> bool:
@@ -62,6 +68,8 @@ def run_task(fn: TaskFn, cfg: DictConfig) -> float | None:
             return None
         raise
     metrics.setdefault("time/run_s", time.perf_counter() - started)
+    if _is_worker_rank():
+        return None
     write_metrics(out_dir, metrics)
     finish_loggers(metrics, failed=False)
     log.info("metrics written to %s", out_dir / "metrics.json")

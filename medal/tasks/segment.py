@@ -22,6 +22,7 @@ from medal.active.pool import ActivePool
 from medal.data.images import read_image
 from medal.data.rsna import read_index
 from medal.errors import MedalError
+from medal.hardware import use_bf16
 from medal.lit.committee import Committee
 from medal.loggers import build_loggers, log_figure
 from medal.preprocess.crop import resize
@@ -66,9 +67,10 @@ def run_segment(cfg: DictConfig) -> dict[str, float]:
     data = load_seg_data(index, work_dir, seg.image_size, inverted if seg.normalise_polarity else None, eval_dir,
                          seg.workers)
     paths = dict(zip(index["id"], index["path"], strict=True))
+    fast = use_bf16(al.fast_scoring)
     al_cfg = ALConfig(initial=al.initial, per_round=al.per_round, budget=al.budget, patience=al.patience,
                       min_delta=al.min_delta, reset_weights=al.reset_weights, strategy=cfg.strategy.name,
-                      seed=cfg.seed, score_batch_size=al.score_batch_size, fast_scoring=al.fast_scoring)
+                      seed=cfg.seed, score_batch_size=al.score_batch_size, fast_scoring=fast)
     steps = int(seg.steps_per_round)
     if seg.model == "unet_random":
         al_cfg, steps = baseline_schedule(al_cfg, steps)
@@ -100,7 +102,7 @@ def run_segment(cfg: DictConfig) -> dict[str, float]:
     def start_mask(image_id: str) -> np.ndarray:
         if learner.pool.round == 0 or learner.committee is None:
             return read_image(work_dir / "coarse" / f"{image_id}.png") > 0.5
-        prob = mean_probs(learner.committee, data.images[[data.rows[image_id]]], fast=al.fast_scoring)[0]
+        prob = mean_probs(learner.committee, data.images[[data.rows[image_id]]], fast=fast)[0]
         return binarise(np.clip(resize(prob, shape_of(image_id)), 0, 1))
 
     def on_query(pool: ActivePool, committee: Committee, ids: list[str]) -> None:
@@ -108,7 +110,7 @@ def run_segment(cfg: DictConfig) -> dict[str, float]:
             return
         shown = ids[:8]
         rows = [data.rows[i] for i in shown]
-        probs = member_probs(committee, data.images[rows], fast=al.fast_scoring)
+        probs = member_probs(committee, data.images[rows], fast=fast)
         masks = np.stack([np.stack([binarise(p, postprocess=False) for p in member]) for member in probs])
         png = figures.query_grid(data.images[rows], masks, shown, out_dir / "figures" / f"queried_round_{pool.round:02d}.png",
                                  title=f"round {pool.round}: queried by {al_cfg.strategy}")
@@ -154,7 +156,7 @@ def run_segment(cfg: DictConfig) -> dict[str, float]:
         if read_stamp(stamp_path) == stamp and (outputs.roi / "boxes.csv").is_file():
             log.info("final masks and RoIs: reusing %s", outputs.roi)
         else:
-            probs = mean_probs(result.committee, data.images, al.score_batch_size, al.fast_scoring)
+            probs = mean_probs(result.committee, data.images, al.score_batch_size, fast)
             gold = Path(seg.gold_dir) if seg.gold_dir and Path(seg.gold_dir).is_dir() else None
             write_final(outputs, data.ids, [paths[i] for i in data.ids], probs, inverted, gold)
             write_stamp(stamp_path, stamp)
