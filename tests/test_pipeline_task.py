@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from browser import CHROMIUM, NO_CHROMIUM, render_dom
 from hydra_compose import compose_task
 
 from medal.active.oracles import ANSWER_SUFFIX, MANIFEST
@@ -42,6 +43,16 @@ def test_tiny_pipeline_runs_every_stage_and_writes_the_report(finished: tuple[Pa
     images = [line.split("](", 1)[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
     assert len(images) >= 7 and all((root / "run" / link).is_file() for link in images)
     assert (root / "run" / "report.html").is_file()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+def test_pipeline_report_figures_all_load_in_headless_chromium(finished: tuple[Path, dict, Path],
+                                                               tmp_path: Path) -> None:
+    root, _, _ = finished
+    html = root / "run" / "report.html"
+    n_figures = html.read_text().count("<img ")
+    dom = render_dom(html, tmp_path)
+    assert n_figures >= 7 and f'data-loaded="{n_figures}"' in dom and f'data-total="{n_figures}"' in dom
 
 
 def test_rerun_skips_finished_stages_and_force_redoes_one(finished: tuple[Path, dict, Path],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import matplotlib
@@ -11,10 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+from browser import CHROMIUM, NO_CHROMIUM, render_dom  # noqa: E402
 
 from medal.pipeline.report import Figure, Section, Table, write_report  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _plot(path: Path) -> Path:
@@ -47,14 +44,9 @@ def test_markdown_and_html_list_every_section_and_copy_images(report: tuple[Path
         assert link in text and link in page and (md.parent / link).is_file()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (`make test` installs it with apt-get "
-                                              "when it can; this machine could not)")
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_every_figure_loads_in_headless_chromium(report: tuple[Path, Path], tmp_path: Path) -> None:
     _, html = report
-    dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chr'}",
-         "--virtual-time-budget=5000", "--dump-dom", html.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
-    ).stdout
+    dom = render_dom(html, tmp_path)
     assert 'data-loaded="2"' in dom and 'data-total="2"' in dom, dom[-500:]
+
