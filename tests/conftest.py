@@ -38,3 +38,12 @@ def tiny_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("phantoms")
     generate_dataset(root, n=64, seed=0, image_size=128, workers=1)
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny nets on a shared 2-core machine: one intra-op thread is faster than two fighting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from enhance_fixtures import write_pairs
 from hydra_compose import compose_task
 from omegaconf import DictConfig
@@ -19,20 +18,13 @@ from medal.runs import read_metrics
 from medal.tasks.enhance import run_enhance
 from medal.tasks.runner import run_task
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY_GAN = [
     "enhance.generator.depth=2", "enhance.generator.width=8", "enhance.discriminator.width=8",
     "enhance.image_size=64", "enhance.epochs=2", "enhance.batch_size=4", "enhance.sample_every_n_epochs=1",
     "trainer.precision=32-true", "trainer.enable_progress_bar=false", "logger=csv",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets on a shared 2-core machine: one intra-op thread is faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -14,16 +14,9 @@ from medal.enhance.pairs import PairDataModule, PairDataset, PairedAugment, matc
 from medal.errors import MedalError
 from medal.lit.enhancer import Enhancer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = {"generator": {"depth": 2, "width": 8}, "discriminator": {"kind": "paper", "width": 8}}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets on a shared 2-core machine: one intra-op thread is faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
