@@ -6,7 +6,6 @@ it covered), so a rerun skips a phase whose marker matches and redoes one that w
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -131,8 +130,3 @@ def write_stamp(path: Path, stamp: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(stamp, indent=1, sort_keys=True))
     tmp.replace(path)
-
-
-def read_boxes(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
