@@ -25,7 +25,8 @@ test-full: setup browser  ## every test, `slow` ones included
 	$(RUN) pytest -q -n $(PYTEST_WORKERS) -m "slow or not slow" --timeout 3600
 
 bench: setup  ## every benchmark -> outputs/bench/*.json, *.md and summary.md
-	@for s in scripts/bench_*.py; do echo "== $$s"; $(RUN) python $$s || exit 1; done
+	@for s in $(filter-out scripts/bench_summary.py,$(wildcard scripts/bench_*.py)); do \
+	  echo "== $$s"; $(RUN) python $$s || exit 1; done
 	$(RUN) python scripts/bench_summary.py
 
 figure12-smoke: setup  ## Figure 12 (36 runs) on phantoms, tiny model; tables from the folder and offline W&B must match
