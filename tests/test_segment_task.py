@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
-from hydra_compose import compose_task
-from omegaconf import DictConfig
 
 from medal.data.images import read_image
 from medal.tasks.runner import run_task
@@ -41,22 +36,7 @@ TINY = [
 ]
 
 
-@pytest.fixture
-def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
-    """Task config with every path under tmp_path (Hydra's runtime node set read-write)."""
-    return lambda task, overrides=(): compose_task(task, list(overrides), tmp_path)
-
-
-@pytest.fixture
-def single_thread():
-    """One thread: on a busy shared 2-core box, two OpenMP threads spin-wait far slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_segment_task_writes_masks_rois_and_resumes(make_cfg, tiny_phantoms: Path, single_thread) -> None:
+def test_segment_task_writes_masks_rois_and_resumes(make_cfg, tiny_phantoms: Path, one_thread) -> None:
     cfg = make_cfg("segment", [f"data.root={tiny_phantoms}", *TINY])
     run_task(run_segment, cfg)
     metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
@@ -90,7 +70,7 @@ def test_segment_task_writes_masks_rois_and_resumes(make_cfg, tiny_phantoms: Pat
     assert (work / "roi" / "stamp.json").stat().st_mtime_ns == stamp
 
 
-def test_unet_random_baseline_uses_the_same_label_count(make_cfg, tiny_phantoms: Path, single_thread) -> None:
+def test_unet_random_baseline_uses_the_same_label_count(make_cfg, tiny_phantoms: Path, one_thread) -> None:
     cfg = make_cfg("segment", [f"data.root={tiny_phantoms}", *TINY, "segment.model=unet_random",
                                "segment.write_outputs=false", "segment.figures=false"])
     metrics = run_segment(cfg)
