@@ -28,11 +28,10 @@ import torch
 from medal.active.loop import ActiveLearner, ALConfig, QueryContext, SegData
 from medal.active.oracles import SimulatedOracle
 from medal.bench import BENCH_DIR, BenchRow, write_bench
-from medal.data.images import read_image
+from medal.data.images import read_image, resize
 from medal.data.phantom import generate_dataset
 from medal.data.rsna import read_index
 from medal.lit.committee import Committee
-from medal.preprocess.crop import resize
 from medal.segment.baseline import baseline_schedule
 from medal.segment.figures import learning_curve
 from medal.segment.infer import binarise, mean_probs, score_pool

@@ -21,10 +21,9 @@ import torch
 
 from medal.active.oracles import OracleWaiting
 from medal.active.pool import ActivePool
-from medal.data.images import read_image, write_png
+from medal.data.images import read_image, resize, write_png
 from medal.errors import MedalError
 from medal.lit.committee import Committee
-from medal.preprocess.crop import resize
 from medal.segment.infer import mean_probs, score_pool
 from medal.segment.losses import dice_iou
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from medal.data import images as image_io
 from medal.data.parallel import iter_parallel
@@ -33,13 +32,6 @@ CACHE_VERSION = 2  # bump when decoding/resizing changes, so old caches are not 
 CACHE_DTYPE = np.float16
 PROGRESS_EVERY = 256  # images between progress records of a build (what a killed build keeps)
 FITS = ("pad", "stretch")
-
-
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    if image.shape == (height, width):
-        return image
-    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
-    return np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def fit_square(image: np.ndarray, size: int, fit: str = "pad") -> np.ndarray:
@@ -54,13 +46,13 @@ def fit_square(image: np.ndarray, size: int, fit: str = "pad") -> np.ndarray:
         raise MedalError(f"data.fit={fit!r}: choose one of {', '.join(FITS)}")
     h, w = image.shape
     if fit == "stretch" or h == w:
-        return np.clip(_resize(image, size, size), 0.0, 1.0)
+        return np.clip(image_io.resize(image, (size, size)), 0.0, 1.0)
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     out = np.full((size, size), float(np.median(border)), dtype=np.float32)
     y0, x0 = (size - nh) // 2, (size - nw) // 2
-    out[y0:y0 + nh, x0:x0 + nw] = _resize(image, nh, nw)
+    out[y0:y0 + nh, x0:x0 + nw] = image_io.resize(image, (nh, nw))
     return np.clip(out, 0.0, 1.0)
 
 

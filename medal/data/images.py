@@ -53,6 +53,16 @@ def _to_float(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
 
 
+def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear float32 resize to (H, W); Pillow's filter widens on downscaling, so it anti-aliases."""
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.shape == tuple(shape):
+        return arr.copy()
+    pil = Image.fromarray(np.ascontiguousarray(arr), mode="F").resize((int(shape[1]), int(shape[0])),
+                                                                      Image.Resampling.BILINEAR)
+    return np.asarray(pil, dtype=np.float32)
+
+
 def write_png(path: str | Path, image: np.ndarray, bits: int = 8, compress_level: int = 6) -> Path:
     """Write float [0, 1] (or bool mask) HxW as an 8- or 16-bit greyscale PNG, atomically.
 

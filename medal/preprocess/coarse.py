@@ -17,7 +17,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import label
 from skimage.morphology import closing, disk
 
-from medal.preprocess.crop import resize
+from medal.data.images import resize
 
 RING_WIDTH = 0.15  # of the short side: wide enough that a wrist or a letter is a minority of the ring
 

@@ -6,20 +6,11 @@ The same box crops the gold-standard image, so the enhancer's input and target s
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
+from medal.data.images import resize
 from medal.errors import MedalError
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (half-open)
-
-
-def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear float32 resize to (H, W); Pillow's filter widens on downscaling, so it anti-aliases."""
-    arr = np.asarray(image, dtype=np.float32)
-    if arr.shape == tuple(shape):
-        return arr.copy()
-    pil = Image.fromarray(arr, mode="F").resize((int(shape[1]), int(shape[0])), Image.Resampling.BILINEAR)
-    return np.asarray(pil, dtype=np.float32)
 
 
 def roi_box(mask: np.ndarray, margin: float = 0.05) -> Box:

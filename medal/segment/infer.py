@@ -22,11 +22,11 @@ from skimage.filters import threshold_otsu
 from tqdm.auto import tqdm
 
 from medal.active import strategies
-from medal.data.images import read_image, write_png
+from medal.data.images import read_image, resize, write_png
 from medal.errors import MedalError
 from medal.lit.committee import Committee
 from medal.preprocess.coarse import clean_mask
-from medal.preprocess.crop import crop_square, resize, roi_box
+from medal.preprocess.crop import crop_square, roi_box
 
 log = logging.getLogger("medal.segment")
 

@@ -19,13 +19,12 @@ from PIL import Image
 from medal.active.loop import ActiveLearner, ALConfig, QueryContext
 from medal.active.oracles import FolderOracle, SimulatedOracle
 from medal.active.pool import ActivePool
-from medal.data.images import read_image
+from medal.data.images import read_image, resize
 from medal.data.rsna import read_index
 from medal.errors import MedalError
 from medal.hardware import use_bf16
 from medal.lit.committee import Committee
 from medal.loggers import build_loggers, log_figure
-from medal.preprocess.crop import resize
 from medal.segment import figures
 from medal.segment.baseline import baseline_schedule
 from medal.segment.infer import FinalOutputs, binarise, mean_probs, member_probs, write_final
