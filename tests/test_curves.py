@@ -9,7 +9,8 @@ import pytest
 from fake_runs import MODES, STAGE_EPOCHS, write_multirun
 
 from medal.errors import MedalError
-from medal.report.curves import STAGE_LINE_GID, plot_loss_curves, save_figure, stage_boundaries
+from medal.plotting import save_figure
+from medal.report.curves import STAGE_LINE_GID, plot_loss_curves, stage_boundaries
 from medal.report.runs import collect_runs
 
 

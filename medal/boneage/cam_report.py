@@ -25,6 +25,7 @@ from medal.cam import class_activation_map, normalise, overlay  # noqa: E402
 from medal.errors import MedalError  # noqa: E402
 from medal.lit.regressor import BoneAgeModule  # noqa: E402
 from medal.loggers import build_loggers, log_figure  # noqa: E402
+from medal.plotting import save_figure
 
 log = logging.getLogger("medal.boneage")
 
@@ -120,11 +121,7 @@ def run_cam(cfg: DictConfig) -> dict[str, Any]:
         ax.imshow(rgb)
         ax.set_title(f"{cohort} (n={acc['n']})")
     fig.suptitle(f"average {'CAM' if method == 'cam' else 'Grad-CAM'} on the {split} split")
-    figure = out_dir / "cam_by_sex.png"
-    tmp = figure.with_name("cam_by_sex.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(figure)
+    figure = save_figure(fig, out_dir / "cam_by_sex.png")
     log_figure(loggers, "cam/by_sex", figure)
     log.info("%s maps of %d images written to %s", method, sums["male"]["n"] + sums["female"]["n"], out_dir)
     return {"cam/n_male": sums["male"]["n"], "cam/n_female": sums["female"]["n"],

@@ -10,14 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+from medal.plotting import save_figure
 
 
 def bland_altman(preds: np.ndarray, target: np.ndarray, male: np.ndarray, path: str | Path,
@@ -35,7 +28,7 @@ def bland_altman(preds: np.ndarray, target: np.ndarray, male: np.ndarray, path: 
     ax.set(xlabel="mean of predicted and true bone age (months)", ylabel="predicted - true (months)",
            title=title or f"Bland–Altman (limits {bias - 1.96 * sd:.1f} to {bias + 1.96 * sd:.1f})")
     ax.legend(loc="best", fontsize=8)
-    return _save(fig, Path(path))
+    return save_figure(fig, path)
 
 
 def predicted_vs_true(preds: np.ndarray, target: np.ndarray, male: np.ndarray, path: str | Path,
@@ -52,4 +45,4 @@ def predicted_vs_true(preds: np.ndarray, target: np.ndarray, male: np.ndarray, p
     ax.set(xlabel="true bone age (months)", ylabel="predicted bone age (months)",
            title=title or f"predicted vs true (MAE {mae:.2f} months)")
     ax.legend(loc="best", fontsize=8)
-    return _save(fig, Path(path))
+    return save_figure(fig, path)

@@ -15,11 +15,11 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanAbsoluteError
 
 from medal.boneage.metrics import boneage_metrics
 from medal.boneage.targets import TargetScaler
+from medal.config import to_plain
 from medal.errors import MedalError
 from medal.models.regressor import build_regressor
 
@@ -29,10 +29,6 @@ DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.RMSprop", "_partia
                                      "alpha": 0.9, "eps": 1e-7}
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 class BoneAgeModule(pl.LightningModule):
     """Trains a `BoneAgeRegressor` on scaled targets; predicts and reports months."""
 
@@ -40,7 +36,7 @@ class BoneAgeModule(pl.LightningModule):
                  loss: str = "l1", optimizer: Mapping[str, Any] | None = None,
                  scheduler: Mapping[str, Any] | None = None, channels_last: bool = True) -> None:
         super().__init__()
-        model_cfg, optimizer, scheduler = _plain(model_cfg), _plain(optimizer), _plain(scheduler)
+        model_cfg, optimizer, scheduler = to_plain(model_cfg), to_plain(optimizer), to_plain(scheduler)
         if loss not in LOSSES:
             raise MedalError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
         self.save_hyperparameters({"model_cfg": model_cfg, "target_shift": float(target_shift),

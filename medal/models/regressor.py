@@ -15,10 +15,11 @@ from typing import Any
 
 import timm
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from medal.config import to_plain
 from medal.errors import MedalError
 
 log = logging.getLogger("medal.boneage")
@@ -133,10 +134,6 @@ class BoneAgeRegressor(nn.Module):
         return self
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def create_backbone(name: str, in_chans: int, pretrained: bool) -> nn.Module:
     """timm feature extractor (no classifier, no pooling); a failed download becomes a clear MedalError."""
     try:
@@ -201,7 +198,7 @@ def load_weights(model: BoneAgeRegressor, path: str | Path) -> None:
 
 def build_regressor(model_cfg: DictConfig | Mapping[str, Any]) -> BoneAgeRegressor:
     """The regressor of a `model=` config: backbone, validated block map, head, optional local weights."""
-    cfg = _plain(model_cfg)
+    cfg = to_plain(model_cfg)
     name = cfg["timm_name"]
     backbone = create_backbone(name, int(cfg.get("in_chans", 1)), bool(cfg.get("pretrained", False)))
     block_map = cfg.get("blocks") or {}

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from medal.config import to_plain
 from medal.errors import MedalError
 
 log = logging.getLogger("medal.pipeline")
@@ -48,13 +49,9 @@ class StageResult:
     message: str = ""
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
-
-
 def fingerprint(cfg: DictConfig, keys: Iterable[str], upstream: str = "") -> str:
     """Hash of the resolved config subtrees a stage depends on, chained to the stage before it."""
-    parts = {key: _plain(OmegaConf.select(cfg, key)) for key in keys}
+    parts = {key: to_plain(OmegaConf.select(cfg, key)) for key in keys}
     text = json.dumps({"upstream": upstream, "config": parts}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

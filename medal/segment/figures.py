@@ -12,14 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+from medal.plotting import save_figure
 
 
 def query_grid(images: np.ndarray, member_masks: np.ndarray, ids: Sequence[str], path: Path, title: str = "") -> Path:
@@ -45,7 +38,7 @@ def query_grid(images: np.ndarray, member_masks: np.ndarray, ids: Sequence[str],
     axes[0, 0].set_title("image", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 def learning_curve(curves: dict[str, Sequence[tuple[float, float, float]]], path: Path, metric: str = "Dice",
@@ -66,4 +59,4 @@ def learning_curve(curves: dict[str, Sequence[tuple[float, float, float]]], path
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)

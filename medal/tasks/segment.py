@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
 from medal.active.loop import ActiveLearner, ALConfig, QueryContext
 from medal.active.oracles import FolderOracle, SimulatedOracle
 from medal.active.pool import ActivePool
+from medal.config import to_plain
 from medal.data.images import read_image, resize
 from medal.data.rsna import read_index
 from medal.errors import MedalError
@@ -44,10 +44,6 @@ log = logging.getLogger("medal.segment")
 MODELS = ("committee", "unet_random")
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def run_segment(cfg: DictConfig) -> dict[str, float]:
     seg, al = cfg.segment, cfg.al
     if seg.model not in MODELS:
@@ -55,7 +51,7 @@ def run_segment(cfg: DictConfig) -> dict[str, float]:
     work_dir = Path(cfg.data.work_dir)
     out_dir = Path(cfg.paths.output_dir)
     index = read_index(cfg.data.root, strict=cfg.data.strict)
-    coarse = coarse_phase(index, work_dir, CoarseOptions(**_plain(seg.coarse)), seg.workers)
+    coarse = coarse_phase(index, work_dir, CoarseOptions(**to_plain(seg.coarse)), seg.workers)
     inverted = dict(zip(coarse["id"], coarse["inverted"].astype(bool), strict=True))
     eval_dir = Path(seg.eval_masks_dir) if seg.eval_masks_dir else None
     test_ids = with_masks(list(index.loc[index["split"] == "test", "id"]), eval_dir)
@@ -73,10 +69,10 @@ def run_segment(cfg: DictConfig) -> dict[str, float]:
     steps = int(seg.steps_per_round)
     if seg.model == "unet_random":
         al_cfg, steps = baseline_schedule(al_cfg, steps)
-        arch, net, size = "unet", _plain(seg.unet), 1
+        arch, net, size = "unet", to_plain(seg.unet), 1
     else:
-        arch, net, size = "fc_densenet", _plain(seg.net), int(al.committee_size)
-    augment = _plain(seg.augment) if seg.augment.enabled else None
+        arch, net, size = "fc_densenet", to_plain(seg.net), int(al.committee_size)
+    augment = to_plain(seg.augment) if seg.augment.enabled else None
 
     def make_committee() -> Committee:
         return Committee(net=net, size=size, seed=cfg.seed, lr=seg.lr, weight_decay=seg.weight_decay,

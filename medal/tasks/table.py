@@ -10,7 +10,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from medal.errors import MedalError
-from medal.report.curves import plot_loss_curves, save_figure
+from medal.plotting import save_figure
+from medal.report.curves import plot_loss_curves
 from medal.report.runs import RunResult, collect_runs
 from medal.report.table import PRESETS, Table, TableSpec, build_table
 from medal.report.wandb_runs import collect_disk_runs, collect_online_runs

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from medal.data.images import read_image
+from medal.plotting import save_figure
 
 
 def write_contact_sheet(root: str | Path, meta: pd.DataFrame, path: str | Path, columns: int = 8) -> Path:
@@ -41,9 +42,4 @@ def write_contact_sheet(root: str | Path, meta: pd.DataFrame, path: str | Path, 
             f"{row.boneage:.0f} mo {sex}\n{row.bits}-bit{' inv' if row.inverted else ''}", fontsize=8
         )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=110)
