@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from medal.overrides import override_problem
 from medal.tasks import TASKS
 
 USAGE = "usage: medal <task> [hydra overrides] [-m] [--help] [--cfg job]"
@@ -30,6 +31,11 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         raise SystemExit(2)
     module = importlib.import_module(TASKS[task][0])
+    if not any(arg.startswith("-") for arg in rest):  # a plain run: flags (-m, --cfg, --help) go to Hydra
+        problem = override_problem(module.main.config_name, rest, f"medal {task}")
+        if problem:
+            print(f"medal {task}: {problem}", file=sys.stderr)
+            raise SystemExit(2)
     sys.argv = [f"medal {task}", *rest]
     module.main()
 

@@ -31,6 +31,17 @@ def use_bf16(setting: bool | str, device: str | None = None) -> bool:
     return cpu_has_native_bf16()
 
 
+def inference_device(accelerator: str) -> str:
+    """Where to score and predict for a Lightning `accelerator` setting ("cpu", "gpu"/"cuda", "auto").
+
+    Lightning moves a module back to the CPU when `fit` ends, so code that predicts between fits
+    (pool scoring, evaluation, final masks) must move it to this device itself.
+    """
+    if accelerator in {"gpu", "cuda"} or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
 def fast_precision(accelerator: str = "cpu") -> str:
     """Lightning `precision` for `accelerator`: bf16-mixed where bf16 is native, else 32-true."""
     device = "cuda" if accelerator in {"gpu", "cuda"} else "cpu"

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
@@ -16,12 +17,37 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hydra.utils import instantiate
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 log = logging.getLogger("medal.loggers")
 
 WANDB_TAG_MAX = 64  # W&B rejects longer tags
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing metrics.csv is continued rather than deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+                self.metrics_keys = next(csv.reader(handle), [])  # appended rows follow the file's header
+
+
+class ResumableCSVLogger(CSVLogger):
+    """`CSVLogger` for runs that resume: Lightning's own deletes `metrics.csv` when its folder is reused, so a
+    resumed training run or active-learning loop would lose the epochs and rounds logged before the stop.
+    Rows logged again after a resume are appended; readers keep the last row per epoch."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:

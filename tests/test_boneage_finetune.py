@@ -10,6 +10,7 @@ import torch
 from boneage_fixtures import loader, tiny_module, trainer_kwargs
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from medal.boneage.experiment import epoch_end_checkpoint
 from medal.callbacks.finetune import MODES, FixedFinetuning
 from medal.callbacks.paced import PacedTransferLearning
 from medal.lit.regressor import BoneAgeModule
@@ -154,3 +155,20 @@ def test_ptl_resume_continues_in_its_stage_with_the_same_groups(tmp_path: Path) 
     head = trainer2.optimizers[0].param_groups[0]
     assert trainer2.global_step == saved_step + 4
     assert head["lr"] == pytest.approx(1e-3 / (1 + 0.05 * trainer2.global_step))
+
+
+def test_checkpoint_keeps_the_ptl_counters_of_the_epoch_it_saves(tmp_path: Path) -> None:
+    """last.ckpt must hold PTL's state after the epoch's update, or a resumed run spends an extra epoch in
+    its stage (the checkpoint used to be written when validation ended, before PTL's epoch-end hook)."""
+    torch.manual_seed(0)
+    ptl = PacedTransferLearning(patience=100, max_epochs_per_stage=3)
+    checkpoint = epoch_end_checkpoint(tmp_path / "checkpoints", "val/mae", "min")
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, limit_train_batches=2,
+                                          enable_checkpointing=True), callbacks=[ptl, checkpoint])
+    trainer.fit(tiny_module(), train_dataloaders=loader(n=16), val_dataloaders=loader(n=8, seed=1))
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = next(v for k, v in saved["callbacks"].items() if k.startswith("PacedTransferLearning"))
+    assert ptl.epochs_in_stage == 2
+    assert state["epochs_in_stage"] == 2 and state["stage"] == 0
+    best = list((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 1 and checkpoint.best_model_score is not None  # val/mae existed when it saved

@@ -59,3 +59,12 @@ def test_tiny_training_run_lowers_val_mae_and_writes_its_artifacts(make_cfg, tin
     assert cam["cam/n_male"] + cam["cam/n_female"] == n_test and cam["cam/exact"] == 1.0
     assert len(list((tmp_path / "cam" / "overlays").glob("*.png"))) == 3
     assert (tmp_path / "cam" / "cam_by_sex.png").is_file()
+
+
+def test_early_stopping_ends_the_run_when_val_mae_stalls(make_cfg, tiny_phantoms) -> None:
+    # No improvement can beat a 1000-month min_delta: the run must stop after epoch 0 + `patience` epochs.
+    cfg = make_cfg("boneage", [*FAST, f"data.root={tiny_phantoms}", "trainer.max_epochs=6",
+                               "early_stopping.patience=1", "early_stopping.min_delta=1000", "evaluation.plots=false"])
+    metrics = run_boneage(cfg)
+    assert metrics["train/epochs"] == 2
+    assert np.isfinite(metrics["test/mae"])

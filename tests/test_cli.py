@@ -46,3 +46,30 @@ def test_task_help_and_cfg_job_in_a_real_process(tmp_path: Path) -> None:
     assert "task_name: check_data" in shown.stdout and "name: rsna" in shown.stdout
     assert "image_size: 128" in shown.stdout and f"root: {tmp_path}" in shown.stdout
     assert not (tmp_path / "outputs").exists()  # printing the config runs nothing
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("cohort=bogus", "cohort=bogus: conf/cohort/ has no bogus.yaml; choose one of: all, female, male"),
+        ("trainer.max_epochz=3", "Could not override 'trainer.max_epochz'"),
+        ("trainer.max_epochs=[1", "no viable alternative at input '[1'"),
+    ],
+)
+def test_bad_override_is_one_line_naming_it_and_runs_nothing(
+    override: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDAL_ROOT", str(tmp_path))
+    with pytest.raises(SystemExit) as stop:
+        main(["boneage", override])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("medal boneage: ") and expected in err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_missing_key_message_says_how_to_list_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["check-data", "data.imag_size=3"])
+    err = capsys.readouterr().err
+    assert "+data.imag_size=3" in err and "`medal check-data --cfg job` prints every key" in err

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from fake_runs import write_multirun
@@ -145,14 +146,19 @@ def test_joblib_and_optuna_sweeps_run_a_real_task(tmp_path: Path) -> None:
     for job, decimals in (("0", 1), ("1", 2)):
         assert "| PTL | **10.0" in (joblib_dir / job / "table.md").read_text()
         assert f"{10.0123:.{decimals}f}" in (joblib_dir / job / "table.md").read_text()
-    optuna_dir = tmp_path / "optuna"
-    done = _medal(["table", "-m", f"table.source={source}", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
-                   "hydra.sweeper.direction=maximize", "+optimized_metric=table/cells_ok", "table.curves.enabled=false",
-                   "table.decimals=choice(1,2,3)", f"hydra.sweep.dir={optuna_dir}"], tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    results = yaml.safe_load((optuna_dir / "optimization_results.yaml").read_text())
-    assert results["best_value"] == 35  # 36 cells, one planted failure
-    assert len([p for p in optuna_dir.iterdir() if p.is_dir() and p.name.isdigit()]) == 2
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    for attempt in ("optuna", "optuna_again"):  # the second run continues the stored study
+        optuna_dir = tmp_path / attempt
+        done = _medal(["table", "-m", f"table.source={source}", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+                       "hydra.sweeper.direction=maximize", "+optimized_metric=table/cells_ok",
+                       "table.curves.enabled=false", "table.decimals=choice(1,2,3)", f"hydra.sweep.dir={optuna_dir}",
+                       f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=resumable"], tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results = yaml.safe_load((optuna_dir / "optimization_results.yaml").read_text())
+        assert results["best_value"] == 35  # 36 cells, one planted failure
+        assert len([p for p in optuna_dir.iterdir() if p.is_dir() and p.name.isdigit()]) == 2
+    study = optuna.load_study(study_name="resumable", storage=storage)
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
 
 
 def _smoke_module():

@@ -169,3 +169,49 @@ def test_folder_oracle_accepts_0_1_masks_and_simulated_oracle_reads_masks(tmp_pa
     assert np.array_equal(got["003"], masks[3])
     with pytest.raises(MedalError, match="not found"):
         SimulatedOracle(tmp_path / "gt").answer(0, ["004"], _ctx(data))
+
+
+def test_committee_goes_back_to_the_run_device_after_every_fit(tmp_path: Path, monkeypatch) -> None:
+    """Lightning returns a fitted module on the CPU; scoring and evaluation must run on `al.device`."""
+    data, masks = _data()
+    events: list[str] = []
+
+    class Tracked(Committee):
+        def to(self, *args, **kwargs):
+            events.append(f"to {args[0] if args else kwargs.get('device')}")
+            return super().to(*args, **kwargs)
+
+    def fit(*args) -> dict[str, float]:
+        events.append("fit")
+        return {}
+
+    import medal.active.loop as loop
+
+    real_score = loop.score_pool
+    monkeypatch.setattr(loop, "score_pool", lambda *a, **k: (events.append("score"), real_score(*a, **k))[1])
+    cfg = ALConfig(initial=4, per_round=3, budget=10, patience=9, strategy="qbc", fast_scoring=False, device="cpu")
+    learner = ActiveLearner(data, SimulatedOracleFor(masks, data), _ctx(data),
+                            lambda: Tracked(net=NET, size=3, channels_last=False), fit, cfg, tmp_path / "al")
+    learner.run()
+    assert events.count("fit") == 3 and events.count("score") == 2
+    for i, event in enumerate(events):
+        if event == "fit":
+            assert events[i + 1] == "to cpu", events
+
+
+class SimulatedOracleFor:
+    def __init__(self, masks: np.ndarray, data: SegData) -> None:
+        self.masks, self.data = masks, data
+
+    def answer(self, round_no, ids, ctx):
+        return {i: self.masks[self.data.rows[i]] for i in ids}
+
+
+@pytest.mark.parametrize(("accelerator", "cuda", "expected"),
+                         [("cpu", True, "cpu"), ("gpu", False, "cuda"), ("cuda", True, "cuda"),
+                          ("auto", True, "cuda"), ("auto", False, "cpu")])
+def test_inference_device_follows_the_trainer_accelerator(accelerator, cuda, expected, monkeypatch) -> None:
+    from medal.hardware import inference_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert inference_device(accelerator) == expected

@@ -177,3 +177,24 @@ def test_online_reader_maps_states_and_summary() -> None:
     assert table.cell("all", ("gan", "all")).state == table.cell("above_fc", ("gan", "all")).state == "failed"
     with pytest.raises(MedalError, match="has no runs"):
         collect_online_runs("medal", api=_RecordedApi([]))
+
+
+def test_csv_logger_continues_the_metrics_of_a_resumed_run(tmp_path: Path) -> None:
+    """Lightning's CSVLogger deletes metrics.csv when its folder is reused; a resumed run must keep it."""
+    import pandas as pd
+
+    from medal.loggers import ResumableCSVLogger
+
+    first = ResumableCSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    first.log_metrics({"train/loss": 1.0, "epoch": 0}, step=0)
+    first.log_metrics({"train/loss": 0.8, "epoch": 1}, step=1)
+    first.save()
+    resumed = ResumableCSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    resumed.log_metrics({"train/loss": 0.6, "epoch": 2}, step=2)
+    resumed.save()
+    resumed.log_metrics({"train/loss": 0.5, "val/mae": 9.0, "epoch": 3}, step=3)  # a new column rewrites the header
+    resumed.save()
+    frame = pd.read_csv(tmp_path / "csv" / "metrics.csv")
+    assert frame["epoch"].tolist() == [0, 1, 2, 3]
+    assert frame["train/loss"].tolist() == [1.0, 0.8, 0.6, 0.5]
+    assert frame["val/mae"].isna().tolist() == [True, True, True, False]

@@ -44,6 +44,7 @@ class ALConfig:
     seed: int = 0
     score_batch_size: int = 16
     fast_scoring: bool = True  # bf16 autocast for pool scoring
+    device: str = "cpu"  # where the committee scores, evaluates and predicts between fits
 
     def __post_init__(self) -> None:
         if self.initial < 1 or self.per_round < 1 or self.budget < self.initial:
@@ -156,7 +157,7 @@ class ActiveLearner:
             return committee, -1
         saved = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         committee.load_state_dict(saved["state_dict"])
-        return committee, int(saved["labelled"])
+        return committee.to(self.cfg.device), int(saved["labelled"])
 
     def _save_committee(self, committee: Committee) -> None:
         tmp = self.checkpoint.with_name(f".{self.checkpoint.name}.{os.getpid()}.tmp")
@@ -183,7 +184,9 @@ class ActiveLearner:
             else np.zeros((0, self.data.size, self.data.size), np.float32)
         )
         log.info("round %d: training the committee on %d labelled images", self.pool.round, len(ids))
-        return self.fit(committee, images, masks, val_images, val_masks)
+        metrics = self.fit(committee, images, masks, val_images, val_masks)
+        committee.to(self.cfg.device)  # Lightning hands the module back on the CPU
+        return metrics
 
     def _query(self, committee: Committee) -> None:
         free = self.pool.unlabelled
@@ -194,7 +197,8 @@ class ActiveLearner:
                             self.cfg.fast_scoring, gen)
         top = torch.topk(scores, k).indices.tolist()
         chosen = [free[j] for j in top]
-        log.info("round %d: querying %d images (%s)", self.pool.round, len(chosen), self.cfg.strategy)
+        log.info("round %d: querying %d images (%s, scored on %s)", self.pool.round, len(chosen), self.cfg.strategy,
+                 committee.device)
         self.pool.query(chosen, dict(zip(free, scores.tolist(), strict=True)))
         if self.on_query is not None:
             self.on_query(self.pool, committee, chosen)

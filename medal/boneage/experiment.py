@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import BaseFinetuning, ModelCheckpoint
+from pytorch_lightning.callbacks import BaseFinetuning, EarlyStopping, ModelCheckpoint
 
 from medal.boneage.evaluate import mean_predictor_mae, predict_frame
 from medal.boneage.metrics import cohort_metrics
@@ -116,6 +116,17 @@ def evaluate(module: BoneAgeModule, datamodule: Any, out_dir: Path, cfg: DictCon
     return metrics
 
 
+def epoch_end_checkpoint(ckpt_dir: Path, monitor: str, mode: str) -> ModelCheckpoint:
+    """best-*.ckpt by `monitor` and last.ckpt, saved when the training epoch ends.
+
+    Saving there (after the other callbacks' epoch-end hooks, which Lightning runs first) rather than
+    when validation ends keeps the fine-tuning callback's epoch counters in the checkpoint, so a resumed
+    PTL run leaves its stage on the same epoch as an uninterrupted one; val metrics exist by then.
+    """
+    return ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor=monitor, mode=mode,
+                           save_last=True, auto_insert_metric_name=False, save_on_train_epoch_end=True)
+
+
 def run_boneage(cfg: DictConfig) -> dict[str, float]:
     """Train, select by val MAE, test; returns the metrics for metrics.json."""
     from medal.data.datamodule import build_boneage_datamodule
@@ -132,11 +143,16 @@ def run_boneage(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg, datamodule.frames["train"]["boneage"].to_numpy())
 
     ckpt_dir = out_dir / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor=cfg.checkpoint.monitor,
-                                 mode=cfg.checkpoint.mode, save_last=True, auto_insert_metric_name=False)
+    checkpoint = epoch_end_checkpoint(ckpt_dir, str(cfg.checkpoint.monitor), str(cfg.checkpoint.mode))
     finetune = build_finetune_callback(cfg.finetune)
     loggers = build_loggers(cfg)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[finetune, checkpoint], logger=loggers or False)
+    callbacks: list[pl.Callback] = [finetune, checkpoint]
+    stopping = cfg.get("early_stopping") or {}
+    if stopping.get("patience") is not None:
+        callbacks.append(EarlyStopping(monitor=str(cfg.checkpoint.monitor), mode=str(cfg.checkpoint.mode),
+                                       patience=int(stopping.patience), min_delta=float(stopping.min_delta),
+                                       check_on_train_epoch_end=True))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg, ckpt_dir))
     if not trainer.is_global_zero:
         return {}

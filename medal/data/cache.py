@@ -168,7 +168,9 @@ def _build(ids: list[str], paths: Sequence[str | Path], partial: Path, progress:
     if not done.any():
         array = np.lib.format.open_memmap(partial, mode="w+", dtype=CACHE_DTYPE, shape=shape)
     todo = np.flatnonzero(~done)
-    log.info("building image cache of %d images at %d px (%s) in %s", len(todo), size, fit, array_path)
+    source = Path(paths[todo[0]]).parent if len(todo) else "-"
+    log.info("building image cache of %d images from %s at %d px (%s) in %s", len(todo), source, size, fit,
+             array_path)
 
     jobs = [(str(paths[i]), size, fit) for i in todo]
     try:

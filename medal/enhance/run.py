@@ -26,7 +26,6 @@ from medal.data.images import read_image, write_png
 from medal.enhance.clahe import clahe
 from medal.enhance.pairs import PairDataset, list_images
 from medal.errors import MedalError
-from medal.hardware import use_bf16  # noqa: F401  (re-exported for the enhance task)
 
 log = logging.getLogger("medal.enhance")
 

@@ -6,7 +6,9 @@ labelled images with replacement, which makes every round cost the same whatever
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -17,16 +19,29 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from medal.lit.committee import Committee
 
 TrainerFactory = Callable[[], pl.Trainer]
+LIGHTNING_INFO = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's per-fit notices ("GPU available", tips, "max_epochs reached") for the round's fit:
+    a round loop makes a trainer per round, and those lines would bury the round log. Warnings stay."""
+    level = LIGHTNING_INFO.level
+    LIGHTNING_INFO.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LIGHTNING_INFO.setLevel(level)
 
 
 def _tensors(*arrays: np.ndarray) -> TensorDataset:
     return TensorDataset(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[:, None] for a in arrays))
 
 
-def cpu_trainer(precision: str = "bf16-mixed", **overrides: Any) -> pl.Trainer:
-    """A quiet one-epoch CPU trainer (tests, benchmarks); tasks build theirs from `cfg.trainer`."""
+def quiet_trainer(accelerator: str = "cpu", precision: str = "32-true", **overrides: Any) -> pl.Trainer:
+    """A quiet one-epoch single-device trainer (benchmarks); tasks build theirs from `cfg.trainer`."""
     options: dict[str, Any] = dict(
-        accelerator="cpu", devices=1, max_epochs=1, precision=precision, logger=False, enable_checkpointing=False,
+        accelerator=accelerator, devices=1, max_epochs=1, precision=precision, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
     )
     options.update(overrides)
@@ -47,7 +62,8 @@ def fit_committee(
     sampler = RandomSampler(range(len(images)), replacement=True, num_samples=steps * batch_size)
     train = DataLoader(_tensors(images, masks), batch_size=batch_size, sampler=sampler, drop_last=False)
     val = DataLoader(_tensors(val_images, val_masks), batch_size=max(batch_size, 16)) if len(val_images) else None
-    trainer = make_trainer()
-    committee.train()  # scoring left it in eval mode, and Lightning keeps the modes it finds
-    trainer.fit(committee, train_dataloaders=train, val_dataloaders=val)
+    with quiet_lightning():
+        trainer = make_trainer()
+        committee.train()  # scoring left it in eval mode, and Lightning keeps the modes it finds
+        trainer.fit(committee, train_dataloaders=train, val_dataloaders=val)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

@@ -15,7 +15,7 @@ from medal.enhance.pairs import matching_ids, split_ids
 from medal.enhance.run import build_method, enhance_folder, score_pairs, summarise
 from medal.enhance.train import load_generator, train_gan, training_dir
 from medal.errors import MedalError
-from medal.hardware import use_bf16
+from medal.hardware import inference_device, use_bf16
 from medal.loggers import build_loggers
 from medal.tasks.runner import hydra_task
 
@@ -36,6 +36,7 @@ def run_enhance(cfg: DictConfig) -> dict[str, float]:
     else:
         log.warning("%s not found: enhancing without scoring against gold standards", pairs.gold_dir)
 
+    device = inference_device(str(cfg.trainer.accelerator))  # Lightning's fit leaves nothing on the GPU
     generator, manifest = None, {"method": enh.method, "image_size": int(enh.image_size)}
     if enh.method == "gan":
         if split is None:
@@ -46,7 +47,7 @@ def run_enhance(cfg: DictConfig) -> dict[str, float]:
         weights = train_gan(
             enh, split, cfg.trainer, train_dir, build_loggers(cfg), Path(cfg.paths.output_dir) / "samples"
         )
-        generator = load_generator(enh, weights)
+        generator = load_generator(enh, weights).to(device)
         manifest["generator"] = hashlib.sha1(weights.read_bytes()).hexdigest()  # a retrained G rewrites all
     clip_limit, grid = clahe_params(enh.get("clip_limit", 2.0), enh.get("grid", 8))
     keep_background = bool(enh.get("keep_background", True))
@@ -54,7 +55,7 @@ def run_enhance(cfg: DictConfig) -> dict[str, float]:
         manifest.update(clip_limit=clip_limit, grid=list(grid), keep_background=keep_background)
     method = build_method(
         enh.method, generator, clip_limit=clip_limit, grid=grid, keep_background=keep_background,
-        bf16=use_bf16(enh.inference.bf16), channels_last=bool(enh.inference.channels_last),
+        bf16=use_bf16(enh.inference.bf16, device), channels_last=bool(enh.inference.channels_last),
     )
 
     metrics: dict[str, float] = {}

@@ -86,6 +86,7 @@ def hydra_task(config_name: str) -> Callable[[TaskFn], Callable[[], Any]]:
             return run_task(fn, cfg)
 
         main.__doc__ = fn.__doc__
+        main.config_name = config_name  # the primary config, for checks before Hydra starts (medal.cli)
         main.run = fn  # the bare task function, for callers that compose configs themselves (pipeline)
         return main
 

@@ -22,7 +22,7 @@ from medal.config import to_plain
 from medal.data.images import read_image, resize
 from medal.data.rsna import read_index
 from medal.errors import MedalError
-from medal.hardware import use_bf16
+from medal.hardware import inference_device, use_bf16
 from medal.lit.committee import Committee
 from medal.loggers import build_loggers, log_figure
 from medal.segment import figures
@@ -62,10 +62,12 @@ def run_segment(cfg: DictConfig) -> dict[str, float]:
     data = load_seg_data(index, work_dir, seg.image_size, inverted if seg.normalise_polarity else None, eval_dir,
                          seg.workers)
     paths = dict(zip(index["id"], index["path"], strict=True))
-    fast = use_bf16(al.fast_scoring)
+    device = inference_device(str(cfg.trainer.accelerator))
+    fast = use_bf16(al.fast_scoring, device)
     al_cfg = ALConfig(initial=al.initial, per_round=al.per_round, budget=al.budget, patience=al.patience,
                       min_delta=al.min_delta, reset_weights=al.reset_weights, strategy=cfg.strategy.name,
-                      seed=cfg.seed, score_batch_size=al.score_batch_size, fast_scoring=fast)
+                      seed=cfg.seed, score_batch_size=al.score_batch_size, fast_scoring=fast,
+                      device=device)
     steps = int(seg.steps_per_round)
     if seg.model == "unet_random":
         al_cfg, steps = baseline_schedule(al_cfg, steps)
