@@ -15,7 +15,7 @@ browser:  ## Debian's headless Chromium for the report test (skipped with a reas
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
 	  echo "chromium not installed: the browser test of the report will be skipped"
 
-demo: setup  ## the main job: the whole pipeline on freshly generated phantoms (~10 min on 2 cores)
+demo: setup  ## the main job: the whole pipeline on freshly generated phantoms (~5 min on 2 idle cores)
 	$(RUN) medal pipeline experiment=demo
 
 test: setup browser  ## fast tests (no `slow` marker)

@@ -175,15 +175,17 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
         results = list(pool.map(run_job, jobs))
 
-    curves: dict[str, list[tuple[float, float, float]]] = {}
+    curves: dict[str, list[tuple[float, float, float]]] = {}  # (labelled, mean, sd over seeds) of test Dice
+    iou_curves: dict[str, list[tuple[float, float, float]]] = {}
     finals: dict[str, dict[str, np.ndarray]] = {}
     for name in names:
         runs = [r for r in results if r["name"] == name]
-        by_count: dict[float, list[float]] = {}
-        for r in runs:
-            for h in r["history"]:
-                by_count.setdefault(h["labelled"], []).append(h["test/dice"])
-        curves[name] = [(k, float(np.mean(v)), float(np.std(v))) for k, v in sorted(by_count.items())]
+        for key, out in (("test/dice", curves), ("test/iou", iou_curves)):
+            by_count: dict[float, list[float]] = {}
+            for r in runs:
+                for h in r["history"]:
+                    by_count.setdefault(h["labelled"], []).append(h[key])
+            out[name] = [(k, float(np.mean(v)), float(np.std(v))) for k, v in sorted(by_count.items())]
         finals[name] = {k: np.array([r["final"][k] for r in runs]) for k in ("test/dice_full", "test/iou_full")}
         finals[name]["seconds"] = np.array([r["seconds"] for r in runs])
 
@@ -205,7 +207,7 @@ def main() -> None:
             figure=f"{name}: held-out Dice at {args.budget} labels (full size, mean of {len(dice)} seeds)",
             value=float(dice.mean()), unit="Dice", baseline="random queries, same budget", baseline_value=float(rand),
             extra={"dice_sd": float(dice.std()), "iou_mean": float(iou.mean()), "iou_sd": float(iou.std()),
-                   "curve": curves[name], "seconds_mean": float(finals[name]["seconds"].mean())}))
+                   "curve": curves[name], "iou_curve": iou_curves[name], "seconds_mean": float(finals[name]["seconds"].mean())}))
     rows.append(BenchRow(figure=f"qbc committee vs coarse Otsu: held-out Dice at {args.budget} labels",
                          value=float(finals["qbc"]["test/dice_full"].mean()), unit="Dice",
                          baseline="coarse Otsu + largest component", baseline_value=coarse_scores["dice"],
@@ -217,7 +219,8 @@ def main() -> None:
                              baseline_value=throughput["fp32"]))
     table = "\n".join(
         f"| {name} | {stat(name, 'test/dice_full')} | {stat(name, 'test/iou_full')} | "
-        + " ".join(f"{int(k)}:{m:.3f}" for k, m, _ in curves[name]) + " |"
+        + " ".join(f"{int(k)}:{m:.3f}" for k, m, _ in curves[name]) + " | "
+        + " ".join(f"{int(k)}:{m:.3f}" for k, m, _ in iou_curves[name]) + " |"
         for name in names
     )
     notes = (
@@ -229,8 +232,9 @@ def main() -> None:
         f"Seeds {args.seeds}. The {len(results)} runs took {sum(r['seconds'] for r in results):.0f} s of compute "
         f"({args.workers} at a time; runs finished earlier with the same settings are reused); this invocation "
         f"{time.perf_counter() - started:.0f} s.\n\n"
-        "| model | held-out Dice (full size) | IoU | Dice by labelled count (working size) |\n|---|---|---|---|\n"
-        f"{table}\n| coarse Otsu | {coarse_scores['dice']:.4f} | {coarse_scores['iou']:.4f} | - |\n\n"
+        "| model | held-out Dice (full size) | IoU | Dice by labelled count (working size) | IoU by labelled count "
+        "|\n|---|---|---|---|---|\n"
+        f"{table}\n| coarse Otsu | {coarse_scores['dice']:.4f} | {coarse_scores['iou']:.4f} | - | - |\n\n"
         f"Learning curve: {png}."
     )
     path = write_bench(args.name, rows, notes)
