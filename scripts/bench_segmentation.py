@@ -64,6 +64,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--name", default=None, help="bench name (default: segmentation[_cuda])")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device on this machine; run without it for the CPU benchmark")
     args.name = args.name or ("segmentation" if args.device == "cpu" else f"segmentation_{args.device}")
     return args
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from medal.cam import class_activation_map, normalise, overlay  # noqa: E402
 from medal.errors import MedalError  # noqa: E402
+from medal.hardware import inference_device  # noqa: E402
 from medal.lit.regressor import BoneAgeModule  # noqa: E402
 from medal.loggers import build_loggers, log_figure  # noqa: E402
 from medal.plotting import save_figure
@@ -73,7 +74,8 @@ def run_cam(cfg: DictConfig) -> dict[str, Any]:
     from medal.data.datamodule import build_boneage_datamodule
 
     ckpt = Path(str(cfg.ckpt)).expanduser()
-    module = load_trained(ckpt).eval()
+    device = torch.device(inference_device(str(cfg.cam.device)))
+    module = load_trained(ckpt).eval().to(device)
     out_dir = Path(cfg.paths.output_dir)
     run = _training_run(ckpt)
     if run is not None and (run / "split.csv").is_file():
@@ -91,10 +93,10 @@ def run_cam(cfg: DictConfig) -> dict[str, Any]:
     sums: dict[str, dict[str, Any]] = {s: {"image": 0.0, "map": 0.0, "n": 0} for s in ("male", "female")}
     written, method = 0, "cam"
     for batch in tqdm(loader, desc=f"cam {split}"):
-        image = batch["image"].to(torch.float32).contiguous(memory_format=module.memory_format)
-        result = class_activation_map(module.model, image, batch["male"])
+        image = batch["image"].to(device, torch.float32).contiguous(memory_format=module.memory_format)
+        result = class_activation_map(module.model, image, batch["male"].to(device))
         method = result.method
-        heat = normalise(result.upsampled).numpy()
+        heat = normalise(result.upsampled).cpu().numpy()
         grey = batch["image"][:, 0].numpy()
         for i, ident in enumerate(batch["id"]):
             cohort = "male" if float(batch["male"][i]) >= 0.5 else "female"

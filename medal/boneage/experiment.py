@@ -8,6 +8,7 @@ Artifacts in the run dir: `checkpoints/{best-*,last}.ckpt`, `predictions.csv` (v
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,9 @@ def run_boneage(cfg: DictConfig) -> dict[str, float]:
                                        patience=int(stopping.patience), min_delta=float(stopping.min_delta),
                                        check_on_train_epoch_end=True))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg, ckpt_dir))
+    with warnings.catch_warnings():  # frozen blocks keep their BatchNorm in eval mode on purpose
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg, ckpt_dir))
     if not trainer.is_global_zero:
         return {}
     module = _test_module(checkpoint.best_model_path, module).to(trainer.strategy.root_device)
