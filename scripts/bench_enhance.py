@@ -35,8 +35,9 @@ from medal.data.images import read_image, write_png
 from medal.data.phantom import generate_dataset
 from medal.data.rsna import read_index
 from medal.enhance.pairs import PairDataset, matching_ids, split_ids
-from medal.enhance.run import build_method, generator_method, use_bf16
+from medal.enhance.run import build_method, generator_method
 from medal.enhance.train import load_generator
+from medal.hardware import use_bf16
 from medal.lit.enhancer import save_sample_grid
 from medal.models.unet import UNet
 from medal.preprocess.crop import crop_square, roi_box

@@ -60,7 +60,10 @@ def test_segment_task_writes_masks_rois_and_resumes(make_cfg, tiny_phantoms: Pat
         boxes = list(csv.DictReader(fh))
     assert {b["id"] for b in boxes} == set(ids)
     assert {"y0", "x0", "y1", "x1", "inverted"} <= set(boxes[0])
-    assert (Path(cfg.paths.output_dir) / "figures" / "learning_curve.png").is_file()
+    figures = Path(cfg.paths.output_dir) / "figures"
+    assert (figures / "learning_curve.png").is_file()
+    assert sorted(p.name for p in figures.glob("queried_round_*.png")) == ["queried_round_01.png",
+                                                                          "queried_round_02.png"]
 
     pool = json.loads((Path(cfg.al.dir) / "pool.json").read_text())
     assert len(pool["labelled"]) == 8 and pool["stopped"] == "budget"

@@ -15,17 +15,20 @@ import numpy as np  # noqa: E402
 from medal.plotting import save_figure
 
 
-def query_grid(images: np.ndarray, member_masks: np.ndarray, ids: Sequence[str], path: Path, title: str = "") -> Path:
+def query_grid(images: np.ndarray, member_masks: np.ndarray, ids: Sequence[str], path: Path, title: str = "",
+               scores: Sequence[float] | None = None) -> Path:
     """One row per queried image: the image, then each member's binarised mask over it.
 
-    images (N, S, S) in [0, 1]; member_masks (M, N, S, S) bool. Disagreeing members show as
-    visibly different overlays, which is what the paper's Figure 8 illustrates.
+    images (N, S, S) in [0, 1]; member_masks (M, N, S, S) bool; scores (N,), the strategy's score of each
+    image, shown under its id. Disagreeing members show as visibly different overlays, which is what the
+    paper's Figure 8 illustrates.
     """
     m, n = member_masks.shape[:2]
-    fig, axes = plt.subplots(n, m + 1, figsize=(1.6 * (m + 1), 1.6 * n), squeeze=False)
+    fig, axes = plt.subplots(n, m + 1, figsize=(1.6 * (m + 1), 1.6 * n + 0.3), squeeze=False, layout="constrained")
     for r in range(n):
         axes[r, 0].imshow(images[r], cmap="gray", vmin=0, vmax=1)
-        axes[r, 0].set_ylabel(str(ids[r]), fontsize=7)
+        label = str(ids[r]) if scores is None else f"{ids[r]}\nscore {scores[r]:.3g}"
+        axes[r, 0].set_ylabel(label, fontsize=7)
         for k in range(m):
             ax = axes[r, k + 1]
             ax.imshow(images[r], cmap="gray", vmin=0, vmax=1)

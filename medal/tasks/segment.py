@@ -109,8 +109,10 @@ def run_segment(cfg: DictConfig) -> dict[str, float]:
         rows = [data.rows[i] for i in shown]
         probs = member_probs(committee, data.images[rows], fast=fast)
         masks = np.stack([np.stack([binarise(p, postprocess=False) for p in member]) for member in probs])
+        round_scores = pool.scores.get(pool.round, {})
         png = figures.query_grid(data.images[rows], masks, shown, out_dir / "figures" / f"queried_round_{pool.round:02d}.png",
-                                 title=f"round {pool.round}: queried by {al_cfg.strategy}")
+                                 title=f"round {pool.round}: queried by {al_cfg.strategy}",
+                                 scores=[round_scores[i] for i in shown] if round_scores else None)
         log_figure(loggers, "segment/queried", png, step=pool.round)
 
     def on_round(pool: ActivePool) -> None:
