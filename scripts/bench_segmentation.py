@@ -31,14 +31,13 @@ import torch
 from medal.active.loop import ActiveLearner, ALConfig, QueryContext, SegData
 from medal.active.oracles import SimulatedOracle
 from medal.bench import BENCH_DIR, BenchRow, write_bench
-from medal.data.images import read_image, resize
+from medal.data.images import read_image
 from medal.data.phantom import generate_dataset
 from medal.data.rsna import read_index
 from medal.lit.committee import Committee
 from medal.segment.baseline import baseline_schedule
 from medal.segment.figures import learning_curve
-from medal.segment.infer import binarise, mean_probs, score_pool
-from medal.segment.losses import dice_iou
+from medal.segment.infer import held_out_scores, score_pool
 from medal.segment.phases import CoarseOptions, coarse_phase, load_seg_data, mask_scores
 from medal.segment.train import fit_committee, quiet_trainer
 
@@ -79,20 +78,6 @@ NETS = {  # (FC-DenseNet member, U-Net baseline)
 }
 
 
-def full_size_scores(committee: Committee, data: SegData, rows: np.ndarray, masks_dir: Path,
-                     fast: bool) -> dict[str, float]:
-    """Dice/IoU of final masks made as `medal segment` makes them: upsample the mean probability, Otsu."""
-    probs = mean_probs(committee, data.images[rows], fast=fast)
-    dices, ious = [], []
-    for prob, r in zip(probs, rows, strict=True):
-        gold = read_image(masks_dir / f"{data.ids[r]}.png") > 0.5
-        pred = binarise(np.clip(resize(prob, gold.shape), 0, 1))
-        d, i = dice_iou(torch.from_numpy(pred).float()[None, None], torch.from_numpy(gold).float()[None, None])
-        dices.append(float(d))
-        ious.append(float(i))
-    return {"test/dice_full": float(np.mean(dices)), "test/iou_full": float(np.mean(ious))}
-
-
 def run_job(job: tuple[str, int, SegData, Path, Path, argparse.Namespace]) -> dict:
     """One strategy x seed (or the U-Net baseline): the whole round loop from scratch."""
     name, seed, data, masks_dir, al_dir, args = job
@@ -126,7 +111,9 @@ def run_job(job: tuple[str, int, SegData, Path, Path, argparse.Namespace]) -> di
     started = time.perf_counter()
     learner = ActiveLearner(data, SimulatedOracle(masks_dir), ctx, make, fit, al, al_dir)
     result = learner.run()
-    final = full_size_scores(result.committee, data, learner.test_idx, masks_dir, gpu)
+    rows = learner.test_idx  # final masks made as `medal segment` makes them: mean probability upsampled, Otsu
+    scores = held_out_scores(result.committee, data.images[rows], [data.ids[r] for r in rows], masks_dir, fast=gpu)
+    final = {"test/dice_full": scores["dice"], "test/iou_full": scores["iou"]}
     out = {"name": name, "seed": seed, "history": result.pool.history, "final": final,
            "seconds": time.perf_counter() - started, "settings": settings}
     done.write_text(json.dumps(out))

@@ -80,6 +80,9 @@ def test_unet_random_baseline_uses_the_same_label_count(make_cfg, tiny_phantoms:
     metrics = run_segment(cfg)
     assert metrics["al/labelled"] == 8 and metrics["al/rounds"] == 1
     assert 0.0 <= metrics["test/dice_lowres"] <= 1.0
+    # a comparison run writes no masks but reports the same full-size scores as a writing run
+    assert not (Path(cfg.data.work_dir) / "masks").exists()
+    assert 0.0 < metrics["test/iou"] <= metrics["test/dice"] <= 1.0
 
 
 @pytest.mark.slow  # ~2 min on one core: four rounds of 60 steps

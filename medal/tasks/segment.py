@@ -27,7 +27,7 @@ from medal.lit.committee import Committee
 from medal.loggers import build_loggers, log_figure
 from medal.segment import figures
 from medal.segment.baseline import baseline_schedule
-from medal.segment.infer import FinalOutputs, binarise, mean_probs, member_probs, write_final
+from medal.segment.infer import FinalOutputs, binarise, held_out_scores, mean_probs, member_probs, write_final
 from medal.segment.phases import (
     CoarseOptions,
     coarse_phase,
@@ -161,6 +161,11 @@ def run_segment(cfg: DictConfig) -> dict[str, float]:
             write_stamp(stamp_path, stamp)
         if test_ids:
             metrics.update({f"test/{k}": v for k, v in mask_scores(outputs.masks, eval_dir, test_ids).items()})
+    elif test_ids:  # comparison runs (experiment=al_strategies) write nothing but report the same full-size scores
+        rows = [data.rows[i] for i in test_ids]
+        scores = held_out_scores(result.committee, data.images[rows], test_ids, eval_dir, bool(seg.postprocess),
+                                 al.score_batch_size, fast)
+        metrics.update({f"test/{k}": v for k, v in scores.items()})
     return metrics
 
 
