@@ -2,13 +2,14 @@
 
 Hydra reports composition errors over several lines (the options, the search path, a hint about
 HYDRA_FULL_ERROR). `override_problem` composes the task's config with the same overrides and turns any
-failure into one line that names the override and the fix. Multirun sweeps are left to Hydra, whose
-sweepers own their syntax (`a,b`, `range(...)`, `interval(...)`).
+failure into one line that names the override and the fix. Sweeps (`a,b`, `range(...)`, `interval(...)`,
+which a config may run without `-m` by setting `hydra.mode: MULTIRUN`) are left to Hydra's sweepers.
 """
 
 from __future__ import annotations
 
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 
 from medal.config import CONF_DIR
@@ -31,8 +32,18 @@ def _missing_option(err: MissingConfigException, overrides: list[str]) -> str:
     return f"{given}: conf/{group}/ has no {name}.yaml; choose one of: {choices}"
 
 
+def _has_sweep(overrides: list[str]) -> bool:
+    try:
+        return any(o.is_sweep_override() for o in OverridesParser.create().parse_overrides(overrides))
+    except HydraException:  # a syntax error: composing reports it
+        return False
+
+
 def override_problem(config_name: str, overrides: list[str], command: str = "medal <task>") -> str | None:
-    """None when `conf/<config_name>.yaml` composes with `overrides`, else one line saying what to fix."""
+    """None when `conf/<config_name>.yaml` composes with `overrides` (or they sweep), else one line saying
+    what to fix."""
+    if _has_sweep(overrides):
+        return None
     try:
         with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
             compose(config_name=config_name, overrides=overrides)

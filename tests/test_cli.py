@@ -73,3 +73,12 @@ def test_missing_key_message_says_how_to_list_keys(capsys: pytest.CaptureFixture
         main(["check-data", "data.imag_size=3"])
     err = capsys.readouterr().err
     assert "+data.imag_size=3" in err and "`medal check-data --cfg job` prints every key" in err
+
+
+def test_sweeps_are_left_to_hydra_even_without_dash_m() -> None:
+    """hparams_search=optuna_boneage sets hydra.mode=MULTIRUN, so its sweeps need no -m: don't reject them."""
+    from medal.overrides import override_problem
+
+    assert override_problem("boneage", ["hparams_search=optuna_boneage", "optimizer.lr=interval(1e-4,1e-2)"]) is None
+    assert override_problem("boneage", ["cohort=male,female"]) is None  # Hydra itself says to add -m
+    assert "conf/cohort/ has no" in override_problem("boneage", ["cohort=bogus"])
