@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from medal.errors import MedalError
+
 
 @cache
 def cpu_has_native_bf16() -> bool:
@@ -31,15 +33,19 @@ def use_bf16(setting: bool | str, device: str | None = None) -> bool:
     return cpu_has_native_bf16()
 
 
-def inference_device(accelerator: str) -> str:
-    """Where to score and predict for a Lightning `accelerator` setting ("cpu", "gpu"/"cuda", "auto").
+def inference_device(accelerator: str, key: str = "trainer.accelerator") -> str:
+    """Where to score and predict for a Lightning `accelerator` setting ("cpu", "gpu"/"cuda", "mps", "auto").
 
     Lightning moves a module back to the CPU when `fit` ends, so code that predicts between fits
     (pool scoring, evaluation, final masks) must move it to this device itself.
     """
     if accelerator in {"gpu", "cuda"} or (accelerator == "auto" and torch.cuda.is_available()):
         return "cuda"
-    return "cpu"
+    if accelerator in {"cpu", "mps"}:
+        return accelerator
+    if accelerator == "auto":
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    raise MedalError(f"{key}={accelerator!r}: medal predicts on cpu, gpu (cuda), mps or auto; use one of those")
 
 
 def fast_precision(accelerator: str = "cpu") -> str:

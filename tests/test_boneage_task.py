@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import pytorch_lightning as pl
 
 from medal.boneage.cam_report import run_cam
 from medal.boneage.evaluate import predict_frame
 from medal.boneage.experiment import build_module, run_boneage
 from medal.data.datamodule import build_boneage_datamodule
+from medal.errors import MedalError
 from medal.runs import write_metrics
 
 # /240 scaling: the untrained model predicts ~0 months, so a working loop must move val MAE a long way
@@ -68,3 +70,9 @@ def test_early_stopping_ends_the_run_when_val_mae_stalls(make_cfg, tiny_phantoms
     metrics = run_boneage(cfg)
     assert metrics["train/epochs"] == 2
     assert np.isfinite(metrics["test/mae"])
+
+
+def test_bad_early_stopping_patience_is_one_line_naming_the_key(make_cfg, tiny_phantoms) -> None:
+    cfg = make_cfg("boneage", [*FAST, f"data.root={tiny_phantoms}", "early_stopping.patience=0"])
+    with pytest.raises(MedalError, match=r"^early_stopping.patience=0: must be >= 1"):
+        run_boneage(cfg)

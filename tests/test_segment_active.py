@@ -214,4 +214,12 @@ def test_inference_device_follows_the_trainer_accelerator(accelerator, cuda, exp
     from medal.hardware import inference_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert inference_device(accelerator) == expected
+
+
+def test_inference_device_rejects_an_unknown_setting_naming_the_key() -> None:
+    from medal.hardware import inference_device
+
+    with pytest.raises(MedalError, match=r"^cam.device='tpu': medal predicts on cpu, gpu \(cuda\), mps or auto"):
+        inference_device("tpu", "cam.device")

@@ -74,7 +74,7 @@ def run_cam(cfg: DictConfig) -> dict[str, Any]:
     from medal.data.datamodule import build_boneage_datamodule
 
     ckpt = Path(str(cfg.ckpt)).expanduser()
-    device = torch.device(inference_device(str(cfg.cam.device)))
+    device = torch.device(inference_device(str(cfg.cam.device), "cam.device"))
     module = load_trained(ckpt).eval().to(device)
     out_dir = Path(cfg.paths.output_dir)
     run = _training_run(ckpt)

@@ -150,6 +150,8 @@ def run_boneage(cfg: DictConfig) -> dict[str, float]:
     callbacks: list[pl.Callback] = [finetune, checkpoint]
     stopping = cfg.get("early_stopping") or {}
     if stopping.get("patience") is not None:
+        if int(stopping.patience) < 1:
+            raise MedalError(f"early_stopping.patience={stopping.patience}: must be >= 1 (or null for no early stop)")
         callbacks.append(EarlyStopping(monitor=str(cfg.checkpoint.monitor), mode=str(cfg.checkpoint.mode),
                                        patience=int(stopping.patience), min_delta=float(stopping.min_delta),
                                        check_on_train_epoch_end=True))
