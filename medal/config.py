@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,21 @@ def fast_precision(accelerator: str = "cpu") -> str:
     return pick(accelerator)
 
 
+def launch_dir() -> str:
+    """`${launch_dir:}`: the directory medal was started from (Hydra's runtime.cwd once a job runs).
+
+    `${hydra:runtime.cwd}` cannot serve `paths.root`: a multirun's sweeper resolves `hydra.sweep.dir`, which
+    is built from `paths.root`, before Hydra sets its runtime config, and the sweep fails.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
+
+
 def register_resolvers() -> None:
-    """Register `${path_id:...}` and `${fast_precision:...}`; safe to call more than once."""
+    """Register `${path_id:...}`, `${fast_precision:...}` and `${launch_dir:}`; safe to call more than once."""
+    if not OmegaConf.has_resolver("launch_dir"):
+        OmegaConf.register_new_resolver("launch_dir", launch_dir)
     if not OmegaConf.has_resolver("path_id"):
         OmegaConf.register_new_resolver("path_id", path_id)
     if not OmegaConf.has_resolver("fast_precision"):

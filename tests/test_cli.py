@@ -82,3 +82,14 @@ def test_sweeps_are_left_to_hydra_even_without_dash_m() -> None:
     assert override_problem("boneage", ["hparams_search=optuna_boneage", "optimizer.lr=interval(1e-4,1e-2)"]) is None
     assert override_problem("boneage", ["cohort=male,female"]) is None  # Hydra itself says to add -m
     assert "conf/cohort/ has no" in override_problem("boneage", ["cohort=bogus"])
+
+
+def test_a_multirun_with_the_default_sweep_dir_runs_every_job(tmp_path: Path) -> None:
+    """The sweep dir is built from paths.root before Hydra's runtime config exists; it must still resolve."""
+    done = medal("phantoms", "-m", "n=4", "image_size=32", "seed=0,1", "out=${hydra:runtime.output_dir}/ph",
+                 cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (sweep,) = (tmp_path / "outputs" / "multiruns" / "phantoms").iterdir()
+    for job in ("0", "1"):
+        assert '"status": "ok"' in (sweep / job / "metrics.json").read_text()
+        assert len(list((sweep / job / "ph" / "masks").glob("*.png"))) == 4

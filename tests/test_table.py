@@ -140,11 +140,13 @@ def test_saved_interpolations_are_resolved_with_the_runs_own_hydra_config(tmp_pa
     job = tmp_path / "sweep" / "0"
     write_job(job, "ptl", "gan", "all")
     config = job / ".hydra" / "config.yaml"
-    config.write_text(config.read_text() + "paths: {root: '${oc.env:MEDAL_NOT_SET_X,${hydra:runtime.cwd}}'}\n"
+    config.write_text(config.read_text() + "paths: {root: '${oc.env:MEDAL_NOT_SET_X,${hydra:runtime.cwd}}', "
+                      "launched: '${oc.env:MEDAL_NOT_SET_X,${launch_dir:}}'}\n"
                       "data: {images: '${paths.root}/enhanced/${enhance.name}', broken: '${oc.env:MEDAL_NOT_SET_X}'}\n")
     (job / ".hydra" / "hydra.yaml").write_text("hydra: {runtime: {cwd: /lab/project}}\n")
     (run,) = collect_runs(tmp_path / "sweep")
     assert run.get("data.images") == "/lab/project/enhanced/gan"
+    assert run.get("paths.launched") == "/lab/project"  # where the run was launched, not where the reader runs
     assert run.get("data.broken") == "${oc.env:MEDAL_NOT_SET_X}"
     table = build_table([run], TableSpec(rows="data.images", columns=("cohort.name",), metric="test/mae"))
     assert table.row_values == ["/lab/project/enhanced/gan"]

@@ -91,11 +91,13 @@ _HYDRA_NODE = "__hydra__"
 def resolve_leniently(config: dict[str, Any], hydra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Resolve the interpolations Hydra saved unresolved (`images: ${enhance.images_dir}`) where possible.
 
-    `${hydra:x}` is looked up in the run's own `.hydra/hydra.yaml` (`hydra`), not in whatever Hydra is live now.
+    `${hydra:x}` and `${launch_dir:}` are looked up in the run's own `.hydra/hydra.yaml` (`hydra`), not in
+    whatever Hydra is live now or wherever the reader runs.
     Values that still cannot resolve (a missing env var) stay as written, so a table can group runs by any key
     without the reader failing on one it doesn't need.
     """
     text = yaml.safe_dump(config).replace("${hydra:", "${" + _HYDRA_NODE + ".")
+    text = text.replace("${launch_dir:}", "${" + _HYDRA_NODE + ".runtime.cwd}")  # the run's, not the reader's
     root = OmegaConf.create({**yaml.safe_load(text), _HYDRA_NODE: hydra or {}})
 
     def walk(node: DictConfig | ListConfig) -> Any:

@@ -184,8 +184,8 @@ class Table:
             lines.append("| " + " | ".join(f"**{text}**" if best else text for text, best in row) + " |")
         title = f"**{self.spec.title}**\n\n" if self.spec.title else ""
         metric = self.spec.metric or ", ".join(self.spec.metrics)
-        note = (f"\n\nCells: `{metric}`; '{MISSING_MARK}' = no run, '{FAILED_MARK}' = every run of the cell failed; "
-                f"bold = best per column.")
+        note = f"\n\nCells: `{metric}`; '{MISSING_MARK}' = no run, '{FAILED_MARK}' = every run of the cell failed"
+        note += f"; bold = best ({self.spec.best}) per column." if self.spec.best else "."
         if self.compare:
             note += f" `{self.spec.reference_name}:` columns are the published numbers, for comparison."
         return title + "\n".join(lines) + note + "\n"
