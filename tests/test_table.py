@@ -14,7 +14,7 @@ from hydra_compose import compose_task
 from medal.errors import MedalError
 from medal.report.runs import collect_runs
 from medal.report.table import FIGURE12, FIGURE12_PAPER, TableSpec, build_table
-from medal.tasks.table import make_table
+from medal.tasks.table import make_table, table_spec
 
 FAILED_JOB, MISSING_JOB = 7, 20  # (above_exit, gan, male) failed; (above_entry, gan, female) never ran
 
@@ -150,3 +150,17 @@ def test_saved_interpolations_are_resolved_with_the_runs_own_hydra_config(tmp_pa
     assert run.get("data.broken") == "${oc.env:MEDAL_NOT_SET_X}"
     table = build_table([run], TableSpec(rows="data.images", columns=("cohort.name",), metric="test/mae"))
     assert table.row_values == ["/lab/project/enhanced/gan"]
+
+
+def test_best_from_the_config_bolds_the_highest_value(tmp_path: Path) -> None:
+    """Dice-like metrics want `table.best=max`; without it a preset-less table bolds nothing."""
+    for num, finetune in enumerate(("ptl", "all")):
+        write_job(tmp_path / "sweep" / str(num), finetune, "gan", "all")
+    runs = collect_runs(tmp_path / "sweep")
+    base = ["table.preset=null", "table.rows=finetune.name", "table.columns=[cohort.name]", "table.metric=test/mae"]
+    plain = build_table(runs, table_spec(compose_task("table", [f"table.source={tmp_path}", *base], tmp_path).table))
+    assert "**" not in plain.to_markdown() and "bold" not in plain.to_markdown()
+    cfg = compose_task("table", [f"table.source={tmp_path}", *base, "table.best=max"], tmp_path)
+    table = build_table(runs, table_spec(cfg.table))
+    high = max(planted_mae(f, "gan", "all") for f in ("ptl", "all"))
+    assert f"**{high:.3f}**" in table.to_markdown() and "bold = best (max) per column" in table.to_markdown()

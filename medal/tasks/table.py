@@ -42,7 +42,7 @@ def _mapping(node: Any) -> dict[str, Any]:
 
 
 def table_spec(tcfg: DictConfig) -> TableSpec:
-    """The preset, with any of rows/columns/metric(s)/decimals given in the config taking precedence."""
+    """The preset, with any of rows/columns/metric(s)/decimals/best given in the config taking precedence."""
     if tcfg.preset is not None and tcfg.preset not in PRESETS:
         raise MedalError(f"table.preset={tcfg.preset}: unknown; use one of {sorted(PRESETS)} or null")
     changes: dict[str, Any] = {}
@@ -56,6 +56,8 @@ def table_spec(tcfg: DictConfig) -> TableSpec:
         changes["metrics"] = tuple(str(m) for m in tcfg.metrics)
     if tcfg.decimals is not None:
         changes["decimals"] = int(tcfg.decimals)
+    if tcfg.get("best") is not None:
+        changes["best"] = str(tcfg.best)
     if tcfg.preset is None:
         if not changes.get("rows") or not changes.get("columns"):
             raise MedalError("table.preset=null needs table.rows=KEY and table.columns=[KEY,...]")
