@@ -10,7 +10,7 @@ import torch
 from boneage_fixtures import loader, tiny_module, trainer_kwargs
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from medal.boneage.experiment import epoch_end_checkpoint
+from medal.callbacks.checkpoints import best_and_last
 from medal.callbacks.finetune import MODES, FixedFinetuning
 from medal.callbacks.paced import PacedTransferLearning
 from medal.lit.regressor import BoneAgeModule
@@ -162,13 +162,33 @@ def test_checkpoint_keeps_the_ptl_counters_of_the_epoch_it_saves(tmp_path: Path)
     its stage (the checkpoint used to be written when validation ended, before PTL's epoch-end hook)."""
     torch.manual_seed(0)
     ptl = PacedTransferLearning(patience=100, max_epochs_per_stage=3)
-    checkpoint = epoch_end_checkpoint(tmp_path / "checkpoints", "val/mae", "min")
+    best, last = best_and_last(tmp_path / "checkpoints", "val/mae", "min")
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, limit_train_batches=2,
-                                          enable_checkpointing=True), callbacks=[ptl, checkpoint])
+                                          enable_checkpointing=True), callbacks=[ptl, best, last])
     trainer.fit(tiny_module(), train_dataloaders=loader(n=16), val_dataloaders=loader(n=8, seed=1))
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     state = next(v for k, v in saved["callbacks"].items() if k.startswith("PacedTransferLearning"))
     assert ptl.epochs_in_stage == 2
     assert state["epochs_in_stage"] == 2 and state["stage"] == 0
-    best = list((tmp_path / "checkpoints").glob("best-*.ckpt"))
-    assert len(best) == 1 and checkpoint.best_model_score is not None  # val/mae existed when it saved
+    assert len(list((tmp_path / "checkpoints").glob("best-*.ckpt"))) == 1
+    assert best.best_model_score is not None  # val/mae existed when it saved
+
+
+class FlatValidation(BoneAgeModule):
+    """Logs a validation metric that never improves after the first epoch."""
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        self.log("val/flat", 1.0)
+
+
+def test_last_checkpoint_moves_every_epoch_when_the_metric_stops_improving(tmp_path: Path) -> None:
+    """Lightning writes save_last's last.ckpt only alongside a new best; a stalled run must still resume from
+    its latest epoch, not from its best one."""
+    best, last = best_and_last(tmp_path / "checkpoints", "val/flat", "min")
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=4, limit_train_batches=1,
+                                          enable_checkpointing=True), callbacks=[best, last])
+    trainer.fit(tiny_module(FlatValidation), train_dataloaders=loader(n=8), val_dataloaders=loader(n=8, seed=1))
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 3
+    assert [p.name for p in (tmp_path / "checkpoints").glob("best-*.ckpt")] == ["best-000.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best-000.ckpt", "last.ckpt"]

@@ -17,12 +17,13 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import BaseFinetuning, EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import BaseFinetuning, EarlyStopping
 
 from medal.boneage.evaluate import mean_predictor_mae, predict_frame
 from medal.boneage.metrics import cohort_metrics
 from medal.boneage.plots import bland_altman, predicted_vs_true
 from medal.boneage.targets import TargetScaler
+from medal.callbacks.checkpoints import best_and_last
 from medal.errors import MedalError
 from medal.hardware import use_bf16
 from medal.lit.regressor import BoneAgeModule
@@ -117,17 +118,6 @@ def evaluate(module: BoneAgeModule, datamodule: Any, out_dir: Path, cfg: DictCon
     return metrics
 
 
-def epoch_end_checkpoint(ckpt_dir: Path, monitor: str, mode: str) -> ModelCheckpoint:
-    """best-*.ckpt by `monitor` and last.ckpt, saved when the training epoch ends.
-
-    Saving there (after the other callbacks' epoch-end hooks, which Lightning runs first) rather than
-    when validation ends keeps the fine-tuning callback's epoch counters in the checkpoint, so a resumed
-    PTL run leaves its stage on the same epoch as an uninterrupted one; val metrics exist by then.
-    """
-    return ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor=monitor, mode=mode,
-                           save_last=True, auto_insert_metric_name=False, save_on_train_epoch_end=True)
-
-
 def run_boneage(cfg: DictConfig) -> dict[str, float]:
     """Train, select by val MAE, test; returns the metrics for metrics.json."""
     from medal.data.datamodule import build_boneage_datamodule
@@ -144,10 +134,10 @@ def run_boneage(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg, datamodule.frames["train"]["boneage"].to_numpy())
 
     ckpt_dir = out_dir / "checkpoints"
-    checkpoint = epoch_end_checkpoint(ckpt_dir, str(cfg.checkpoint.monitor), str(cfg.checkpoint.mode))
+    checkpoint, latest = best_and_last(ckpt_dir, str(cfg.checkpoint.monitor), str(cfg.checkpoint.mode))
     finetune = build_finetune_callback(cfg.finetune)
     loggers = build_loggers(cfg)
-    callbacks: list[pl.Callback] = [finetune, checkpoint]
+    callbacks: list[pl.Callback] = [finetune, checkpoint, latest]
     stopping = cfg.get("early_stopping") or {}
     if stopping.get("patience") is not None:
         if int(stopping.patience) < 1:

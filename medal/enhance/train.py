@@ -17,9 +17,9 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 from safetensors.torch import load_file, save_file
 
+from medal.callbacks.checkpoints import best_and_last
 from medal.enhance.pairs import PairDataModule, PairedAugment, PairSplit
 from medal.lit.enhancer import Enhancer, build_generator
 
@@ -94,12 +94,9 @@ def train_gan(
         augment=PairedAugment(float(method.augment.hflip), float(method.augment.degrees)),
     )
     module = build_enhancer(method, str(sample_dir) if sample_dir else None)
-    checkpoint = ModelCheckpoint(
-        dirpath=train_dir / "checkpoints", monitor="val/psnr", mode="max", save_top_k=1, save_last=True,
-        filename="best-{epoch:03d}",
-    )
+    checkpoint, latest = best_and_last(train_dir / "checkpoints", "val/psnr", "max")
     trainer: pl.Trainer = instantiate(
-        trainer_cfg, max_epochs=int(method.epochs), callbacks=[checkpoint], logger=loggers or False
+        trainer_cfg, max_epochs=int(method.epochs), callbacks=[checkpoint, latest], logger=loggers or False
     )
     last = train_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)

@@ -3,7 +3,7 @@
 Per batch: one D step on detached fakes (G gets no gradient), then one G step with D frozen
 (`toggled_optimizer` sets requires_grad False on D, so D accumulates no gradient either).
 A non-finite loss raises `MedalError` *before* its optimiser step, so the weights and the last
-checkpoint (ModelCheckpoint `save_last`) stay the last good ones.
+checkpoint (`last.ckpt`, written every epoch) stay the last good ones.
 """
 
 from __future__ import annotations
