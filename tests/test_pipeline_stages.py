@@ -81,3 +81,30 @@ def test_stop_pipeline_ends_cleanly_and_continues_next_time(tmp_path: Path) -> N
 def test_unknown_forced_stage_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(MedalError, match=r"pipeline.force: unknown stage\(s\) \['zzz'\]"):
         run_stages(_stages([]), OmegaConf.create({"a": 1, "b": 2, "c": 3}), tmp_path, force=["zzz"])
+
+
+def test_stage_folder_is_kept_to_resume_a_crash_but_emptied_for_a_new_config(tmp_path: Path) -> None:
+    """A task resumes from (or returns the finished results in) its folder: that is right after a crash of
+    the same config, and wrong after a config change or `force`, which must start from an empty folder."""
+    folder = tmp_path / "runs" / "b"
+    seen: list[list[str]] = []
+
+    def b(cfg):
+        seen.append(sorted(p.name for p in folder.iterdir()) if folder.exists() else [])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"ckpt_{cfg.b}").write_text("x")
+        if cfg.get("crash"):
+            raise RuntimeError("killed")
+        return {}
+
+    def stages():
+        return [Stage("b", b, ("b",), dir=folder)]
+
+    state = tmp_path / "state"
+    with pytest.raises(RuntimeError):
+        run_stages(stages(), OmegaConf.create({"b": 1, "crash": True}), state)
+    run_stages(stages(), OmegaConf.create({"b": 1}), state)  # same config: resumes with what the crash left
+    run_stages(stages(), OmegaConf.create({"b": 2}), state)  # new config: starts empty
+    run_stages(stages(), OmegaConf.create({"b": 2}), state, force=["b"])  # forced: starts empty
+    assert seen == [[], ["ckpt_1"], [], []]
+    assert sorted(p.name for p in folder.iterdir()) == ["ckpt_2"]

@@ -4,6 +4,11 @@ Each stage's record lives in `<state_dir>/<stage>.json`: its config fingerprint,
 long it took. A stage is redone when its fingerprint changed, when it never finished (a crash leaves
 no record, because the record is written last and atomically), or when `force` names it. Fingerprints
 chain: each includes the previous stage's, so changing an early stage's config redoes what follows.
+
+A stage may own a folder (`Stage.dir`) that its task resumes from (checkpoints, a finished run's
+metrics). `<state_dir>/<stage>.started` holds the fingerprint of the attempt under way, so a rerun tells
+a crashed attempt of the same config (keep the folder: resume) from a new config or `force` (empty the
+folder first: the old config's checkpoints and results must not be resumed or returned as this one's).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,6 +44,7 @@ class Stage:
     name: str
     run: StageFn
     keys: tuple[str, ...] = ()
+    dir: Path | None = None  # the stage's own output folder, emptied when a new config redoes the stage
 
 
 @dataclass
@@ -73,6 +80,17 @@ def _write_record(state_dir: Path, name: str, record: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _prepare_dir(stage: Stage, state_dir: Path, fp: str, forced: bool) -> None:
+    """Empty the stage's folder unless this is the same config's attempt resuming; mark the attempt."""
+    marker = state_dir / f"{stage.name}.started"
+    resuming = not forced and marker.is_file() and marker.read_text().strip() == fp
+    if stage.dir is not None and stage.dir.exists() and not resuming:
+        log.info("stage %-12s: new configuration or forced: clearing %s", stage.name, stage.dir)
+        shutil.rmtree(stage.dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fp)
+
+
 def run_stages(stages: list[Stage], cfg: DictConfig, state_dir: Path, force: Iterable[str] = ()) -> list[StageResult]:
     """Run `stages` in order, skipping finished ones; stop early (cleanly) on StopPipeline."""
     names = [s.name for s in stages]
@@ -91,6 +109,7 @@ def run_stages(stages: list[Stage], cfg: DictConfig, state_dir: Path, force: Ite
                      stage.name, stage.name)
             results.append(StageResult(stage.name, "skipped", 0.0, record.get("metrics", {})))
             continue
+        _prepare_dir(stage, state_dir, fp, forced=stage.name in forced)
         started = time.perf_counter()
         try:
             metrics = dict(stage.run(cfg) or {})

@@ -110,7 +110,8 @@ class StageBuilder:
                 check(task_cfg, metrics)
             return metrics
 
-        return Stage(name, run, ("data", "seed", "pipeline.common", f"pipeline.stages.{task}", *keys))
+        return Stage(name, run, ("data", "seed", "pipeline.common", f"pipeline.stages.{task}", *keys),
+                     dir=self.stage_dir(name))
 
     def stages(self) -> list[Stage]:
         pipe = self.cfg.pipeline
