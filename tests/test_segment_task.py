@@ -101,3 +101,17 @@ def test_committee_segments_held_out_phantoms_with_dice_above_095(make_cfg, tmp_
     assert metrics["al/labelled"] == 32
     assert metrics["test/dice"] >= 0.95, metrics
     assert metrics["test/dice"] > metrics["coarse/test_dice"] + 0.05
+
+
+def test_resuming_an_al_folder_with_other_settings_is_refused_in_one_line(make_cfg, tiny_phantoms: Path,
+                                                                          one_thread) -> None:
+    from medal.errors import MedalError
+
+    base = [f"data.root={tiny_phantoms}", *TINY, "segment.write_outputs=false", "segment.figures=false",
+            "al.budget=4"]
+    cfg = make_cfg("segment", base)
+    run_segment(cfg)
+    assert run_segment(make_cfg("segment", base))["al/labelled"] == 4  # same settings: resumes, nothing redone
+    changed = make_cfg("segment", [*base, "segment.net.growth=6"])
+    with pytest.raises(MedalError, match=r"^al.dir=.* holds a run made with other settings \(1 differ, e.g. net: "):
+        run_segment(changed)

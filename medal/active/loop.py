@@ -9,12 +9,13 @@ a human oracle repeats no finished step, loses no label and never queries an ima
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -119,6 +120,30 @@ def evaluate(committee: Committee, data: SegData, idx: np.ndarray, prefix: str, 
     return {f"{prefix}/dice": float(dice.mean()), f"{prefix}/iou": float(iou.mean())}
 
 
+def check_settings(path: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume an AL folder made with other model/training settings; record them on first use.
+
+    The saved pool and committee belong to the settings that made them: continuing them under others would
+    mix two experiments in one learning curve. Budget and patience are left out: they decide when a run
+    stops, not what it learns.
+    """
+    wanted = json.loads(json.dumps(settings, default=str))
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        if changed:
+            first = changed[0]
+            raise MedalError(
+                f"al.dir={path.parent} holds a run made with other settings ({len(changed)} differ, e.g. {first}: "
+                f"{saved.get(first)!r} then, {wanted.get(first)!r} now); delete that folder to start over or set "
+                "al.dir to a new one")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(wanted, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
 class ActiveLearner:
     """Runs Algorithm 1 over `data`'s train split, persisting to `al_dir` (pool.json, committee.pt, labels/)."""
 
@@ -134,12 +159,14 @@ class ActiveLearner:
         val_limit: int | None = None,
         on_query: Callable[[ActivePool, Committee, list[str]], None] | None = None,
         on_round: Callable[[ActivePool], None] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.data, self.oracle, self.ctx, self.cfg = data, oracle, ctx, cfg
         self.make_committee, self.fit = make_committee, fit
         self.on_query, self.on_round = on_query, on_round  # figures and loggers; never change the state
         self.committee: Committee | None = None  # the latest trained committee (oracles start from its masks)
         self.dir = Path(al_dir)
+        check_settings(self.dir / "settings.json", settings or {})
         self.pool = ActivePool.open([data.ids[i] for i in data.where("train")], self.dir / "pool.json")
         self.val_idx = data.where("val", with_masks=True, limit=val_limit)
         self.test_idx = data.where("test", with_masks=True)

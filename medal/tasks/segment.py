@@ -127,8 +127,13 @@ def run_segment(cfg: DictConfig) -> dict[str, float]:
         oracle = FolderOracle(al.dir)
     else:
         raise MedalError(f"oracle={cfg.oracle.name!r}: use simulated or folder")
+    settings = {"model": seg.model, "arch": arch, "net": net, "size": size, "image_size": int(seg.image_size),
+                "steps": steps, "batch_size": int(seg.batch_size), "lr": float(seg.lr),
+                "weight_decay": float(seg.weight_decay), "augment": augment, "initial": al_cfg.initial,
+                "reset_weights": al_cfg.reset_weights, "strategy": al_cfg.strategy, "seed": al_cfg.seed}
     learner = ActiveLearner(data, oracle, QueryContext(shape_of, full_image, start_mask), make_committee, fit,
-                            al_cfg, al.dir, val_limit=al.val_limit, on_query=on_query, on_round=on_round)
+                            al_cfg, al.dir, val_limit=al.val_limit, on_query=on_query, on_round=on_round,
+                            settings=settings)
     result = learner.run()
     pool = result.pool
     metrics["al/labelled"] = float(len(pool.labelled))
