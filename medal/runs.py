@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from medal.atomic import write_json
+
 METRICS_FILE = "metrics.json"
 
 
@@ -27,11 +29,7 @@ def write_metrics(out_dir: str | Path, metrics: dict[str, Any], status: str = "o
     if error is not None:
         payload["error"] = error
     payload.update({str(k): _plain(v) for k, v in metrics.items()})
-    path = out / METRICS_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)
-    return path
+    return write_json(out / METRICS_FILE, payload, indent=2, sort_keys=True)
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from medal.active.oracles import OracleWaiting
 from medal.active.pool import ActivePool
+from medal.atomic import atomic_path, write_json
 from medal.data.images import read_image, resize, write_png
 from medal.errors import MedalError
 from medal.lit.committee import Committee
@@ -138,10 +138,7 @@ def check_settings(path: Path, settings: dict[str, Any]) -> None:
                 f"{saved.get(first)!r} then, {wanted.get(first)!r} now); delete that folder to start over or set "
                 "al.dir to a new one")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(wanted, indent=1, sort_keys=True))
-    tmp.replace(path)
+    write_json(path, wanted, indent=1, sort_keys=True)
 
 
 class ActiveLearner:
@@ -187,9 +184,8 @@ class ActiveLearner:
         return committee.to(self.cfg.device), int(saved["labelled"])
 
     def _save_committee(self, committee: Committee) -> None:
-        tmp = self.checkpoint.with_name(f".{self.checkpoint.name}.{os.getpid()}.tmp")
-        torch.save({"state_dict": committee.state_dict(), "labelled": len(self.pool.labelled)}, tmp)
-        tmp.replace(self.checkpoint)
+        with atomic_path(self.checkpoint) as tmp:
+            torch.save({"state_dict": committee.state_dict(), "labelled": len(self.pool.labelled)}, tmp)
 
     def _import_answers(self) -> None:
         answers = self.oracle.answer(self.pool.round, list(self.pool.pending), self.ctx)

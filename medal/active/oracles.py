@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medal.atomic import write_json
 from medal.data.images import read_image, write_png
 from medal.errors import MedalError
 
@@ -84,9 +85,7 @@ class FolderOracle:
             start = ctx.start_mask_of(i)
             if start is not None:
                 write_png(out / f"{i}{START_SUFFIX}", start.astype(np.float32))
-        tmp = out / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps({"round": round_no, "ids": list(ids), "shapes": shapes}, indent=1))
-        tmp.replace(manifest)
+        write_json(manifest, {"round": round_no, "ids": list(ids), "shapes": shapes}, indent=1)
         return out
 
     def answer(self, round_no: int, ids: Sequence[str], ctx: QueryContext) -> dict[str, np.ndarray]:

@@ -8,11 +8,11 @@ goes on. Invariants enforced here: an image is queried at most once and labelled
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from medal.atomic import write_json
 from medal.errors import MedalError
 
 STATE_VERSION = 1
@@ -132,10 +132,7 @@ class ActivePool:
         """Write the state atomically; no-op for an in-memory pool."""
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.state_dict(), indent=1))
-        tmp.replace(self.path)
+        write_json(self.path, self.state_dict(), indent=1)
 
     @classmethod
     def open(cls, ids: Sequence[str], path: str | Path) -> ActivePool:

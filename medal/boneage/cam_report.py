@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from medal.atomic import atomic_path  # noqa: E402
 from medal.cam import class_activation_map, normalise, overlay  # noqa: E402
 from medal.errors import MedalError  # noqa: E402
 from medal.hardware import inference_device  # noqa: E402
@@ -64,10 +65,8 @@ def _image_size(cfg: DictConfig, run: Path | None, module: BoneAgeModule) -> int
 
 
 def _save_png(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    Image.fromarray(rgb).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp)
 
 
 def run_cam(cfg: DictConfig) -> dict[str, Any]:

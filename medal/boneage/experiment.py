@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import BaseFinetuning, EarlyStopping
 
+from medal.atomic import atomic_path
 from medal.boneage.evaluate import mean_predictor_mae, predict_frame
 from medal.boneage.metrics import cohort_metrics
 from medal.boneage.plots import bland_altman, predicted_vs_true
@@ -92,9 +93,8 @@ def evaluate(module: BoneAgeModule, datamodule: Any, out_dir: Path, cfg: DictCon
             raise MedalError(f"{len(leaked)} training images are in the {split} split (e.g. {sorted(leaked)[0]}); "
                              "delete split.csv in the run dir and rerun")
     predictions = pd.concat(frames.values(), ignore_index=True)
-    tmp = out_dir / (PREDICTIONS_FILE + ".tmp")
-    predictions.to_csv(tmp, index=False)
-    tmp.replace(out_dir / PREDICTIONS_FILE)
+    with atomic_path(out_dir / PREDICTIONS_FILE) as tmp:
+        predictions.to_csv(tmp, index=False)
 
     metrics: dict[str, float] = {}
     for split, frame in frames.items():

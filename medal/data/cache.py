@@ -18,10 +18,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from medal.atomic import write_json
 from medal.data import images as image_io
 from medal.data.parallel import iter_parallel
 from medal.errors import MedalError
@@ -113,12 +113,6 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload))
-    tmp.replace(path)
-
-
 def build_cache(ids: Sequence[str], paths: Sequence[str | Path], work_dir: str | Path, size: int,
                 fit: str = "pad", workers: int | None = None) -> CachedImages:
     """Return the cache of `paths` at (size, fit), building it (in parallel, with a progress bar) if needed.
@@ -150,7 +144,7 @@ def build_cache(ids: Sequence[str], paths: Sequence[str | Path], work_dir: str |
 def _save_progress(array: np.memmap, progress: Path, ids: list[str], done: np.ndarray,
                    failed: dict[str, str]) -> None:
     array.flush()  # rows on disk first, then the record that says they are there
-    _write_json(progress, {"ids": ids, "done": np.flatnonzero(done).tolist(), "failed": failed})
+    write_json(progress, {"ids": ids, "done": np.flatnonzero(done).tolist(), "failed": failed})
 
 
 def _build(ids: list[str], paths: Sequence[str | Path], partial: Path, progress: Path, size: int, fit: str,
@@ -184,7 +178,7 @@ def _build(ids: list[str], paths: Sequence[str | Path], partial: Path, progress:
                 _save_progress(array, progress, ids, done, failed)
     finally:
         _save_progress(array, progress, ids, done, failed)
-    _write_json(meta_path, {"ids": ids, "failed": failed, "size": size, "fit": fit, "version": CACHE_VERSION})
+    write_json(meta_path, {"ids": ids, "failed": failed, "size": size, "fit": fit, "version": CACHE_VERSION})
     partial.replace(array_path)  # last: a cache whose array exists is complete
     progress.unlink(missing_ok=True)
 

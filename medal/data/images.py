@@ -6,12 +6,12 @@ their full range (divided by 65535, not squeezed through 8 bits). Polarity is le
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medal.atomic import atomic_path
 from medal.errors import MedalError
 
 _RGB_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma, as PIL's "L"
@@ -80,7 +80,6 @@ def write_png(path: str | Path, image: np.ndarray, bits: int = 8, compress_level
         pil = Image.fromarray(np.round(arr * 255).astype(np.uint8), mode="L")
     else:
         raise MedalError(f"bits={bits}: PNG depth must be 8 or 16")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pil.save(tmp, format="PNG", compress_level=compress_level)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pil.save(tmp, format="PNG", compress_level=compress_level)
     return path

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medal.atomic import atomic_path
 from medal.errors import MedalError
 
 log = logging.getLogger("medal.data")
@@ -110,8 +111,6 @@ def load_or_make_split(index: pd.DataFrame, options: SplitOptions, output_dir: s
         return pd.Series([roles[i] for i in index.loc[known, "id"]], index=index.index[known], dtype=object)
     roles = assign_splits(index, options)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".csv.tmp")
-        pd.DataFrame({"id": index.loc[roles.index, "id"], "role": roles.to_numpy()}).to_csv(tmp, index=False)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            pd.DataFrame({"id": index.loc[roles.index, "id"], "role": roles.to_numpy()}).to_csv(tmp, index=False)
     return roles

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from medal.atomic import atomic_path
 from medal.callbacks.checkpoints import best_and_last
 from medal.enhance.pairs import PairDataModule, PairedAugment, PairSplit
 from medal.lit.enhancer import Enhancer, build_generator
@@ -103,8 +104,7 @@ def train_gan(
     best = checkpoint.best_model_path or str(last)
     state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
     generator = {k.removeprefix("generator."): v.contiguous() for k, v in state.items() if k.startswith("generator.")}
-    tmp = weights.with_suffix(".tmp")
-    save_file(generator, str(tmp))
-    tmp.replace(weights)
+    with atomic_path(weights) as tmp:
+        save_file(generator, str(tmp))
     log.info("generator (best val/psnr %.2f dB) exported to %s", float(checkpoint.best_model_score or 0), weights)
     return weights

@@ -25,6 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from medal.atomic import write_json
 from medal.config import to_plain
 from medal.errors import MedalError
 
@@ -73,11 +74,7 @@ def read_record(state_dir: Path, name: str) -> dict[str, Any] | None:
 
 
 def _write_record(state_dir: Path, name: str, record: dict[str, Any]) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = _record_path(state_dir, name)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(path)
+    write_json(_record_path(state_dir, name), record, indent=2, default=str)
 
 
 def _prepare_dir(stage: Stage, state_dir: Path, fp: str, forced: bool) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from skimage.filters import threshold_otsu
 from tqdm.auto import tqdm
 
 from medal.active import strategies
+from medal.atomic import atomic_path
 from medal.data.images import read_image, resize, write_png
 from medal.errors import MedalError
 from medal.lit.committee import Committee
@@ -181,12 +181,9 @@ def write_final(
         rows.append([image_id, y0, x0, y1, x1, int(flip), image.shape[0], image.shape[1], float(mask.mean()),
                      int(has_gold)])
     path = out.roi / BOXES_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{BOXES_FILE}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "y0", "x0", "y1", "x1", "inverted", "height", "width", "mask_fraction", "gold"])
         writer.writerows(rows)
-    tmp.replace(path)
     log.info("wrote %d masks and RoIs under %s", len(rows), out.work_dir)
     return path

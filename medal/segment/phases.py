@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -18,6 +17,7 @@ import pandas as pd
 import torch
 
 from medal.active.loop import SegData
+from medal.atomic import atomic_path, write_json
 from medal.data.cache import cached_images
 from medal.data.images import read_image, write_png
 from medal.data.parallel import iter_parallel
@@ -59,10 +59,8 @@ def coarse_phase(index: pd.DataFrame, work_dir: Path, options: CoarseOptions, wo
     jobs = [(i, p, str(out_dir / f"{i}.png")) for i, p in zip(index["id"], index["path"], strict=True)]
     rows = list(iter_parallel(partial(_coarse_one, options=options), jobs, workers=workers, desc="coarse masks"))
     table = pd.DataFrame(rows, columns=["id", "inverted", "fraction"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = table_path.with_name(f".{COARSE_TABLE}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(table_path)
+    with atomic_path(table_path) as tmp:
+        table.to_csv(tmp, index=False)
     write_stamp(stamp_path, stamp)
     log.info("coarse masks: %d written, %d inverted", len(table), int(table["inverted"].sum()))
     return table
@@ -126,7 +124,4 @@ def read_stamp(path: Path) -> dict | None:
 
 
 def write_stamp(path: Path, stamp: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stamp, indent=1, sort_keys=True))
-    tmp.replace(path)
+    write_json(path, stamp, indent=1, sort_keys=True)

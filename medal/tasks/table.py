@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from medal.atomic import write_text
 from medal.errors import MedalError
 from medal.plotting import save_figure
 from medal.report.curves import plot_loss_curves
@@ -73,11 +74,7 @@ def write_outputs(table: Table, out_dir: Path) -> dict[str, Path]:
     paths = {}
     for name, text in (("table.md", table.to_markdown()), ("table.csv", table.to_csv()),
                        ("table.tex", table.to_latex())):
-        path = out_dir / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-        paths[name] = path
+        paths[name] = write_text(out_dir / name, text)
     return paths
 
 
