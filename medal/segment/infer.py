@@ -27,7 +27,7 @@ from medal.errors import MedalError
 from medal.lit.committee import Committee
 from medal.preprocess.coarse import clean_mask
 from medal.preprocess.crop import crop_square, roi_box
-from medal.segment.losses import dice_iou
+from medal.segment.losses import mean_mask_scores
 
 log = logging.getLogger("medal.segment")
 
@@ -114,14 +114,13 @@ def held_out_scores(committee: Committee, images: np.ndarray, ids: Sequence[str]
     """Mean Dice and IoU of full-size masks made as `write_final` makes them (mean probability upsampled to
     the reference mask's size, Otsu, largest component), against `<masks_dir>/<id>.png`; writes nothing."""
     probs = mean_probs(committee, images, batch_size, fast)
-    dices, ious = [], []
-    for prob, image_id in zip(probs, ids, strict=True):
-        gold = read_image(masks_dir / f"{image_id}.png") > 0.5
-        pred = binarise(np.clip(resize(prob, gold.shape), 0, 1), postprocess)
-        dice, iou = dice_iou(torch.from_numpy(pred).float()[None, None], torch.from_numpy(gold).float()[None, None])
-        dices.append(float(dice))
-        ious.append(float(iou))
-    return {"dice": float(np.mean(dices)), "iou": float(np.mean(ious))} if dices else {}
+
+    def pairs():
+        for prob, image_id in zip(probs, ids, strict=True):
+            gold = read_image(masks_dir / f"{image_id}.png") > 0.5
+            yield binarise(np.clip(resize(prob, gold.shape), 0, 1), postprocess), gold
+
+    return mean_mask_scores(pairs())
 
 
 @dataclass

@@ -9,6 +9,7 @@ map with Otsu's threshold first, as the paper's g(y) does.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -42,6 +43,16 @@ def otsu_binarise(probs: torch.Tensor) -> torch.Tensor:
         thr = threshold_otsu(p.ravel()) if hi - lo > 1e-6 else 0.5
         out[i] = p > thr
     return torch.from_numpy(out).to(probs.device)
+
+
+def mean_mask_scores(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Mean Dice and IoU over (predicted, reference) boolean full-size mask pairs; {} when there are none."""
+    dices, ious = [], []
+    for pred, gold in pairs:
+        dice, iou = dice_iou(torch.from_numpy(pred).float()[None, None], torch.from_numpy(gold).float()[None, None])
+        dices.append(float(dice))
+        ious.append(float(iou))
+    return {"dice": float(np.mean(dices)), "iou": float(np.mean(ious))} if dices else {}
 
 
 def dice_iou(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

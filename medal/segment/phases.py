@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from medal.active.loop import SegData
 from medal.atomic import atomic_path, write_json
@@ -23,7 +22,7 @@ from medal.data.images import read_image, write_png
 from medal.data.parallel import iter_parallel
 from medal.errors import MedalError
 from medal.preprocess.coarse import coarse_mask
-from medal.segment.losses import dice_iou
+from medal.segment.losses import mean_mask_scores
 
 log = logging.getLogger("medal.segment")
 
@@ -68,16 +67,15 @@ def coarse_phase(index: pd.DataFrame, work_dir: Path, options: CoarseOptions, wo
 
 def mask_scores(pred_dir: Path, gold_dir: Path, ids: list[str]) -> dict[str, float]:
     """Mean Dice and IoU of full-size masks `<pred_dir>/<id>.png` against `<gold_dir>/<id>.png`."""
-    dices, ious = [], []
-    for image_id in ids:
-        pred = torch.from_numpy(read_image(pred_dir / f"{image_id}.png") > 0.5).float()[None, None]
-        gold = torch.from_numpy(read_image(gold_dir / f"{image_id}.png") > 0.5).float()[None, None]
-        if pred.shape != gold.shape:
-            raise MedalError(f"{gold_dir / image_id}.png: reference mask size differs from the image's")
-        dice, iou = dice_iou(pred, gold)
-        dices.append(float(dice))
-        ious.append(float(iou))
-    return {"dice": float(np.mean(dices)), "iou": float(np.mean(ious))} if ids else {}
+    def pairs():
+        for image_id in ids:
+            pred = read_image(pred_dir / f"{image_id}.png") > 0.5
+            gold = read_image(gold_dir / f"{image_id}.png") > 0.5
+            if pred.shape != gold.shape:
+                raise MedalError(f"{gold_dir / image_id}.png: reference mask size differs from the image's")
+            yield pred, gold
+
+    return mean_mask_scores(pairs())
 
 
 def with_masks(ids: list[str], masks_dir: Path | None) -> list[str]:
