@@ -34,11 +34,11 @@ from medal.config import CONF_DIR
 from medal.data.images import read_image, write_png
 from medal.data.phantom import generate_dataset
 from medal.data.rsna import read_index
+from medal.enhance.module import save_sample_grid
 from medal.enhance.pairs import PairDataset, matching_ids, split_ids
 from medal.enhance.run import build_method, generator_method
 from medal.enhance.train import load_generator
 from medal.hardware import use_bf16
-from medal.lit.enhancer import save_sample_grid
 from medal.models.unet import UNet
 from medal.preprocess.crop import crop_square, roi_box
 from medal.tasks.enhance import run_enhance

@@ -34,8 +34,8 @@ from medal.bench import BENCH_DIR, BenchRow, write_bench
 from medal.data.images import read_image
 from medal.data.phantom import generate_dataset
 from medal.data.rsna import read_index
-from medal.lit.committee import Committee
 from medal.segment.baseline import baseline_schedule
+from medal.segment.committee import Committee
 from medal.segment.figures import learning_curve
 from medal.segment.infer import held_out_scores, score_pool
 from medal.segment.phases import CoarseOptions, coarse_phase, load_seg_data, mask_scores

@@ -9,8 +9,8 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from medal.boneage.module import BoneAgeModule
 from medal.config import CONF_DIR
-from medal.lit.regressor import BoneAgeModule
 
 
 class SyntheticHands(Dataset):

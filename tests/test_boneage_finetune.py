@@ -10,10 +10,10 @@ import torch
 from boneage_fixtures import loader, tiny_module, trainer_kwargs
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from medal.boneage.module import BoneAgeModule
 from medal.callbacks.checkpoints import best_and_last
 from medal.callbacks.finetune import MODES, FixedFinetuning
 from medal.callbacks.paced import PacedTransferLearning
-from medal.lit.regressor import BoneAgeModule
 from medal.models.regressor import STAGES
 
 DECAY = {"_target_": "medal.boneage.schedulers.inverse_time_decay", "_partial_": True, "decay": 0.05}

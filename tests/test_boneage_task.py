@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 
-from medal.boneage.cam_report import run_cam
+from medal.boneage.cam_experiment import run_cam
 from medal.boneage.evaluate import predict_frame
 from medal.boneage.experiment import build_module, run_boneage
 from medal.data.datamodule import build_boneage_datamodule

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from medal.cam import class_activation_map, grad_cam, linear_cam, normalise, overlay
+from medal.boneage.cam import class_activation_map, grad_cam, linear_cam, normalise, overlay
 from medal.config import CONF_DIR
 from medal.models.regressor import build_regressor
 

@@ -10,8 +10,8 @@ from fake_runs import MODES, STAGE_EPOCHS, write_multirun
 
 from medal.errors import MedalError
 from medal.plotting import save_figure
-from medal.report.curves import STAGE_LINE_GID, plot_loss_curves, stage_boundaries
-from medal.report.runs import collect_runs
+from medal.tables.curves import STAGE_LINE_GID, plot_loss_curves, stage_boundaries
+from medal.tables.folder_runs import collect_runs
 
 
 def test_stage_boundaries_are_first_epochs_of_new_stages() -> None:

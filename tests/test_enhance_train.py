@@ -10,9 +10,9 @@ import torch
 from enhance_fixtures import write_pairs
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from medal.enhance.module import Enhancer
 from medal.enhance.pairs import PairDataModule, PairDataset, PairedAugment, matching_ids, split_ids
 from medal.errors import MedalError
-from medal.lit.enhancer import Enhancer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,7 @@ from medal.active.oracles import FolderOracle, OracleWaiting, SimulatedOracle
 from medal.active.pool import ActivePool
 from medal.data.images import write_png
 from medal.errors import MedalError
-from medal.lit.committee import Committee
+from medal.segment.committee import Committee
 
 S = 32
 NET = dict(first_conv=4, growth=4, down_layers=(1, 1, 1), bottleneck_layers=2, dropout=0.0)

@@ -16,10 +16,10 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from medal.errors import MedalError
 from medal.loggers import build_loggers, log_figure, summarize_run, wandb_logger
-from medal.report.curves import stage_boundaries
-from medal.report.runs import collect_runs
-from medal.report.table import FIGURE12, build_table
-from medal.report.wandb_runs import collect_disk_runs, read_disk_run
+from medal.tables.curves import stage_boundaries
+from medal.tables.folder_runs import collect_runs
+from medal.tables.table import FIGURE12, build_table
+from medal.tables.wandb_runs import collect_disk_runs, read_disk_run
 from medal.tasks.table import make_table
 
 
@@ -160,7 +160,7 @@ class _RecordedApi:
 
 
 def test_online_reader_maps_states_and_summary() -> None:
-    from medal.report.wandb_runs import collect_online_runs
+    from medal.tables.wandb_runs import collect_online_runs
 
     api = _RecordedApi([
         _RecordedRun("a1", "ptl", "finished", {"test/mae": 7.5, "_runtime": 3, "status": "ok"}),

@@ -24,7 +24,7 @@ from medal.active.pool import ActivePool
 from medal.atomic import atomic_path, write_json
 from medal.data.images import read_image, resize, write_png
 from medal.errors import MedalError
-from medal.lit.committee import Committee
+from medal.segment.committee import Committee
 from medal.segment.infer import mean_probs, score_pool
 from medal.segment.losses import dice_iou
 

@@ -22,12 +22,12 @@ from pytorch_lightning.callbacks import BaseFinetuning, EarlyStopping
 from medal.atomic import atomic_path
 from medal.boneage.evaluate import mean_predictor_mae, predict_frame
 from medal.boneage.metrics import cohort_metrics
+from medal.boneage.module import BoneAgeModule
 from medal.boneage.plots import bland_altman, predicted_vs_true
 from medal.boneage.targets import TargetScaler
 from medal.callbacks.checkpoints import best_and_last
 from medal.errors import MedalError
 from medal.hardware import use_bf16
-from medal.lit.regressor import BoneAgeModule
 from medal.loggers import build_loggers, log_figure
 from medal.runs import read_metrics
 

@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from medal.atomic import atomic_path
 from medal.callbacks.checkpoints import best_and_last
+from medal.enhance.module import Enhancer, build_generator
 from medal.enhance.pairs import PairDataModule, PairedAugment, PairSplit
-from medal.lit.enhancer import Enhancer, build_generator
 
 log = logging.getLogger("medal.enhance")
 

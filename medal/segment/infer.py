@@ -24,9 +24,9 @@ from medal.active import strategies
 from medal.atomic import atomic_path
 from medal.data.images import read_image, resize, write_png
 from medal.errors import MedalError
-from medal.lit.committee import Committee
 from medal.preprocess.coarse import clean_mask
 from medal.preprocess.crop import crop_square, roi_box
+from medal.segment.committee import Committee
 from medal.segment.losses import mean_mask_scores
 
 log = logging.getLogger("medal.segment")

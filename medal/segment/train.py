@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from medal.lit.committee import Committee
+from medal.segment.committee import Committee
 
 TrainerFactory = Callable[[], pl.Trainer]
 LIGHTNING_INFO = logging.getLogger("pytorch_lightning.utilities.rank_zero")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from medal.boneage.cam_report import run_cam
+from medal.boneage.cam_experiment import run_cam
 from medal.tasks.runner import hydra_task
 
 

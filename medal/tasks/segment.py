@@ -23,10 +23,10 @@ from medal.data.images import read_image, resize
 from medal.data.rsna import read_index
 from medal.errors import MedalError
 from medal.hardware import inference_device, use_bf16
-from medal.lit.committee import Committee
 from medal.loggers import build_loggers, log_figure
 from medal.segment import figures
 from medal.segment.baseline import baseline_schedule
+from medal.segment.committee import Committee
 from medal.segment.infer import FinalOutputs, binarise, held_out_scores, mean_probs, member_probs, write_final
 from medal.segment.phases import (
     CoarseOptions,

@@ -12,10 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 from medal.atomic import write_text
 from medal.errors import MedalError
 from medal.plotting import save_figure
-from medal.report.curves import plot_loss_curves
-from medal.report.runs import RunResult, collect_runs
-from medal.report.table import PRESETS, Table, TableSpec, build_table
-from medal.report.wandb_runs import collect_disk_runs, collect_online_runs
+from medal.tables.curves import plot_loss_curves
+from medal.tables.folder_runs import RunResult, collect_runs
+from medal.tables.table import PRESETS, Table, TableSpec, build_table
+from medal.tables.wandb_runs import collect_disk_runs, collect_online_runs
 from medal.tasks.runner import hydra_task
 
 log = logging.getLogger("medal.table")

@@ -22,10 +22,10 @@ from PIL import Image  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from medal.atomic import atomic_path  # noqa: E402
-from medal.cam import class_activation_map, normalise, overlay  # noqa: E402
+from medal.boneage.cam import class_activation_map, normalise, overlay  # noqa: E402
+from medal.boneage.module import BoneAgeModule  # noqa: E402
 from medal.errors import MedalError  # noqa: E402
 from medal.hardware import inference_device  # noqa: E402
-from medal.lit.regressor import BoneAgeModule  # noqa: E402
 from medal.loggers import build_loggers, log_figure  # noqa: E402
 from medal.plotting import save_figure
 

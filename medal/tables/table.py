@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medal.errors import MedalError
-from medal.report.runs import RunResult
+from medal.tables.folder_runs import RunResult
 
 METRIC_AXIS = "metric"
 MISSING_MARK, FAILED_MARK = "—", "failed"

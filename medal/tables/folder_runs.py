@@ -22,7 +22,7 @@ import medal.config  # noqa: F401  (registers the resolvers that saved configs r
 from medal.errors import MedalError
 from medal.runs import METRICS_FILE
 
-log = logging.getLogger("medal.report")
+log = logging.getLogger("medal.tables")
 
 STATUS_OK, STATUS_FAILED, STATUS_INCOMPLETE = "ok", "failed", "incomplete"
 HISTORY_CSV = Path("csv") / "metrics.csv"  # where conf/logger/csv.yaml puts Lightning's CSVLogger file

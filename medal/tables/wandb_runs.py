@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from medal.errors import MedalError
-from medal.report.runs import (
+from medal.tables.folder_runs import (
     STATUS_FAILED,
     STATUS_INCOMPLETE,
     STATUS_OK,
@@ -27,7 +27,7 @@ from medal.report.runs import (
     plain_metrics,
 )
 
-log = logging.getLogger("medal.report")
+log = logging.getLogger("medal.tables")
 
 _HEADER = b":W&B"
 _HEADER_LEN = 7  # ident (4) + magic 0xBEE1 (2) + version (1)

@@ -1,1 +1,0 @@
-"""LightningModules of the learned stages (segmenter committee, enhancer, bone age regressor)."""
