@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from medal.errors import MedalError
+
+T = TypeVar("T")
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -15,6 +20,38 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def to_plain(node: Any) -> Any:
     """A config node as plain Python (dicts, lists, values), resolved; other values pass through."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
+
+
+def options_from(cls: type[T], node: Any, key: str, **extra: Any) -> T:
+    """Build the options dataclass `cls` from config node `node` (at `key`), naming any unknown or missing key.
+
+    The YAML is the one place defaults live: a key the dataclass does not know fails in one line (a typo in an
+    override must not be dropped silently), and so does a field the config lacks that has no dataclass default.
+    `extra` supplies fields that come from elsewhere in the config (e.g. a device chosen by hardware).
+
+    Examples:
+        >>> @dataclasses.dataclass
+        ... class Opt:
+        ...     size: int
+        ...     p: float = 0.5
+        >>> options_from(Opt, {"size": 3}, "data.augment")
+        Opt(size=3, p=0.5)
+        >>> options_from(Opt, {"size": 3, "sise": 4}, "data.augment")
+        Traceback (most recent call last):
+        ...
+        medal.errors.MedalError: data.augment.sise: unknown key; known keys: p, size
+    """
+    values = dict(to_plain(node) or {}) if not isinstance(node, dict) else dict(node)
+    values.update(extra)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise MedalError(f"{key}.{unknown[0]}: unknown key; known keys: {', '.join(sorted(fields))}")
+    missing = sorted(name for name, f in fields.items() if name not in values and f.init
+                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise MedalError(f"{key}.{missing[0]}: missing; add it to the config ({', '.join(missing)} required)")
+    return cls(**values)
 
 
 def path_id(path: str) -> str:

@@ -8,7 +8,6 @@ pooled one. Augmentation runs on the device after transfer, in training only.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from medal.config import options_from
 from medal.data.augment import AugmentOptions, augment, build_augmentation
 from medal.data.cache import FITS, build_cache, load_resized
 from medal.data.rsna import read_index
@@ -191,15 +191,6 @@ class BoneAgeDataModule(pl.LightningDataModule):
         return batch
 
 
-def _options(cls: type, node: Any, key: str) -> Any:
-    """Build an options dataclass from a config node, naming unknown keys (YAML lists stay lists)."""
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise MedalError(f"{key}.{unknown[0]}: unknown key; known keys: {', '.join(sorted(known))}")
-    return cls(**values)
-
 
 def build_boneage_datamodule(cfg: DictConfig) -> BoneAgeDataModule:
     """The DataModule of a composed task config (`cfg.data`, `cfg.cohort.name`, `cfg.paths.output_dir`)."""
@@ -209,9 +200,9 @@ def build_boneage_datamodule(cfg: DictConfig) -> BoneAgeDataModule:
         root=data.root, work_dir=data.work_dir, output_dir=cfg.paths.output_dir, cohort=cohort,
         images=data.get("images", "raw"), image_size=data.get("image_size", 299), fit=data.get("fit", "pad"),
         cache=data.get("cache", True), strict=data.get("strict", True),
-        split=_options(SplitOptions, data.get("split"), "data.split"),
-        sampler=_options(SamplerOptions, data.get("sampler"), "data.sampler"),
-        augment=_options(AugmentOptions, data.get("augment"), "data.augment"),
+        split=options_from(SplitOptions, data.get("split"), "data.split"),
+        sampler=options_from(SamplerOptions, data.get("sampler"), "data.sampler"),
+        augment=options_from(AugmentOptions, data.get("augment"), "data.augment"),
         batch_size=data.get("batch_size", 16), num_workers=data.get("num_workers", 0),
         seed=cfg.get("seed", 0), cache_workers=data.get("cache_workers"),
     )
