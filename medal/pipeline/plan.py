@@ -85,12 +85,19 @@ def override_list(value: Any, key: str) -> list[str]:
 
 
 def applies(cfg: DictConfig, override: str) -> bool:
-    """Whether stage override `override` concerns `cfg`: `key=v` and `~key` where the key or group exists,
-    `+key=v` / `++key=v` (which add a key) always."""
+    """Whether stage override `override` concerns `cfg`: `key=v`, `++key=v` and `~key` where the key or group
+    exists; `+key=v`, which adds a key, to every stage it is given for.
+
+    Examples:
+        >>> cfg = OmegaConf.create({"trainer": {"max_epochs": 3}})
+        >>> [applies(cfg, o) for o in ("trainer.max_epochs=1", "++trainer.max_epochs=1", "enhance.epochs=1",
+        ...                            "+trainer.fast_dev_run=true")]
+        [True, True, False, True]
+    """
     key = override.split("=", 1)[0]
-    if key.startswith("+"):
+    if key.startswith("+") and not key.startswith("++"):
         return True
-    return OmegaConf.select(cfg, key.lstrip("~"), default=_MISSING) is not _MISSING
+    return OmegaConf.select(cfg, key.lstrip("+~"), default=_MISSING) is not _MISSING
 
 
 def _data_choice(cfg: DictConfig) -> str:
