@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from medal.overrides import override_problem
+from medal.errors import MedalError
+from medal.overrides import override_problem, stage_override_args
 from medal.tasks import TASKS
 
 USAGE = "usage: medal <task> [hydra overrides] [-m] [--help] [--cfg job]"
@@ -30,6 +31,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"medal: unknown task {task!r}; choose one of: {', '.join(TASKS)} (see `medal --help`)",
               file=sys.stderr)
         raise SystemExit(2)
+    try:  # stage-override lists typed the natural way -> Hydra's quoted form (medal.overrides)
+        rest = stage_override_args(rest)
+    except MedalError as err:
+        print(f"medal {task}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     module = importlib.import_module(TASKS[task][0])
     if not any(arg.startswith("-") for arg in rest):  # a plain run: flags (-m, --cfg, --help) go to Hydra
         problem = override_problem(module.main.config_name, rest, f"medal {task}")

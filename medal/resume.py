@@ -83,16 +83,25 @@ class Marker:
 
     `outputs` are the files or folders a `rebuild` deletes when the work is redone under other parts;
     they must hold nothing but this work's results.
+
+    `clear_unrecorded` (rebuild only) treats outputs found without any record as work of unknown parts and
+    clears them before a fresh start, where by default they are kept (a folder a person pointed medal at
+    may hold other things). Use it where the outputs are a folder medal owns outright and whose record
+    lives elsewhere, so the record can be lost without the folder (the pipeline's stage folders, whose
+    records are in `<pipeline.dir>/state/`).
     """
 
     def __init__(self, path: str | Path, policy: Policy = "rebuild", outputs: Iterable[str | Path] = (),
-                 what: str = "") -> None:
+                 what: str = "", *, clear_unrecorded: bool = False) -> None:
         if policy not in POLICIES:
             raise MedalError(f"resume policy {policy!r}: choose one of {', '.join(POLICIES)}")
+        if clear_unrecorded and policy == "refuse":
+            raise MedalError(f"{path}: clear_unrecorded needs policy 'rebuild'; a `refuse` marker never deletes")
         self.path = Path(path)
         self.policy = policy
         self.outputs = [Path(p) for p in outputs]
         self.what = what or self.path.stem
+        self.clear_unrecorded = clear_unrecorded
 
     @classmethod
     def in_folder(cls, folder: str | Path, name: str, policy: Policy = "rebuild",
@@ -132,7 +141,7 @@ class Marker:
         if status == "done" and not force:
             return "done"
         if status != "resume" or force:
-            if self.read() is not None or force:
+            if self.read() is not None or force or self.clear_unrecorded:
                 self._clear()
             status = "fresh"
         write_json(self.path, {"fingerprint": fingerprint(parts), "parts": _plain(dict(parts)), "finished": False},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +40,13 @@ def test_unknown_task_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) 
 def test_task_help_and_cfg_job_in_a_real_process(tmp_path: Path) -> None:
     helped = medal("check-data", "--help", cwd=tmp_path)
     assert helped.returncode == 0, helped.stderr
-    assert "check_data" in helped.stdout and "data: phantom, rsna" in helped.stdout
-    shown = medal("check-data", "data=rsna", f"data.root={tmp_path}", "data.image_size=128", "--cfg", "job",
+    assert "check_data" in helped.stdout and "data: base, phantom, rsna" in helped.stdout
+    shown = medal("check-data", "data=rsna", f"data.root={tmp_path}", "data.strict=false", "--cfg", "job",
                   cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "task_name: check_data" in shown.stdout and "name: rsna" in shown.stdout
-    assert "image_size: 128" in shown.stdout and f"root: {tmp_path}" in shown.stdout
+    assert "strict: false" in shown.stdout and f"root: {tmp_path}" in shown.stdout
+    assert "image_size" not in shown.stdout  # the bone age loader's keys are not the data set's
     assert not (tmp_path / "outputs").exists()  # printing the config runs nothing
 
 
@@ -93,3 +95,46 @@ def test_a_multirun_with_the_default_sweep_dir_runs_every_job(tmp_path: Path) ->
     for job in ("0", "1"):
         assert '"status": "ok"' in (sweep / job / "metrics.json").read_text()
         assert len(list((sweep / job / "ph" / "masks").glob("*.png"))) == 4
+
+
+@pytest.fixture
+def in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`medal.cli.main` run in this process (it sets sys.argv for Hydra: restored afterwards), outputs in tmp."""
+    monkeypatch.setenv("MEDAL_ROOT", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["medal"])
+    return tmp_path
+
+
+@pytest.mark.parametrize("typed", [
+    ["pipeline.common=[trainer.precision=32-true]", "pipeline.stages.segment=[oracle=folder,al.budget=8]"],
+    ["pipeline.common=trainer.precision=32-true", "pipeline.stages.segment=oracle=folder al.budget=8"],  # "..." in a shell
+    ['pipeline.common=["trainer.precision=32-true"]', 'pipeline.stages.segment=["oracle=folder","al.budget=8"]'],
+])
+def test_stage_overrides_can_be_typed_as_a_person_would(typed: list[str], in_process: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Hydra itself rejects `pipeline.common=[trainer.precision=32-true]` ("no viable alternative at input")."""
+    main(["pipeline", "experiment=smoke", *typed, "--cfg", "job"])
+    out = capsys.readouterr().out
+    assert "  common:\n  - trainer.precision=32-true\n" in out
+    assert "    segment:\n    - oracle=folder\n    - al.budget=8\n    enhance:" in out
+
+
+def test_an_unreadable_stage_override_names_the_quoted_form(in_process: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["pipeline", "pipeline.common=[trainer.precision=32-true"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("medal pipeline: pipeline.common=[trainer.precision=32-true: ")
+    assert """'pipeline.common=["trainer.precision=32-true"]'""" in err
+
+
+def test_a_misspelt_stage_override_stops_the_pipeline_before_any_stage(in_process: Path) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["pipeline", "experiment=smoke", "pipeline.common=[trainer.max_epoch=2]"])
+    assert stop.value.code == 1
+    (run,) = (in_process / "outputs" / "runs" / "pipeline").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "failed"
+    assert metrics["error"].startswith("pipeline.common: trainer.max_epoch=2 matches no key of any stage's config")
+    assert not (in_process / "outputs" / "data").exists()  # not even the phantoms were generated

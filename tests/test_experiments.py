@@ -18,7 +18,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra_compose import compose_jobs, compose_task
 from omegaconf import DictConfig, OmegaConf
 
+from medal.cli import main
 from medal.config import CONF_DIR
+from medal.tasks import TASKS
 
 CONF = Path(CONF_DIR)
 REPO = Path(__file__).resolve().parents[1]
@@ -27,17 +29,6 @@ EXPERIMENT_TASKS = {"figure12": "boneage", "backbones": "boneage", "enhancers": 
                     "al_strategies": "segment", "demo": "pipeline",
                     "smoke": "pipeline"}
 SWEEP_SIZES = {"figure12": 36, "backbones": 9, "enhancers": 4, "al_strategies": 9, "demo": None, "smoke": None}  # None: no sweep
-
-
-def require_group_default(task: str, group: str) -> None:
-    """Skip (naming the fix) until the task's primary config lists `<group>: null` in its defaults."""
-    path = CONF / f"{task}.yaml"
-    if not path.exists():
-        pytest.skip(f"conf/{task}.yaml does not exist yet (task {task!r} not written)")
-    defaults = yaml.safe_load(path.read_text()).get("defaults", [])
-    if not any(isinstance(d, dict) and any(k.split()[-1] == group for k in d) for d in defaults):
-        pytest.skip(f"conf/{task}.yaml lacks `- {group}: null` after `- _self_` in its defaults, so "
-                    f"`{group}=...` cannot be selected (`+{group}=...` would)")
 
 
 def sweep_jobs(cfg: DictConfig) -> list[list[str]]:
@@ -56,7 +47,6 @@ FIGURE12_CELLS = {(m, e, c) for m in ("above_fc", "above_exit", "above_mid", "ab
 
 
 def _check_figure12_jobs(tmp_path: Path, every_job: bool) -> None:
-    require_group_default("boneage", "experiment")
     base = ["experiment=figure12", "model=tiny"]
     jobs = sweep_jobs(compose_task("boneage", base, tmp_path))
     assert len(jobs) == 36
@@ -87,7 +77,6 @@ def test_figure12_composes_all_36_jobs(tmp_path: Path) -> None:
 @pytest.mark.parametrize("experiment", sorted(EXPERIMENT_TASKS))
 def test_experiment_composes_and_expands(experiment: str, tmp_path: Path) -> None:
     task = EXPERIMENT_TASKS[experiment]
-    require_group_default(task, "experiment")
     cfg = compose_task(task, [f"experiment={experiment}"], tmp_path)
     assert cfg.experiment_name == experiment
     if SWEEP_SIZES[experiment] is None:  # a single-run experiment (e.g. `medal pipeline experiment=demo`)
@@ -107,7 +96,6 @@ def test_experiment_composes_and_expands(experiment: str, tmp_path: Path) -> Non
 
 
 def test_optuna_search_composes_over_existing_keys(tmp_path: Path) -> None:
-    require_group_default("boneage", "hparams_search")
     cfg = compose_task("boneage", ["hparams_search=optuna_boneage"], tmp_path)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
@@ -169,24 +157,15 @@ def _smoke_module():
 
 
 def test_figure12_smoke_commands_compose(tmp_path: Path) -> None:
-    """Every override of the smoke run names a real key/option (checked per task as soon as it exists)."""
-    checked = 0
-    for name, args in _smoke_module().steps(tmp_path, n=32, epochs=1, jobs=2):
-        task, overrides = args[0], [a for a in args[1:] if a != "-m"]
-        config = {"phantoms": "phantoms", "segment": "segment", "enhance": "enhance", "boneage": "boneage",
-                  "table": "table"}[task]
-        if not (CONF / f"{config}.yaml").exists() or (
-                any(o.startswith("experiment=") for o in overrides)
-                and "experiment" not in str(yaml.safe_load((CONF / f"{config}.yaml").read_text())["defaults"])):
-            continue
-        cfg = compose_task(config, overrides, tmp_path)
-        for override in overrides:
-            key, value = override.split("=", 1)
-            if "/" in key or key.startswith("hydra") or (CONF / key).is_dir():  # groups: composed = exist
-                continue
-            assert OmegaConf.select(cfg, key, default="__missing__") != "__missing__", f"{name}: {key}"
-        checked += 1
-    assert checked >= 3  # phantoms, enhance, the two tables at least
+    """Every override of the smoke run names a real key/option of its task's config."""
+    steps = _smoke_module().steps(tmp_path, n=32, epochs=1, jobs=2)
+    assert [args[0] for _, args in steps] == ["phantoms", "segment", "enhance", "boneage", "table", "table"]
+    for name, args in steps:
+        overrides = [a for a in args[1:] if a != "-m"]
+        cfg = compose_task(args[0], overrides, tmp_path)  # a group option that does not exist fails here
+        keys = [o.split("=", 1)[0] for o in overrides]
+        plain = [k for k in keys if "/" not in k and not k.startswith("hydra") and not (CONF / k).is_dir()]
+        assert [k for k in plain if OmegaConf.select(cfg, k, default="__missing__") == "__missing__"] == [], name
 
 
 @pytest.mark.slow
@@ -209,11 +188,50 @@ def test_every_experiment_file_runs_one_job(tmp_path: Path) -> None:
     root.mkdir()
     for _, args in smoke.steps(root, n=48, epochs=1, jobs=1)[:3]:  # phantoms, segment, enhance=gan
         smoke.medal(args, root)
-    for experiment, task in sorted(EXPERIMENT_TASKS.items()):
-        if SWEEP_SIZES[experiment] is None:
-            continue  # single-run experiments have their own end-to-end target (`make demo`)
+    # single-run experiments (demo, smoke) have their own end-to-end test (tests/test_pipeline_task.py)
+    swept = sorted((e, t) for e, t in EXPERIMENT_TASKS.items() if SWEEP_SIZES[e] is not None)
+    for experiment, task in swept:
         run_dir = root / "runs" / experiment
         smoke.medal([task, f"experiment={experiment}", *smoke.tiny(task, n=48, epochs=1),
                      f"hydra.run.dir={run_dir}"], root)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["status"] == "ok", (experiment, metrics.get("error"))
+
+
+def test_an_optuna_search_with_a_misspelt_metric_stops_after_its_first_trial(tmp_path: Path) -> None:
+    """Not every trial recorded as a failure: one trial, then one line naming the key and exit status 1."""
+    source = write_multirun(tmp_path / "figure12")
+    sweep = tmp_path / "optuna"
+    done = _medal(["table", "-m", f"table.source={source}", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+                   "+optimized_metric=table/cells_okk", "table.curves.enabled=false", "table.decimals=choice(1,2,3)",
+                   f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert done.returncode == 1
+    assert [p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()] == ["0"]
+    log = (sweep / "0" / "table.log").read_text()
+    assert "optimized_metric=table/cells_okk: this run's metrics have no such key; choose one of: " in log
+    assert "table/cells_ok" in log.rsplit("choose one of: ", 1)[1]
+
+
+TASK_OVERRIDES = {"cam": ["ckpt=x.ckpt"], "table": ["table.source=x"], "check-data": [], "phantoms": [],
+                  "segment": [], "enhance": [], "boneage": [], "pipeline": []}  # the keys a task requires
+
+
+def test_every_task_is_listed_here() -> None:
+    assert set(TASK_OVERRIDES) == set(TASKS)
+
+
+@pytest.mark.parametrize("args", [[task, *TASK_OVERRIDES[task]] for task in sorted(TASK_OVERRIDES)]
+                         + [[task, *TASK_OVERRIDES[task], f"experiment={experiment}"]
+                            for experiment, task in sorted(EXPERIMENT_TASKS.items())])
+def test_cfg_job_prints_every_task_and_experiment_resolved(args: list[str], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`medal <task> [experiment=...] --cfg job --resolve`: composes, and every interpolation resolves."""
+    monkeypatch.setenv("MEDAL_ROOT", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["medal"])  # medal.cli sets it for Hydra
+    main([*args, "--cfg", "job", "--resolve"])
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["task_name"] == args[0].replace("-", "_")
+    if "data" in shown:
+        assert shown["data"]["work_dir"].startswith(f"{tmp_path}/outputs/work/{shown['data']['name']}_")
+    assert not (tmp_path / "outputs").exists()

@@ -15,6 +15,7 @@ from skimage.measure import label
 from medal.data.images import read_image
 from medal.data.phantom import Individual, Nuisance, describe, generate_dataset, render_hand
 from medal.data.phantom.anatomy import CARPALS, STAGES, hand_epiphyses
+from medal.data.rsna import read_index
 from medal.errors import MedalError
 
 SIZE = 96
@@ -90,9 +91,8 @@ def test_rsna_layout_and_label_files(phantom_set) -> None:
 
 
 def test_data_index_reads_the_phantoms(phantom_set) -> None:
-    rsna = pytest.importorskip("medal.data.rsna")
     root, meta = phantom_set
-    index = rsna.read_index(root, strict=True)
+    index = read_index(root, strict=True)
     assert sorted(index.id) == sorted(meta.id)
     merged = index.merge(meta, on="id", suffixes=("", "_meta"))
     assert (merged.split == merged.split_meta).all()

@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from medal.errors import MedalError
-from medal.pipeline.stages import Stage, StopPipeline, run_stages
+from medal.pipeline.stages import Stage, StopPipeline, read_record, run_stages
 
 
 def _stages(calls: list[str], crash_in: str | None = None) -> list[Stage]:
@@ -108,3 +108,56 @@ def test_stage_folder_is_kept_to_resume_a_crash_but_emptied_for_a_new_config(tmp
     run_stages(stages(), OmegaConf.create({"b": 2}), state, force=["b"])  # forced: starts empty
     assert seen == [[], ["ckpt_1"], [], []]
     assert sorted(p.name for p in folder.iterdir()) == ["ckpt_2"]
+
+
+def test_a_stage_folder_without_a_record_is_of_unknown_config_and_is_emptied(tmp_path: Path) -> None:
+    """Deleting `state/` (or a folder left by an older medal) must not let a task resume what it finds."""
+    folder = tmp_path / "runs" / "b"
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_text("from a config nobody recorded")
+    seen: list[list[str]] = []
+
+    def b(cfg):
+        seen.append(sorted(p.name for p in folder.iterdir()) if folder.exists() else [])
+        return {}
+
+    run_stages([Stage("b", b, ("b",), dir=folder)], OmegaConf.create({"b": 1}), tmp_path / "state")
+    assert seen == [[]]
+
+
+def test_a_stopped_stage_is_not_recorded_as_finished_and_keeps_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "runs" / "oracle"
+    state = tmp_path / "state"
+
+    def waiting(cfg):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "round_01.json").write_text("asked")
+        raise StopPipeline("answer round_01")
+
+    run_stages([Stage("oracle", waiting, ("b",), dir=folder)], OmegaConf.create({"b": 1}), state)
+    assert read_record(state, "oracle") is None
+    kept: list[bool] = []
+    run_stages([Stage("oracle", lambda cfg: kept.append((folder / "round_01.json").is_file()) or {"n": 2.0},
+                      ("b",), dir=folder)], OmegaConf.create({"b": 1}), state)
+    assert kept == [True] and read_record(state, "oracle")["metrics"] == {"n": 2.0}
+
+
+def test_results_carry_the_stage_folder_and_find_declared_artefacts_by_name(tmp_path: Path) -> None:
+    folder = tmp_path / "runs" / "seg"
+
+    def seg(cfg):
+        (folder / "figures").mkdir(parents=True)
+        for name in ("queried_round_02.png", "queried_round_01.png", "learning_curve.png"):
+            (folder / "figures" / name).write_bytes(b"png")
+        return {}
+
+    artifacts = {"curve": "figures/learning_curve.png", "queried": "figures/queried_round_*.png", "cam": "cam.png"}
+    stages = [Stage("seg", seg, ("a",), dir=folder, artifacts=artifacts)]
+    (done,) = run_stages(stages, OmegaConf.create({"a": 1}), tmp_path / "state")
+    (skipped,) = run_stages(stages, OmegaConf.create({"a": 1}), tmp_path / "state")
+    for result in (done, skipped):
+        assert result.dir == folder
+        assert [p.name for p in result.files("queried")] == ["queried_round_01.png", "queried_round_02.png"]
+        assert result.files("curve") == [folder / "figures" / "learning_curve.png"] and result.files("cam") == []
+    with pytest.raises(MedalError, match=r"stage seg: its task declares no artefact 'samples'"):
+        done.files("samples")

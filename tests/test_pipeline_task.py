@@ -1,8 +1,10 @@
-"""`medal pipeline` end to end at seconds-scale sizes: report, skipping, forcing, crash resume, folder oracle."""
+"""`medal pipeline` end to end at seconds-scale sizes: report, skipping, forcing, crash resume, folder oracle;
+and its stage overrides checked before anything runs."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -11,8 +13,12 @@ from browser import CHROMIUM, NO_CHROMIUM, render_dom
 from hydra_compose import compose_task
 
 from medal.active.oracles import ANSWER_SUFFIX, MANIFEST
-from medal.pipeline.stages import read_record
-from medal.tasks import pipeline as pipeline_task
+from medal.data.phantom.sheet import ARTIFACTS as PHANTOM_ARTIFACTS
+from medal.errors import MedalError
+from medal.pipeline import plan
+from medal.pipeline.plan import StageBuilder
+from medal.pipeline.run import run_pipeline
+from medal.pipeline.stages import StageResult, read_record
 from medal.tasks import runner
 
 SECTIONS = ["## Data", "## Hand segmentation", "## Image enhancement", "## Bone age", "## Class activation maps",
@@ -21,7 +27,7 @@ SECTIONS = ["## Data", "## Hand segmentation", "## Image enhancement", "## Bone 
 
 def _run(root: Path, *overrides: str) -> tuple[dict, Path]:
     cfg = compose_task("pipeline", ["experiment=smoke", *overrides], root)
-    return pipeline_task.run(cfg), Path(cfg.pipeline.dir)
+    return run_pipeline(cfg), Path(cfg.pipeline.dir)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +66,7 @@ def test_rerun_skips_finished_stages_and_force_redoes_one(finished: tuple[Path, 
     root, _, _ = finished
     called: list[str] = []
     real = runner.task_function
-    monkeypatch.setattr(pipeline_task, "task_function",
-                        lambda name: called.append(name) or real(name))
+    monkeypatch.setattr(plan, "task_function", lambda name: called.append(name) or real(name))
     _run(root)
     assert called == []
     _run(root, "pipeline.force=[cam]")
@@ -79,12 +84,12 @@ def test_crash_in_a_stage_then_rerun_keeps_finished_stages(tmp_path: Path, monke
         return real(name)
 
     overrides = ["pipeline.cam_cohort=null", "pipeline.cohorts=[]"]
-    monkeypatch.setattr(pipeline_task, "task_function", crashing)
+    monkeypatch.setattr(plan, "task_function", crashing)
     with pytest.raises(RuntimeError, match="killed during the enhancer"):
         _run(tmp_path, *overrides)
     assert called == ["phantoms", "check-data", "segment", "enhance"]
     called.clear()
-    monkeypatch.setattr(pipeline_task, "task_function", lambda name: called.append(name) or real(name))
+    monkeypatch.setattr(plan, "task_function", lambda name: called.append(name) or real(name))
     metrics, _ = _run(tmp_path, *overrides)
     assert called == ["enhance", "enhance", "enhance"]  # gan, clahe, none; nothing before the crash redone
     assert metrics["pipeline/stopped"] == 0.0
@@ -107,3 +112,70 @@ def test_folder_oracle_stops_the_pipeline_and_continues_after_answers(tmp_path: 
             shutil.copyfile(masks / f"{image_id}.png", round_dir / f"{image_id}{ANSWER_SUFFIX}")
     assert stops >= 1 and metrics["pipeline/stopped"] == 0.0
     assert read_record(state / "state", "segment")["metrics"]["al/labelled"] == 16
+
+
+def test_every_artefact_a_stage_declares_is_where_it_says(finished: tuple[Path, dict, Path]) -> None:
+    """The report finds files only through the producing tasks' `ARTIFACTS`: a renamed file must fail here."""
+    root, _, _ = finished
+    cfg = compose_task("pipeline", ["experiment=smoke"], root)
+    stages = {s.name: s for s in StageBuilder(cfg).stages()}
+    for name in ("segment", "enhance", "boneage_all", "cam"):  # the baselines' enhance stages train no GAN
+        stage = stages[name]
+        result = StageResult(name, "done", 0.0, dir=stage.dir, artifacts=stage.artifacts)
+        assert stage.artifacts and {a: result.files(a) != [] for a in stage.artifacts} == dict.fromkeys(
+            stage.artifacts, True), name
+    assert (Path(cfg.data.root) / PHANTOM_ARTIFACTS["contact_sheet"]).is_file()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ('pipeline.stages.boneage=["model=tiny","trainer.max_epoch=2"]',
+     r"pipeline.stages.boneage: trainer.max_epoch=2 matches no key of any stage's config \(boneage_all\); "
+     r"check its spelling \(`medal boneage --cfg job` prints every key\)"),
+    ('pipeline.common=["segment.image_sise=32"]',
+     r"pipeline.common: segment.image_sise=32 matches no key of any stage's config \(phantoms, check_data, "),
+    ('pipeline.stages.boneage=["model=tinyy"]',
+     r"pipeline stage boneage_all: model=tinyy: conf/model/ has no tinyy.yaml; choose one of: "),
+    ('+pipeline.stages.segmnet=["al.budget=8"]', r"pipeline.stages.segmnet: not a pipeline task; choose from phantoms"),
+])
+def test_a_stage_override_that_fits_no_stage_is_refused_before_anything_runs(
+        override: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    called: list[str] = []
+    monkeypatch.setattr(plan, "task_function", lambda name: called.append(name))
+    cfg = compose_task("pipeline", ["experiment=smoke", override], tmp_path)
+    with pytest.raises(MedalError, match=message) as err:
+        run_pipeline(cfg)
+    assert "\n" not in str(err.value) and called == [] and not Path(cfg.pipeline.dir).exists()
+
+
+def test_an_override_for_a_config_this_run_does_not_compose_is_logged_not_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The smoke experiment's GAN settings with pipeline.enhance=none, its bone age ones with no cohort."""
+    cfg = compose_task("pipeline", ["experiment=smoke", "pipeline.enhance=none", "pipeline.cohorts=[]",
+                                    "pipeline.cam_cohort=null"], tmp_path)
+    with caplog.at_level(logging.WARNING, logger="medal.pipeline"):
+        names = [s.name for s in StageBuilder(cfg).stages()]
+    assert names == ["phantoms", "check_data", "segment", "enhance", "enhance_clahe"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert ("pipeline.stages.enhance: enhance.epochs=1 is not used: no stage of this run has that key "
+            "(conf/enhance.yaml with enhance=gan or gan_l1 has it)") in warnings
+    assert ("pipeline.stages.boneage: trainer.max_epochs=2 is not used: no stage of this run has that key "
+            "(conf/boneage.yaml has it)") in warnings
+
+
+def test_stage_overrides_given_as_one_string_apply_like_a_list(tmp_path: Path) -> None:
+    cfg = compose_task("pipeline", ["experiment=smoke", 'pipeline.stages.segment="al.budget=8 oracle=folder"',
+                                    "pipeline.common=[]"], tmp_path)
+    builder = StageBuilder(cfg)
+    segment = next(p for p in builder.plan() if p.name == "segment")
+    task_cfg = builder.task_config(segment)
+    assert task_cfg.al.budget == 8 and task_cfg.oracle.name == "folder"
+    assert task_cfg.segment.image_size == 256  # the smoke list was replaced, not merged
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (5, r"pipeline.common=5: give a list of overrides or one string of space-separated overrides"),
+    ("oracle='folder", r"pipeline.common=\"oracle='folder\": No closing quotation; give space-separated overrides"),
+])
+def test_stage_overrides_that_are_neither_a_list_nor_a_line_are_refused(value: object, message: str) -> None:
+    with pytest.raises(MedalError, match=message):
+        plan.override_list(value, "pipeline.common")

@@ -88,3 +88,21 @@ def test_fingerprint_resolves_configs_and_ignores_key_order() -> None:
 def test_unknown_policy_is_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(MedalError, match="resume policy 'keep'"):
         Marker(tmp_path / "m.json", policy="keep")  # type: ignore[arg-type]
+
+
+def test_clear_unrecorded_treats_outputs_without_a_record_as_unknown_work(tmp_path: Path) -> None:
+    out = tmp_path / "stage"
+    out.mkdir()
+    (out / "last.ckpt").write_text("whose?")
+    kept = Marker(tmp_path / "state" / "kept.json", outputs=[out])
+    assert kept.begin({"k": 1}) == "fresh" and (out / "last.ckpt").is_file()  # default: a folder may be a person's
+    cleared = Marker(tmp_path / "state" / "cleared.json", outputs=[out], clear_unrecorded=True)
+    assert cleared.begin({"k": 1}) == "fresh" and not out.exists()
+    out.mkdir()
+    (out / "partial").write_text("k=1")
+    assert cleared.begin({"k": 1}) == "resume" and (out / "partial").is_file()  # its own crashed attempt
+
+
+def test_clear_unrecorded_needs_the_rebuild_policy(tmp_path: Path) -> None:
+    with pytest.raises(MedalError, match="clear_unrecorded needs policy 'rebuild'"):
+        Marker(tmp_path / "m.json", policy="refuse", clear_unrecorded=True)

@@ -54,3 +54,39 @@ def test_unexpected_error_in_a_single_run_propagates_with_its_traceback(tmp_path
     with pytest.raises(ZeroDivisionError):
         runner.run_task(crash, _cfg(tmp_path))
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_a_misspelt_optimized_metric_stops_an_optimising_sweep_naming_the_keys(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Optuna would record every trial as a failure (and go on): the first trial ends the sweep instead."""
+    monkeypatch.setattr(runner, "_sweeper_optimises", lambda: True)
+    cfg = _cfg(tmp_path)
+    cfg.optimized_metric = "val/maee"
+    with caplog.at_level(logging.ERROR, logger="medal"), pytest.raises(SystemExit) as exit_info:
+        runner.run_task(lambda cfg: {"val/mae": 7.5, "test/mae": 8.0}, cfg)
+    assert exit_info.value.code == 1
+    assert caplog.records[-1].getMessage() == ("optimized_metric=val/maee: this run's metrics have no such key; "
+                                               "choose one of: test/mae, time/run_s, val/mae")
+    assert json.loads((tmp_path / "metrics.json").read_text())["val/mae"] == 7.5  # the run's work is kept
+
+
+def test_a_missing_optimized_metric_where_nobody_reads_it_is_one_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A single run (or the basic grid sweeper) returns the value to nobody: e.g. segmentation without masks."""
+    cfg = _cfg(tmp_path)
+    cfg.optimized_metric = "test/dice"
+    with caplog.at_level(logging.WARNING, logger="medal"):
+        assert runner.run_task(lambda cfg: {"al/labelled": 64}, cfg) is None
+    assert "optimized_metric=test/dice: this run's metrics have no such key" in caplog.text
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "ok"
+
+
+def test_a_failed_run_in_an_optimising_sweep_is_still_recorded_as_failed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(runner, "_in_multirun", lambda: True)
+    monkeypatch.setattr(runner, "_sweeper_optimises", lambda: True)
+
+    def diverge(cfg):
+        raise MedalError("val/mae is NaN after epoch 1; lower optimizer.lr")
+
+    assert runner.run_task(diverge, _cfg(tmp_path)) is None
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"

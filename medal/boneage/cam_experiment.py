@@ -30,6 +30,7 @@ from medal.loggers import build_loggers, log_figure  # noqa: E402
 from medal.plotting import save_figure
 
 log = logging.getLogger("medal.boneage")
+ARTIFACTS = {"cam_by_sex": "cam_by_sex.png", "average_male": "average_male.png", "average_female": "average_female.png"}  # outputs by name, in the run folder
 
 
 def load_trained(ckpt: str | Path) -> BoneAgeModule:

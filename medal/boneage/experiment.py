@@ -34,6 +34,7 @@ from medal.runs import read_metrics
 log = logging.getLogger("medal.boneage")
 
 PREDICTIONS_FILE = "predictions.csv"
+ARTIFACTS = {"predicted_vs_true": "plots/predicted_vs_true.png", "bland_altman": "plots/bland_altman.png"}  # outputs by name, in the run folder
 
 
 def build_module(cfg: DictConfig, train_months: Any) -> BoneAgeModule:

@@ -25,6 +25,7 @@ from medal.models.discriminators import build_discriminator
 from medal.models.unet import InputResidual, UNet
 
 log = logging.getLogger("medal.enhance")
+ARTIFACTS = {"samples": "samples/epoch_*.png"}  # outputs by name, in the run folder
 
 
 def build_generator(generator: dict[str, Any] | None = None, residual: bool = True) -> torch.nn.Module:

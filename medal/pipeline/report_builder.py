@@ -1,21 +1,23 @@
-"""Assemble the pipeline report from what each stage left in its folder and its metrics."""
+"""Assemble the pipeline report from each stage's metrics and the artefacts its task declares.
+
+The report knows what to say about an artefact (its caption), never where a task writes it: a
+`StageResult` carries its folder and its task's `ARTIFACTS`, and `StageResult.files(name)` finds them.
+"""
 
 from __future__ import annotations
 
 import math
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from medal.data.checks import summarize
+from medal.data.phantom.sheet import ARTIFACTS as PHANTOM_ARTIFACTS
 from medal.data.rsna import read_index
 from medal.pipeline.report import Figure, Section, Table, write_report
 from medal.pipeline.stages import StageResult
-
-if TYPE_CHECKING:
-    from medal.tasks.pipeline import StageBuilder
 
 PACKAGES = ("medal", "torch", "pytorch-lightning", "timm", "kornia", "torchmetrics", "hydra-core", "wandb")
 
@@ -30,6 +32,12 @@ def _figures(candidates: list[tuple[Path, str]]) -> list[Figure]:
     return [Figure(path, caption) for path, caption in candidates if path.is_file()]
 
 
+def _latest(result: StageResult, artifact: str, caption: str) -> list[Figure]:
+    """The last file of an artefact (e.g. the last round's or epoch's figure), captioned."""
+    files = result.files(artifact)
+    return [Figure(files[-1], caption.replace("{stem}", files[-1].stem))] if files else []
+
+
 def _missing(figures: list[Figure], what: str) -> list[str]:
     return [] if figures else [f"No {what} figure was produced (see the stage's log)."]
 
@@ -38,7 +46,7 @@ def data_section(cfg: DictConfig) -> Section:
     summary = summarize(read_index(cfg.data.root, strict=False))
     rows = [[r.split, str(r.images), str(r.male), str(r.female), _fmt(r.age_min, 0), _fmt(r.age_mean, 1),
              _fmt(r.age_max, 0)] for r in summary.itertuples(index=False)]
-    sheet = Path(cfg.data.root) / "contact_sheet.png"
+    sheet = Path(cfg.data.root) / PHANTOM_ARTIFACTS["contact_sheet"]
     return Section(
         "Data",
         [f"Data set `{cfg.data.root}` ({cfg.data.name}). Ages in months."],
@@ -47,36 +55,36 @@ def data_section(cfg: DictConfig) -> Section:
     )
 
 
-def segmentation_section(stage_dir: Path, metrics: dict[str, Any]) -> Section:
+def segmentation_section(result: StageResult) -> Section:
+    metrics = result.metrics
     names = [("coarse/test_dice", "Otsu + largest component (coarse) Dice"), ("test/dice", "committee Dice"),
              ("test/iou", "committee IoU"), ("al/labelled", "labelled images used")]
     rows = [[label, _fmt(metrics.get(key), 0 if key == "al/labelled" else 3)] for key, label in names if key in metrics]
-    rounds = sorted((stage_dir / "figures").glob("queried_round_*.png"))
-    figs = _figures([(stage_dir / "figures" / "learning_curve.png", "Active learning: held-out Dice vs labelled images")]
-                    + ([(rounds[-1], f"Queried images and each member's mask ({rounds[-1].stem})")] if rounds else []))
+    figs = (_latest(result, "learning_curve", "Active learning: held-out Dice vs labelled images")
+            + _latest(result, "queried", "Queried images and each member's mask ({stem})"))
     return Section("Hand segmentation (active learning)",
                    ["Held-out (test split) masks; Dice/IoU of the Otsu-binarised committee-mean prediction."]
                    + _missing(figs, "segmentation"),
                    [Table(["measure", "value"], rows)], figs)
 
 
-def enhancement_section(sample_dir: Path, metrics: dict[str, dict[str, Any]]) -> Section:
+def enhancement_section(trained: StageResult, metrics: dict[str, dict[str, Any]]) -> Section:
     rows = []
     for name, m in metrics.items():
         rows.append([name, f"{_fmt(m.get('test/psnr'))} ± {_fmt(m.get('test/psnr_std'))}", _fmt(m.get("test/psnr_p5")),
                      f"{_fmt(m.get('test/ssim'), 3)} ± {_fmt(m.get('test/ssim_std'), 3)}",
                      _fmt(m.get("enhance/images_per_s"), 1)])
-    samples = sorted(sample_dir.glob("*.png"))
-    figs = _figures([(samples[-1], "Enhancer samples: input | generated | gold standard")] if samples else [])
+    figs = _latest(trained, "samples", "Enhancer samples: input | generated | gold standard")
     return Section("Image enhancement",
                    ["PSNR (dB) and SSIM against the gold standard on the same held-out pairs for every method; "
                     "'none' is the segmented RoI itself."] + _missing(figs, "enhancement"),
                    [Table(["method", "test PSNR", "PSNR 5th pct", "test SSIM", "images/s"], rows)], figs)
 
 
-def boneage_section(runs: dict[str, tuple[Path, dict[str, Any]]]) -> Section:
+def boneage_section(runs: dict[str, StageResult]) -> Section:
     rows = []
-    for cohort, (_, m) in runs.items():
+    for cohort, result in runs.items():
+        m = result.metrics
         for sex in ("", "_male", "_female"):
             if f"test/mae{sex}" not in m:
                 continue
@@ -84,12 +92,12 @@ def boneage_section(runs: dict[str, tuple[Path, dict[str, Any]]]) -> Section:
                          _fmt(m.get(f"test/bias{sex}")), _fmt(m.get(f"test/within12{sex}"), 3),
                          _fmt(m.get(f"test/mae_mean_predictor{sex}"))])
     figs: list[Figure] = []
-    for cohort, (stage_dir, m) in runs.items():
+    for cohort, result in runs.items():
+        m = result.metrics
         ci = (m.get("test/mae_ci_low"), m.get("test/mae_ci_high"))
-        figs += _figures([(stage_dir / "plots" / "predicted_vs_true.png",
-                           f"{cohort} model: predicted vs true bone age (test MAE {_fmt(m.get('test/mae'))}, "
-                           f"95% CI {_fmt(ci[0])}–{_fmt(ci[1])})"),
-                          (stage_dir / "plots" / "bland_altman.png", f"{cohort} model: Bland–Altman")])
+        figs += _latest(result, "predicted_vs_true", f"{cohort} model: predicted vs true bone age (test MAE "
+                        f"{_fmt(m.get('test/mae'))}, 95% CI {_fmt(ci[0])}–{_fmt(ci[1])})")
+        figs += _latest(result, "bland_altman", f"{cohort} model: Bland–Altman")
     return Section("Bone age",
                    ["Test split, months. The mean predictor always answers the training cohort's mean age."]
                    + _missing(figs, "bone age"),
@@ -97,10 +105,10 @@ def boneage_section(runs: dict[str, tuple[Path, dict[str, Any]]]) -> Section:
                           rows)], figs)
 
 
-def cam_section(stage_dir: Path) -> Section:
-    figs = _figures([(stage_dir / "cam_by_sex.png", "Average class activation maps, male and female test images"),
-                     (stage_dir / "average_male.png", "Average CAM, male"),
-                     (stage_dir / "average_female.png", "Average CAM, female")])
+def cam_section(result: StageResult) -> Section:
+    figs = (_latest(result, "cam_by_sex", "Average class activation maps, male and female test images")
+            + _latest(result, "average_male", "Average CAM, male")
+            + _latest(result, "average_female", "Average CAM, female"))
     return Section("Class activation maps", ["Which regions drove the estimate (Zhou et al. CAM)."]
                    + _missing(figs, "CAM"), figures=figs)
 
@@ -121,25 +129,24 @@ def _resolved_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.to_container(OmegaConf.create(own), resolve=True))
 
 
-def build_report(cfg: DictConfig, builder: StageBuilder, results: list[StageResult], out_dir: Path) -> tuple[Path, Path]:
-    """Write report.md and report.html into `out_dir` from the stages' folders and metrics."""
+def build_report(cfg: DictConfig, results: list[StageResult], out_dir: Path) -> tuple[Path, Path]:
+    """Write report.md and report.html into `out_dir` from the stages' metrics and declared artefacts."""
     by_name = {r.name: r for r in results}
     sections = [data_section(cfg)]
     if "segment" in by_name:
-        sections.append(segmentation_section(builder.stage_dir("segment"), by_name["segment"].metrics))
+        sections.append(segmentation_section(by_name["segment"]))
     enh = {(n.removeprefix("enhance_") if n != "enhance" else str(cfg.pipeline.enhance)): r.metrics
            for n, r in by_name.items() if n.startswith("enhance")}
-    if enh:
-        sections.append(enhancement_section(builder.stage_dir("enhance") / "samples", enh))
-    boneage = {r.name.removeprefix("boneage_"): (builder.stage_dir(r.name), r.metrics)
-               for r in results if r.name.startswith("boneage_")}
+    if "enhance" in by_name:
+        sections.append(enhancement_section(by_name["enhance"], enh))
+    boneage = {r.name.removeprefix("boneage_"): r for r in results if r.name.startswith("boneage_")}
     if boneage:
         sections.append(boneage_section(boneage))
     if "cam" in by_name:
-        sections.append(cam_section(builder.stage_dir("cam")))
+        sections.append(cam_section(by_name["cam"]))
     timing = Table(["stage", "status", "seconds"], [[r.name, r.status, _fmt(r.seconds, 1)] for r in results],
                    caption="This run's stages (skipped = finished earlier with the same configuration)")
     sections.append(Section("Configuration and versions",
-                            [f"Stage outputs are kept in `{builder.root}`."],
+                            [f"Stage outputs are kept in `{cfg.pipeline.dir}`."],
                             [timing, _versions()], code=[_resolved_yaml(cfg)]))
     return write_report("medal pipeline report", sections, out_dir)

@@ -1,33 +1,33 @@
 """Resumable stages: a stage is skipped when it finished before with the same configuration.
 
-Each stage's record lives in `<state_dir>/<stage>.json`: its config fingerprint, its metrics and how
-long it took. A stage is redone when its fingerprint changed, when it never finished (a crash leaves
-no record, because the record is written last and atomically), or when `force` names it. Fingerprints
-chain: each includes the previous stage's, so changing an early stage's config redoes what follows.
+Each stage's record is a `medal.resume.Marker` at `<state_dir>/<stage>.json` (its parts, fingerprint,
+metrics and seconds). The marker decides what a rerun does:
 
-A stage may own a folder (`Stage.dir`) that its task resumes from (checkpoints, a finished run's
-metrics). `<state_dir>/<stage>.started` holds the fingerprint of the attempt under way, so a rerun tells
-a crashed attempt of the same config (keep the folder: resume) from a new config or `force` (empty the
-folder first: the old config's checkpoints and results must not be resumed or returned as this one's).
+- `done` (finished with the same fingerprint): the stage is skipped and its recorded metrics returned;
+- `resume` (an attempt with the same fingerprint started and never finished: a crash, a kill, a
+  `StopPipeline`): the stage runs again in its folder, which is kept, so its task resumes (checkpoints,
+  an active-learning pool);
+- `fresh` (a new configuration, no record, or `force`): the stage's folder (`Stage.dir`) is emptied first,
+  so the task can neither resume the old configuration's checkpoints nor return its finished results.
+
+The record is written last and atomically (`Marker.finish`), so a crash never leaves a record that claims
+a finished stage. Fingerprints chain: each stage's parts include the previous stage's fingerprint, so
+changing an early stage's config redoes everything after it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from medal.atomic import write_json
-from medal.config import to_plain
 from medal.errors import MedalError
+from medal.resume import Marker, fingerprint
 
 log = logging.getLogger("medal.pipeline")
 
@@ -40,52 +40,63 @@ class StopPipeline(Exception):
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the pipeline; `keys` are the config subtrees whose values define its fingerprint."""
+    """One step of the pipeline.
+
+    `keys` are the config subtrees whose values define its fingerprint; `dir` is the stage's own output
+    folder (emptied when a new config redoes the stage); `artifacts` names the files the stage's task
+    declares it writes there (name -> path or glob pattern relative to `dir`), for whoever reads them.
+    """
 
     name: str
     run: StageFn
     keys: tuple[str, ...] = ()
-    dir: Path | None = None  # the stage's own output folder, emptied when a new config redoes the stage
+    dir: Path | None = None
+    artifacts: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class StageResult:
+    """What a stage left: its status, time, metrics, and where its outputs are (`dir`, `artifacts`)."""
+
     name: str
     status: str  # "done" | "skipped" | "stopped"
     seconds: float
     metrics: dict[str, Any] = field(default_factory=dict)
     message: str = ""
+    dir: Path | None = None
+    artifacts: Mapping[str, str] = field(default_factory=dict)
+
+    def files(self, artifact: str) -> list[Path]:
+        """The existing files of one declared artefact, sorted (a glob pattern may match several).
+
+        Raises:
+            MedalError: the stage's task declares no artefact of that name (a renamed artefact must fail,
+                not vanish from the report).
+        """
+        if artifact not in self.artifacts:
+            raise MedalError(f"stage {self.name}: its task declares no artefact {artifact!r}; "
+                             f"it declares {sorted(self.artifacts)}")
+        if self.dir is None:
+            return []
+        return sorted(p for p in self.dir.glob(self.artifacts[artifact]) if p.is_file())
 
 
-def fingerprint(cfg: DictConfig, keys: Iterable[str], upstream: str = "") -> str:
-    """Hash of the resolved config subtrees a stage depends on, chained to the stage before it."""
-    parts = {key: to_plain(OmegaConf.select(cfg, key)) for key in keys}
-    text = json.dumps({"upstream": upstream, "config": parts}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def stage_parts(cfg: DictConfig, keys: Iterable[str], upstream: str) -> dict[str, Any]:
+    """What a stage's result depends on: the config subtrees `keys` and the previous stage's fingerprint."""
+    return {"upstream": upstream, "config": {key: OmegaConf.select(cfg, key) for key in keys}}
 
 
-def _record_path(state_dir: Path, name: str) -> Path:
-    return state_dir / f"{name}.json"
+def stage_marker(state_dir: Path, stage: Stage) -> Marker:
+    """The stage's record; it owns the stage folder outright, so a folder without a record is cleared too."""
+    outputs = [stage.dir] if stage.dir is not None else []
+    return Marker(state_dir / f"{stage.name}.json", "rebuild", outputs, what=f"stage {stage.name}",
+                  clear_unrecorded=True)
 
 
 def read_record(state_dir: Path, name: str) -> dict[str, Any] | None:
-    path = _record_path(state_dir, name)
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _write_record(state_dir: Path, name: str, record: dict[str, Any]) -> None:
-    write_json(_record_path(state_dir, name), record, indent=2, default=str)
-
-
-def _prepare_dir(stage: Stage, state_dir: Path, fp: str, forced: bool) -> None:
-    """Empty the stage's folder unless this is the same config's attempt resuming; mark the attempt."""
-    marker = state_dir / f"{stage.name}.started"
-    resuming = not forced and marker.is_file() and marker.read_text().strip() == fp
-    if stage.dir is not None and stage.dir.exists() and not resuming:
-        log.info("stage %-12s: new configuration or forced: clearing %s", stage.name, stage.dir)
-        shutil.rmtree(stage.dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fp)
+    """The record of stage `name` when it finished, else None (never run, crashed, or stopped)."""
+    record = Marker(state_dir / f"{name}.json").read()
+    return record if record is not None and record.get("finished") else None
 
 
 def run_stages(stages: list[Stage], cfg: DictConfig, state_dir: Path, force: Iterable[str] = ()) -> list[StageResult]:
@@ -96,27 +107,27 @@ def run_stages(stages: list[Stage], cfg: DictConfig, state_dir: Path, force: Ite
     if unknown:
         raise MedalError(f"pipeline.force: unknown stage(s) {sorted(unknown)}; choose from {names}")
     results: list[StageResult] = []
-    fp = ""
+    upstream = ""
     for stage in stages:
-        fp = fingerprint(cfg, stage.keys, upstream=fp)
-        record = read_record(state_dir, stage.name)
-        done_before = record is not None and record.get("fingerprint") == fp
-        if done_before and stage.name not in forced:
+        parts = stage_parts(cfg, stage.keys, upstream)
+        upstream = fingerprint(parts)
+        marker = stage_marker(state_dir, stage)
+        where = {"dir": stage.dir, "artifacts": stage.artifacts}
+        if marker.begin(parts, force=stage.name in forced) == "done":
             log.info("stage %-12s skipped (done, config unchanged; pipeline.force=[%s] redoes it)",
                      stage.name, stage.name)
-            results.append(StageResult(stage.name, "skipped", 0.0, record.get("metrics", {})))
+            results.append(StageResult(stage.name, "skipped", 0.0, dict(marker.read()["metrics"]), **where))
             continue
-        _prepare_dir(stage, state_dir, fp, forced=stage.name in forced)
         started = time.perf_counter()
         try:
             metrics = dict(stage.run(cfg) or {})
         except StopPipeline as stop:
             seconds = time.perf_counter() - started
             log.warning("stage %-12s stopped: %s", stage.name, stop)
-            results.append(StageResult(stage.name, "stopped", seconds, message=str(stop)))
+            results.append(StageResult(stage.name, "stopped", seconds, message=str(stop), **where))
             return results
         seconds = time.perf_counter() - started
-        _write_record(state_dir, stage.name, {"fingerprint": fp, "metrics": metrics, "seconds": seconds})
+        marker.finish(parts, metrics=metrics, seconds=seconds)
         log.info("stage %-12s done in %6.1f s", stage.name, seconds)
-        results.append(StageResult(stage.name, "done", seconds, metrics))
+        results.append(StageResult(stage.name, "done", seconds, metrics, **where))
     return results

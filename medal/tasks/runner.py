@@ -38,6 +38,11 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _sweeper_optimises() -> bool:
+    """A multirun whose sweeper reads the returned value (Optuna, Nevergrad, ...; not the basic grid sweeper)."""
+    return _in_multirun() and not str(HydraConfig.get().sweeper._target_).endswith("BasicSweeper")
+
+
 def finish_loggers(metrics: dict[str, Any], failed: bool) -> None:
     """Copy the final metrics and status into an open W&B run, then close it, so metrics.json and W&B
     agree and a sweep's next run starts clean."""
@@ -73,8 +78,30 @@ def run_task(fn: TaskFn, cfg: DictConfig) -> float | None:
     write_metrics(out_dir, metrics)
     finish_loggers(metrics, failed=False)
     log.info("metrics written to %s", out_dir / "metrics.json")
-    key = cfg.get("optimized_metric")
-    return float(metrics[key]) if key and metrics.get(key) is not None else None
+    return optimized_value(metrics, cfg.get("optimized_metric"))  # optional: set by tasks a sweeper may tune
+
+
+def optimized_value(metrics: dict[str, Any], key: str | None) -> float | None:
+    """`metrics[key]` for the sweeper (None when no key is set, or the run produced the key without a value).
+
+    A key the run's metrics lack is a misspelt `optimized_metric` (or a task that cannot be tuned on it). Where
+    a sweeper optimises the value (Optuna), it would record every trial as a failure and go on: the sweep
+    stops here instead, in one line naming the key and the keys there are (SystemExit, which the sweeper does
+    not catch; this run's metrics.json is written first, so its work is kept). Where nobody reads the value
+    (a single run, the basic grid sweeper) it is one warning line.
+    """
+    if not key:
+        return None
+    if key not in metrics:
+        message = (f"optimized_metric={key}: this run's metrics have no such key; "
+                   f"choose one of: {', '.join(sorted(metrics))}")
+        if _sweeper_optimises():
+            log.error("%s", message)
+            raise SystemExit(1)
+        log.warning("%s", message)
+        return None
+    value = metrics[key]
+    return None if value is None else float(value)
 
 
 def hydra_task(config_name: str) -> Callable[[TaskFn], Callable[[], Any]]:

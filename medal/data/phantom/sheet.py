@@ -10,6 +10,8 @@ import pandas as pd
 from medal.data.images import read_image
 from medal.plotting import save_figure
 
+ARTIFACTS = {"contact_sheet": "contact_sheet.png"}  # outputs by name, in the phantom set folder
+
 
 def write_contact_sheet(root: str | Path, meta: pd.DataFrame, path: str | Path, columns: int = 8) -> Path:
     """Save a 3-row grid (raw, mask, gold) of `columns` images spread evenly over bone age."""

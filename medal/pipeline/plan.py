@@ -1,0 +1,288 @@
+"""The pipeline's plan: which stages run, in order, each one task with its own config in a folder of its own.
+
+Every stage runs a task's own primary config (`conf/<task>.yaml`), composed with the pipeline's data set,
+seed and paths, the overrides the plan itself sets (`enhance=clahe`, `cohort=male`, the CAM checkpoint), and
+the `pipeline.common` and `pipeline.stages.<task>` overrides that apply to it, into `<pipeline.dir>/<stage>/`.
+
+A stage override applies to a stage whose config has its key, so GAN settings don't break the CLAHE stage and
+`trainer=gpu` leaves check-data alone. Before any stage runs, `StageBuilder.stages` checks every override: one
+that matches no key of any stage's config is refused in one line (a typo must not turn the 5-minute demo into
+a full-size run); one that names a real key of a config this run does not compose (GAN settings with
+`pipeline.enhance=none`, bone age settings with `pipeline.cohorts=[]`) is logged as unused.
+
+Each stage carries the artefacts its task declares (`ARTIFACTS` in the producing module: name -> path or glob
+relative to the run folder), so the report finds files by name without knowing any task's file layout.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shlex
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from medal.config import CONF_DIR
+from medal.errors import MedalError
+from medal.overrides import composition_problem
+from medal.pipeline.stages import Stage, StopPipeline
+from medal.runs import write_metrics
+from medal.tasks.runner import task_function
+
+log = logging.getLogger("medal.pipeline")
+
+# The tasks a pipeline runs (`pipeline.stages.<task>` keys), with their primary config's name.
+PIPELINE_TASKS: dict[str, str] = {"phantoms": "phantoms", "check-data": "check_data", "segment": "segment",
+                                  "enhance": "enhance", "boneage": "boneage", "cam": "cam"}
+# The module in which each task declares its artefacts (`ARTIFACTS`), imported only when the stage is planned.
+ARTIFACT_MODULES: dict[str, str] = {"segment": "medal.segment.figures", "enhance": "medal.enhance.module",
+                                    "boneage": "medal.boneage.experiment", "cam": "medal.boneage.cam_experiment"}
+
+_MISSING = object()
+
+
+def compose_task_config(task_config: str, overrides: list[str]) -> DictConfig:
+    """Compose `conf/<task_config>.yaml` with `overrides`, inside a running Hydra app or outside one."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=task_config, overrides=overrides)
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        return compose(config_name=task_config, overrides=overrides)
+
+
+def task_artifacts(task: str) -> dict[str, str]:
+    """The artefacts task `task` declares in its run folder (none for tasks that write none others read)."""
+    module = ARTIFACT_MODULES.get(task)
+    return dict(importlib.import_module(module).ARTIFACTS) if module else {}
+
+
+def override_list(value: Any, key: str) -> list[str]:
+    """Stage overrides as a list: a YAML/Hydra list as it is, or one string split like a shell line.
+
+    Examples:
+        >>> override_list("oracle=folder 'segment.net.down_layers=[2,2,2]'", "pipeline.stages.segment")
+        ['oracle=folder', 'segment.net.down_layers=[2,2,2]']
+        >>> override_list(["trainer.precision=32-true"], "pipeline.common")
+        ['trainer.precision=32-true']
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as err:
+            raise MedalError(f"{key}={value!r}: {err}; give space-separated overrides") from None
+    if isinstance(value, ListConfig | list | tuple):
+        return [str(v) for v in value]
+    raise MedalError(f"{key}={value!r}: give a list of overrides or one string of space-separated overrides")
+
+
+def applies(cfg: DictConfig, override: str) -> bool:
+    """Whether stage override `override` concerns `cfg`: `key=v`, `++key=v` and `~key` where the key or group
+    exists; `+key=v`, which adds a key, to every stage it is given for.
+
+    Examples:
+        >>> cfg = OmegaConf.create({"trainer": {"max_epochs": 3}})
+        >>> [applies(cfg, o) for o in ("trainer.max_epochs=1", "++trainer.max_epochs=1", "enhance.epochs=1",
+        ...                            "+trainer.fast_dev_run=true")]
+        [True, True, False, True]
+    """
+    key = override.split("=", 1)[0]
+    if key.startswith("+") and not key.startswith("++"):
+        return True
+    return OmegaConf.select(cfg, key.lstrip("+~"), default=_MISSING) is not _MISSING
+
+
+def _data_choice(cfg: DictConfig) -> str:
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("data")
+        if choice:
+            return str(choice)
+    return "rsna" if cfg.data.name == "rsna" else "phantom"
+
+
+def stop_for_oracle(task_cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """The folder oracle waits for a person's masks: stop the pipeline with where to put them."""
+    if metrics.get("al/waiting"):
+        rounds = sorted(Path(task_cfg.al.dir).glob("round_*"))
+        where = rounds[-1] if rounds else Path(task_cfg.al.dir)
+        raise StopPipeline(f"the folder oracle waits for {int(metrics['al/waiting'])} hand masks: save each as "
+                           f"<id>_bin.png (white hand on black, the image's size) in {where}, then rerun this command")
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """The best-by-val-MAE checkpoint a `medal boneage` run kept (`checkpoints/best-*.ckpt`)."""
+    found = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
+    if not found:
+        raise MedalError(f"{run_dir}/checkpoints: no best-*.ckpt; rerun the bone age stage "
+                         f"(pipeline.force=[{run_dir.name}])")
+    return found[-1]
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """One stage of the plan: task `task` with the plan's `fixed` overrides, and `late` ones that exist only
+    once the stages before it have run (the CAM stage's checkpoint)."""
+
+    name: str
+    task: str
+    fixed: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()  # config subtrees besides data, seed and the stage overrides that define it
+    late: Callable[[], list[str]] | None = None
+    check: Callable[[DictConfig, dict[str, Any]], None] | None = None
+
+    @property
+    def config_name(self) -> str:
+        return PIPELINE_TASKS[self.task]
+
+
+class StageBuilder:
+    """Makes the pipeline's stages from its config: one task call each, in a folder of its own."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.root = Path(cfg.pipeline.dir)
+        self._composed: dict[tuple[str, tuple[str, ...]], DictConfig] = {}
+
+    def stage_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def shared_overrides(self, task: str) -> list[str]:
+        """The data set, seed and paths every stage shares (the phantom generator takes only the paths)."""
+        if task == "phantoms":
+            return [f"paths.root={self.cfg.paths.root}"]
+        data = self.cfg.data
+        return [f"data={_data_choice(self.cfg)}", f"data.name={data.name}", f"data.root={data.root}",
+                f"data.work_dir={data.work_dir}", f"data.strict={data.strict}", f"++seed={self.cfg.seed}",
+                f"paths.root={self.cfg.paths.root}"]
+
+    def overrides(self, source: str) -> list[str]:
+        """`pipeline.common` or `pipeline.stages.<task>` as a list of overrides."""
+        return override_list(OmegaConf.select(self.cfg, source), source)
+
+    def _compose(self, config_name: str, overrides: Iterable[str]) -> DictConfig:
+        key = (config_name, tuple(overrides))
+        if key not in self._composed:
+            self._composed[key] = compose_task_config(config_name, list(key[1]))
+        return self._composed[key]
+
+    def base_config(self, planned: PlannedStage) -> DictConfig:
+        """The stage's config before the stage overrides (what decides which of them apply)."""
+        return self._compose(planned.config_name, [*self.shared_overrides(planned.task), *planned.fixed])
+
+    def plan(self) -> list[PlannedStage]:
+        pipe = self.cfg.pipeline
+        stages: list[PlannedStage] = []
+        if pipe.phantoms:
+            p = pipe.phantoms
+            stages.append(PlannedStage("phantoms", "phantoms",
+                                       (f"out={self.cfg.data.root}", f"n={p.n}", f"seed={p.seed}",
+                                        f"image_size={p.image_size}"), keys=("pipeline.phantoms",)))
+        stages.append(PlannedStage("check_data", "check-data"))
+        stages.append(PlannedStage("segment", "segment", check=stop_for_oracle))
+        stages.append(PlannedStage("enhance", "enhance", (f"enhance={pipe.enhance}",), keys=("pipeline.enhance",)))
+        for baseline in ("clahe", "none"):  # the report compares the enhancer with both on the same pairs
+            if pipe.enhance != baseline:
+                stages.append(PlannedStage(f"enhance_{baseline}", "enhance", (f"enhance={baseline}",)))
+        for cohort in pipe.cohorts:
+            stages.append(PlannedStage(f"boneage_{cohort}", "boneage", (f"enhance={pipe.enhance}", f"cohort={cohort}"),
+                                       keys=("pipeline.enhance",)))
+        if pipe.cam_cohort:
+            if pipe.cam_cohort not in pipe.cohorts:
+                raise MedalError(f"pipeline.cam_cohort={pipe.cam_cohort} is not in pipeline.cohorts="
+                                 f"{list(pipe.cohorts)}; add it there or set pipeline.cam_cohort=null")
+            run_dir = self.stage_dir(f"boneage_{pipe.cam_cohort}")
+            stages.append(PlannedStage("cam", "cam", (f"enhance={pipe.enhance}", f"cohort={pipe.cam_cohort}"),
+                                       keys=("pipeline.enhance", "pipeline.cam_cohort"),
+                                       late=lambda: [f"ckpt={best_checkpoint(run_dir)}"]))
+        return stages
+
+    def check_overrides(self, plan: list[PlannedStage]) -> None:
+        """Refuse (one line) a stage override that matches no key of any stage it could apply to; log one that
+        names a real key of a config this run does not compose."""
+        unknown = sorted(set(self.cfg.pipeline.stages) - set(PIPELINE_TASKS))
+        if unknown:
+            raise MedalError(f"pipeline.stages.{unknown[0]}: not a pipeline task; choose from "
+                             f"{', '.join(PIPELINE_TASKS)}")
+        sources = [("pipeline.common", list(PIPELINE_TASKS))]
+        sources += [(f"pipeline.stages.{task}", [task]) for task in self.cfg.pipeline.stages]
+        for source, tasks in sources:
+            targets = [p for p in plan if p.task in tasks]
+            for override in self.overrides(source):
+                if any(applies(self.base_config(p), override) for p in targets):
+                    continue
+                used_by = self._config_with_key(override, tasks)
+                if used_by is None:
+                    stages = ", ".join(p.name for p in targets) or "none planned"
+                    task = tasks[0] if len(tasks) == 1 else "<task>"
+                    raise MedalError(f"{source}: {override} matches no key of any stage's config ({stages}); "
+                                     f"check its spelling (`medal {task} --cfg job` prints every key)")
+                log.warning("%s: %s is not used: no stage of this run has that key (%s has it)", source, override,
+                            used_by)
+        for planned in plan:  # a bad value or option (model=tinyy) fails here, before the first stage runs
+            self.task_config(planned)
+
+    def _config_with_key(self, override: str, tasks: list[str]) -> str | None:
+        """Which config the pipeline could compose has the override's key: the task's own (`conf/enhance.yaml`),
+        or it with some options of the group the key starts with (`conf/enhance.yaml with enhance=gan or gan_l1`)."""
+        key = override.split("=", 1)[0].lstrip("+~")
+        group = key.split(".", 1)[0]
+        options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")) if "." in key else []
+        for task in tasks:
+            name, shared = PIPELINE_TASKS[task], self.shared_overrides(task)
+            base = self._compose(name, shared)
+            if not options or group not in base:
+                if applies(base, override):
+                    return f"conf/{name}.yaml"
+                continue
+            having = [o for o in options if self._applies_with(name, [*shared, f"{group}={o}"], override)]
+            if having:
+                return f"conf/{name}.yaml" + ("" if having == options else f" with {group}={' or '.join(having)}")
+        return None
+
+    def _applies_with(self, config_name: str, overrides: list[str], override: str) -> bool:
+        try:
+            return applies(self._compose(config_name, overrides), override)
+        except HydraException:  # an option that does not compose on its own (e.g. a base file)
+            return False
+
+    def task_config(self, planned: PlannedStage, late: Iterable[str] = ()) -> DictConfig:
+        """The stage's task config: its base, the `late` overrides, the stage overrides that apply to it, and
+        its folder as the run's output dir. A composition error is one line naming the stage and the fix."""
+        requested = [*self.overrides("pipeline.common"), *self.overrides(f"pipeline.stages.{planned.task}")]
+        chosen = [o for o in requested if applies(self.base_config(planned), o)]
+        overrides = [*self.shared_overrides(planned.task), *planned.fixed, *late, *chosen,
+                     f"paths.output_dir={self.stage_dir(planned.name)}"]
+        try:
+            return self._compose(planned.config_name, overrides)
+        except HydraException as err:
+            problem = composition_problem(err, chosen, f"medal {planned.task}")
+            raise MedalError(f"pipeline stage {planned.name}: {problem}") from None
+
+    def stage(self, planned: PlannedStage) -> Stage:
+        """The runnable stage: run the task on its composed config; keep its metrics.json in the stage folder."""
+        out = self.stage_dir(planned.name)
+
+        def run(cfg: DictConfig) -> dict[str, Any]:
+            task_cfg = self.task_config(planned, planned.late() if planned.late else ())
+            metrics = dict(task_function(planned.task)(task_cfg) or {})
+            write_metrics(out, metrics)
+            if planned.check:
+                planned.check(task_cfg, metrics)
+            return metrics
+
+        keys = ("data", "seed", "pipeline.common", f"pipeline.stages.{planned.task}", *planned.keys)
+        return Stage(planned.name, run, keys, dir=out, artifacts=task_artifacts(planned.task))
+
+    def stages(self) -> list[Stage]:
+        """The runnable stages, after every stage override has been checked (nothing runs before that)."""
+        plan = self.plan()
+        self.check_overrides(plan)
+        return [self.stage(p) for p in plan]
