@@ -57,6 +57,9 @@ def test_an_unknown_option_is_refused_in_one_line_with_the_choices(group: str) -
     ("~strategy._target_", r"^strategy: no _target_; its conf/strategy/<name>.yaml must name the class"),
     ("strategy._target_=medal.active.scoring.Nope", r"^strategy._target_=medal.active.scoring.Nope: cannot be "),
     ("segmenter.arch=resnet", r"^segmenter.arch='resnet': unknown; use one of fc_densenet, unet$"),
+    ("strategy._target_=medal.active.scoring.Candidates", r"^strategy.name: unknown key; known keys: chunk, "),
+    ("oracle._target_=medal.active.scoring.QBC", r"^oracle.masks_dir: unknown key; known keys: name$"),
+    ("segmenter._target_=medal.active.scoring.QBC", r"^segmenter.arch: unknown key; known keys: name$"),
     ("al.patience=0", r"^al.patience=0: must be >= 1$"),
 ])
 def test_a_bad_key_fails_in_one_line_naming_it(make_cfg, tiny_phantoms: Path, override: str, message: str) -> None:
@@ -64,6 +67,16 @@ def test_a_bad_key_fails_in_one_line_naming_it(make_cfg, tiny_phantoms: Path, ov
     with pytest.raises(MedalError, match=message) as err:
         configure(cfg)
     assert "\n" not in str(err.value)
+
+
+def test_a_group_whose_class_cannot_do_its_job_is_refused(make_cfg, tiny_phantoms: Path, tmp_path: Path) -> None:
+    oracle_as_strategy = ["strategy._target_=medal.active.oracles.FolderOracle", f"+strategy.root={tmp_path}"]
+    with pytest.raises(MedalError, match=r"^strategy._target_=medal.active.oracles.FolderOracle: has no score\(\)"):
+        configure(make_cfg("segment", [f"data.root={tiny_phantoms}", *oracle_as_strategy]))
+    oracle_as_segmenter = ["segmenter._target_=medal.active.oracles.FolderOracle", "~segmenter.arch",
+                           "~segmenter.members", "~segmenter.net", f"+segmenter.root={tmp_path}"]
+    with pytest.raises(MedalError, match=r"^segmenter._target_=medal.active.oracles.FolderOracle: not a medal"):
+        configure(make_cfg("segment", [f"data.root={tiny_phantoms}", *oracle_as_segmenter]))
 
 
 def test_a_simulated_oracle_without_masks_fails_before_any_work(make_cfg, tmp_path: Path) -> None:

@@ -106,6 +106,21 @@ def test_select_refuses_scores_it_cannot_rank() -> None:
         select(torch.zeros(3), -1)
 
 
+def test_data_containers_refuse_mismatched_lengths(tmp_path) -> None:
+    import pandas as pd
+
+    from medal.active.scoring import Candidates
+    from medal.segment.data import SegData, load_seg_data
+
+    with pytest.raises(MedalError, match="candidates: 2 ids but 3 images"):
+        Candidates(["a", "b"], np.zeros((3, 4, 4)), 2)
+    with pytest.raises(MedalError, match="segmentation data: 2 ids but 2 images, 1 paths"):
+        SegData(["a", "b"], np.array(["train", "val"]), np.zeros((2, 4, 4)), ["a.png"], np.zeros(2, bool), False)
+    index = pd.DataFrame({"id": ["a", "b"], "path": ["a.png", "b.png"], "split": ["train", "val"]})
+    with pytest.raises(MedalError, match=r"^coarse table: no polarity for image b \(1 missing\)"):
+        load_seg_data(index, tmp_path, 8, {"a": False}, True, None, 1)
+
+
 def test_one_otsu_binarisation_for_metric_final_masks_and_flat_maps() -> None:
     """The metric's tensor binarisation and the final masks' array binarisation are the same function."""
     rng = np.random.default_rng(0)
@@ -156,3 +171,14 @@ def test_roi_box_margin_and_square_crop() -> None:
     crop = crop_square(image, roi_box(mask, 0.0), size=40)
     assert crop.shape == (40, 40)
     assert crop[:, 10:30].mean() > 0.95 and crop[:, :8].max() == 0  # centred, zero-padded sides
+
+
+def test_active_learning_imports_nothing_from_segmentation() -> None:
+    """The layering: `medal.segment` builds on `medal.active`, never the other way round (no cycle)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, medal.active.loop, medal.active.scoring, medal.active.oracles, medal.active.pool; "
+            "print(sorted(m for m in sys.modules if m.startswith('medal.segment')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -114,6 +114,14 @@ class SegmentSetup:
     make_trainer: TrainerFactory
 
 
+def _group(node: Any, key: str, method: str) -> Any:
+    """A `strategy=` / `oracle=` choice, built; refused in one line when its class lacks `method`."""
+    built = build_from(node, key)
+    if not callable(getattr(built, method, None)):
+        raise MedalError(f"{key}._target_={node._target_}: has no {method}() method, so it is not a {key}")
+    return built
+
+
 def configure(cfg: DictConfig) -> SegmentSetup:
     """Read and check every key of a composed `segment` config before any work is done."""
     device = inference_device(str(cfg.trainer.accelerator))
@@ -127,7 +135,7 @@ def configure(cfg: DictConfig) -> SegmentSetup:
         return instantiate(trainer, max_epochs=1, logger=False, enable_checkpointing=False)
 
     return SegmentSetup(segment=segment_options(cfg.segment), al=al, segmenter=segmenter,
-                        strategy=build_from(cfg.strategy, "strategy"), oracle=build_from(cfg.oracle, "oracle"),
+                        strategy=_group(cfg.strategy, "strategy", "score"), oracle=_group(cfg.oracle, "oracle", "answer"),
                         work_dir=Path(cfg.data.work_dir), device=device, fast=use_bf16(al.fast_scoring, device),
                         make_trainer=make_trainer)
 
