@@ -54,6 +54,35 @@ def options_from(cls: type[T], node: Any, key: str, **extra: Any) -> T:
     return cls(**values)
 
 
+def build_from(node: Any, key: str, **extra: Any) -> Any:
+    """Instantiate a config group's choice (`strategy`, `oracle`, `segmenter`): its `_target_` is a dataclass
+    built by `options_from` from the node's other keys, so an unknown or missing key fails in one line.
+
+    Examples:
+        >>> build_from({"_target_": "datetime.timedelta"}, "strategy")
+        Traceback (most recent call last):
+        ...
+        medal.errors.MedalError: strategy._target_=datetime.timedelta: not an options dataclass
+        >>> build_from({"name": "qbc"}, "strategy")
+        Traceback (most recent call last):
+        ...
+        medal.errors.MedalError: strategy: no _target_; its conf/strategy/<name>.yaml must name the class to build
+    """
+    from hydra.utils import get_class
+
+    values = dict(to_plain(node) or {}) if not isinstance(node, dict) else dict(node)
+    target = values.pop("_target_", None)
+    if not target:
+        raise MedalError(f"{key}: no _target_; its conf/{key}/<name>.yaml must name the class to build")
+    try:
+        cls = get_class(str(target))
+    except Exception as err:  # Hydra raises ImportError or its own error types, depending on what is missing
+        raise MedalError(f"{key}._target_={target}: cannot be imported ({err.__class__.__name__})") from None
+    if not dataclasses.is_dataclass(cls):
+        raise MedalError(f"{key}._target_={target}: not an options dataclass")
+    return options_from(cls, values, key, **extra)
+
+
 def path_id(path: str) -> str:
     """Short stable id of an absolute path: keeps work dirs of two data sets with one name apart."""
     return hashlib.sha1(str(Path(path).expanduser().resolve()).encode()).hexdigest()[:8]

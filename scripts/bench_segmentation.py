@@ -17,32 +17,33 @@ Writes outputs/bench/<name>.{json,md} and <name>_curve.png (name: segmentation, 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
-import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 
-from medal.active.loop import ActiveLearner, ALConfig, QueryContext, SegData
-from medal.active.oracles import SimulatedOracle
+from medal.active.scoring import QBC, Candidates
 from medal.bench import BENCH_DIR, BenchRow, write_bench
-from medal.data.images import read_image
+from medal.config import CONF_DIR
 from medal.data.phantom import generate_dataset
 from medal.data.rsna import read_index
-from medal.segment.baseline import baseline_schedule
-from medal.segment.committee import Committee
+from medal.resume import Marker
+from medal.segment.coarse_phase import coarse_phase
+from medal.segment.data import SegData, load_seg_data
+from medal.segment.evaluate import held_out_scores
+from medal.segment.experiment import build_learner, configure
 from medal.segment.figures import learning_curve
-from medal.segment.infer import held_out_scores, score_pool
-from medal.segment.phases import CoarseOptions, coarse_phase, load_seg_data, mask_scores
-from medal.segment.train import fit_committee, quiet_trainer
+from medal.segment.metrics import mask_scores
 
 log = logging.getLogger("medal.bench")
 STRATEGIES = ("qbc", "random", "entropy")
+BASELINE = "unet_random"  # the segmenter=unet_random baseline, listed beside the strategies
 
 
 def parse() -> argparse.Namespace:
@@ -69,73 +70,79 @@ def parse() -> argparse.Namespace:
     return args
 
 
-NETS = {  # (FC-DenseNet member, U-Net baseline)
-    "tiny": (dict(first_conv=8, growth=4, down_layers=(2, 2, 2), bottleneck_layers=4, dropout=0.0, feature="flatten"),
-             dict(depth=3, width=8)),
-    "paper": (dict(first_conv=48, growth=16, down_layers=(4, 5, 7), bottleneck_layers=12, dropout=0.2,
-                   feature="flatten"),  # conf/segment.yaml's defaults: 192 maps at the bottleneck
-              dict(depth=4, width=32)),
+NETS = {  # overrides of conf/segment.yaml: (FC-DenseNet member, U-Net baseline); "paper" keeps its defaults
+    "tiny": (["segment.net.first_conv=8", "segment.net.growth=4", "segment.net.down_layers=[2,2,2]",
+              "segment.net.bottleneck_layers=4", "segment.net.dropout=0.0"],
+             ["segment.unet.depth=3", "segment.unet.width=8"]),
+    "paper": ([], []),  # 3 down / 3 up blocks, 192 maps at the bottleneck; U-Net depth 4, width 32
 }
 
 
-def run_job(job: tuple[str, int, SegData, Path, Path, argparse.Namespace]) -> dict:
-    """One strategy x seed (or the U-Net baseline): the whole round loop from scratch."""
-    name, seed, data, masks_dir, al_dir, args = job
-    done = al_dir / "result.json"
-    settings = {k: v for k, v in vars(args).items() if k not in {"seeds", "workers", "root", "name"}}
-    if done.is_file() and json.loads(done.read_text())["settings"] == settings:
-        return json.loads(done.read_text())  # finished by an earlier run with the same settings
+def bench_config(args: argparse.Namespace, root: Path, work: Path, overrides: list[str]) -> DictConfig:
+    """conf/segment.yaml with the benchmark's sizes (the task's config, so the bench runs what the task runs),
+    resolved to plain values so a worker process needs no Hydra."""
+    gpu = args.device != "cpu"  # bf16 pays on GPUs; this CPU has no native bf16 (medal.hardware)
+    fc_densenet, unet = NETS[args.net]
+    settings = [
+        f"paths.output_root={args.root}", f"paths.output_dir={work / 'runs'}", f"data.root={root}",
+        f"data.work_dir={work}", f"segment.image_size={args.size}", f"segment.steps_per_round={args.steps}",
+        f"segment.batch_size={args.batch_size}", f"segment.lr={args.lr}", "segment.augment.rotation=10",
+        "segment.augment.p=0.9", f"segment.coarse.work_size={args.raw_size}", "segment.figures=false",
+        f"al.initial={args.initial}", f"al.per_round={args.per_round}", f"al.budget={args.budget}", "al.patience=99",
+        f"al.fast_scoring={gpu}", f"trainer.accelerator={'gpu' if gpu else 'cpu'}",
+        f"trainer.precision={'bf16-mixed' if gpu else '32-true'}", "trainer.enable_progress_bar=false",
+        *fc_densenet, *unet, *overrides,
+    ]
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose(config_name="segment", overrides=settings)
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+
+
+def run_job(job: tuple[str, int, SegData, Path, DictConfig, dict]) -> dict:
+    """One strategy x seed (or the U-Net baseline): the task's round loop from scratch (`build_learner`).
+
+    A job finished earlier with the same settings is reused (a `rebuild` marker beside its AL folder); any other
+    starts from an empty folder, so its seconds are one uninterrupted run."""
+    name, seed, data, masks_dir, cfg, settings = job
+    marker = Marker.in_folder(cfg.al.dir, "bench", policy="rebuild", outputs=[cfg.al.dir], what="benchmark job")
+    if marker.status(settings) == "done":
+        return marker.read()["result"]
+    marker.begin(settings, force=True)
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    shutil.rmtree(al_dir, ignore_errors=True)
-    gpu = args.device != "cpu"  # bf16 pays on GPUs; this CPU has no native bf16 (medal.hardware)
-    al = ALConfig(initial=args.initial, per_round=args.per_round, budget=args.budget, patience=99,
-                  strategy=name if name in STRATEGIES else "random", seed=seed, fast_scoring=gpu, device=args.device)
-    fc_densenet, unet = NETS[args.net]
-    steps, arch, net, size = args.steps, "fc_densenet", fc_densenet, 3
-    if name == "unet_random":
-        al, steps = baseline_schedule(al, args.steps)
-        arch, net, size = "unet", unet, 1
-
-    def make() -> Committee:
-        return Committee(net=net, size=size, seed=seed, lr=args.lr, augment=dict(rotation=10, scale=(0.9, 1.1),
-                         shear=5, padding="zeros"), channels_last=True, arch=arch)
-
-    def trainer():
-        return quiet_trainer("gpu" if gpu else "cpu", "bf16-mixed" if gpu else "32-true")
-
-    def fit(c, x, y, vx, vy):
-        return fit_committee(c, x, y, vx, vy, steps, args.batch_size, trainer)
-
-    ctx = QueryContext(lambda i: read_image(masks_dir / f"{i}.png").shape, lambda i: None, lambda i: None)
     started = time.perf_counter()
-    learner = ActiveLearner(data, SimulatedOracle(masks_dir), ctx, make, fit, al, al_dir)
-    result = learner.run()
-    rows = learner.test_idx  # final masks made as `medal segment` makes them: mean probability upsampled, Otsu
-    scores = held_out_scores(result.committee, data.images[rows], [data.ids[r] for r in rows], masks_dir, fast=gpu)
+    setup = configure(cfg)
+    result = build_learner(setup, data).run()
+    rows = data.where("test", with_masks=True)  # final masks made as `medal segment` makes them
+    scores = held_out_scores(result.model, data.images[rows], [data.ids[r] for r in rows], masks_dir,
+                             setup.segment.postprocess, setup.al.score_batch_size)
     final = {"test/dice_full": scores["dice"], "test/iou_full": scores["iou"]}
     out = {"name": name, "seed": seed, "history": result.pool.history, "final": final,
-           "seconds": time.perf_counter() - started, "settings": settings}
-    done.write_text(json.dumps(out))
+           "seconds": time.perf_counter() - started}
+    marker.finish(settings, result=out)
     return out
 
 
-def scoring_throughput(data: SegData, net: dict, device: str, repeats: int = 2) -> dict[str, float]:
+def scoring_throughput(data: SegData, cfg: DictConfig, device: str, repeats: int = 2) -> dict[str, float]:
     """Pool-scoring images/s of the same committee: fp32 contiguous vs channels_last, with and without bf16."""
     rows = data.where("train")
-    images = data.images[rows]
+    candidates = Candidates([data.ids[r] for r in rows], data.images[rows], 16)
+    qbc, gen = QBC(name="qbc"), torch.Generator().manual_seed(0)
     out = {}
     for label, fast, channels_last in (("fp32", False, False), ("fp32_channels_last", False, True),
                                        ("bf16_channels_last", True, True)):
-        committee = Committee(net=net, size=3, seed=0, channels_last=channels_last).to(device)
-        score_pool(committee, images[:16], "qbc", fast=fast)  # warm-up
+        setup = configure(cfg)
+        model = setup.segmenter.build(seed=0, lr=setup.segment.lr, weight_decay=setup.segment.weight_decay,
+                                      augment=setup.segment.augment, channels_last=channels_last,
+                                      training=None, device=device, fast=fast, batch_size=16)  # never fitted
+        qbc.score(model, Candidates(candidates.ids[:16], candidates.images[:16], 16), gen)  # warm-up
         best = 0.0
         for _ in range(repeats):
             t = time.perf_counter()
-            score_pool(committee, images, "qbc", batch_size=16, fast=fast)
+            qbc.score(model, candidates, gen)
             if device == "cuda":
                 torch.cuda.synchronize()
-            best = max(best, len(images) / (time.perf_counter() - t))
+            best = max(best, len(candidates.ids) / (time.perf_counter() - t))
         out[label] = best
     return out
 
@@ -148,18 +155,27 @@ def main() -> None:
     root = args.root / "data" / tag
     generate_dataset(root, n=args.n, seed=0, image_size=args.raw_size, workers=args.workers, progress=False)
     work = args.root / "work" / tag
+    base = bench_config(args, root, work, [])
+    seg = configure(base).segment
     index = read_index(root)
     masks_dir = root / "masks"
-    coarse = coarse_phase(index, work, CoarseOptions(work_size=args.raw_size), workers=args.workers)
+    coarse = coarse_phase(index, work, seg.coarse, workers=args.workers)
     test_ids = list(index.loc[index["split"] == "test", "id"])
     coarse_scores = mask_scores(work / "coarse", masks_dir, test_ids)
     inverted = dict(zip(coarse["id"], coarse["inverted"].astype(bool), strict=True))
-    data = load_seg_data(index, work, args.size, inverted, masks_dir, workers=args.workers)
+    data = load_seg_data(index, work, args.size, inverted, seg.normalise_polarity, masks_dir, workers=args.workers)
     torch.set_num_threads(1)
-    throughput = scoring_throughput(data, NETS[args.net][0], args.device)
+    throughput = scoring_throughput(data, base, args.device)
 
-    names = [*STRATEGIES, "unet_random"]
-    jobs = [(name, seed, data, masks_dir, work / "al" / f"{name}_seed{seed}", args) for seed in args.seeds for name in names]
+    names = [*STRATEGIES, BASELINE]
+    settings = {k: v for k, v in vars(args).items() if k not in {"seeds", "workers", "root", "name"}}
+
+    def job(name: str, seed: int) -> tuple:
+        choice = f"segmenter={BASELINE}" if name == BASELINE else f"strategy={name}"
+        cfg = bench_config(args, root, work, [choice, f"seed={seed}", f"al.dir={work / 'al' / f'{name}_seed{seed}'}"])
+        return name, seed, data, masks_dir, cfg, {**settings, "config": OmegaConf.to_container(cfg.segment)}
+
+    jobs = [job(name, seed) for seed in args.seeds for name in names]
     context = multiprocessing.get_context("spawn" if args.device == "cuda" else None)  # CUDA cannot fork
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
         results = list(pool.map(run_job, jobs))
@@ -178,9 +194,9 @@ def main() -> None:
         finals[name] = {k: np.array([r["final"][k] for r in runs]) for k in ("test/dice_full", "test/iou_full")}
         finals[name]["seconds"] = np.array([r["seconds"] for r in runs])
 
-    png = learning_curve({k: v for k, v in curves.items() if k != "unet_random"}, BENCH_DIR / f"{args.name}_curve.png",
+    png = learning_curve({k: v for k, v in curves.items() if k != BASELINE}, BENCH_DIR / f"{args.name}_curve.png",
                          metric=f"held-out Dice ({args.size} px, committee mean)",
-                         references={"U-Net, random labels (final)": curves["unet_random"][-1][1],
+                         references={"U-Net, random labels (final)": curves[BASELINE][-1][1],
                                      "coarse Otsu (full size)": coarse_scores["dice"]})
 
     def stat(name: str, key: str) -> str:
@@ -216,8 +232,9 @@ def main() -> None:
         f"Phantoms: n={args.n} at {args.raw_size} px (train {len(data.where('train'))}, val "
         f"{len(data.where('val'))}, test {len(test_ids)}); working size {args.size} px; {args.initial} initial labels, "
         f"+{args.per_round} per round, budget {args.budget}; {args.steps} steps/round, batch {args.batch_size}; "
-        f"lr {args.lr}; device {args.device}; 3-member FC-DenseNet committee {NETS[args.net][0]}; "
-        f"U-Net {NETS[args.net][1]} on {args.budget} random labels with the same total steps. "
+        f"lr {args.lr}; device {args.device}; 3-member FC-DenseNet committee {dict(base.segment.net)}; "
+        f"U-Net {dict(base.segment.unet)} on {args.budget} random labels with the same total steps "
+        "(conf/segment.yaml with these overrides, run through medal.segment.experiment.build_learner). "
         f"Seeds {args.seeds}. The {len(results)} runs took {sum(r['seconds'] for r in results):.0f} s of compute "
         f"({args.workers} at a time; runs finished earlier with the same settings are reused); this invocation "
         f"{time.perf_counter() - started:.0f} s.\n\n"

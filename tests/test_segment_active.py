@@ -1,4 +1,5 @@
-"""Active pool persistence, crash and resume of the round loop, and the human (folder) oracle."""
+"""Active pool persistence, crash and resume of the round loop, the human (folder) oracle, the AL folder's
+settings record, and the committee behind the `SegModel` protocol."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ import pytest
 import torch
 from PIL import Image
 
-from medal.active.loop import ActiveLearner, ALConfig, QueryContext, SegData
-from medal.active.oracles import FolderOracle, OracleWaiting, SimulatedOracle
+from medal.active.loop import ActiveLearner, ALConfig
+from medal.active.oracles import FolderOracle, OracleWaiting, QueryContext, SimulatedOracle
 from medal.active.pool import ActivePool
+from medal.active.scoring import QBC
 from medal.data.images import write_png
 from medal.errors import MedalError
 from medal.segment.committee import Committee
+from medal.segment.data import SegData
+from medal.segment.model import CommitteeModel
+from medal.segment.train import RoundTraining
 
 S = 32
 NET = dict(first_conv=4, growth=4, down_layers=(1, 1, 1), bottleneck_layers=2, dropout=0.0)
+AUGMENT_OFF = dict(enabled=False, rotation=0, scale=[1.0, 1.0], shear=0, hflip=0.0, p=0.0, padding="zeros")
 
 
 def _data(n: int = 24) -> tuple[SegData, np.ndarray]:
@@ -27,18 +33,52 @@ def _data(n: int = 24) -> tuple[SegData, np.ndarray]:
     masks = np.stack([(yy - rng.integers(10, 22)) ** 2 + (xx - rng.integers(10, 22)) ** 2 < 36 for _ in range(n)])
     images = (0.1 + 0.6 * masks + 0.05 * rng.random((n, S, S))).astype(np.float32)
     split = np.array(["train"] * (n - 4) + ["val"] * 2 + ["test"] * 2)
-    return SegData([f"{i:03d}" for i in range(n)], split, images, masks, np.ones(n, bool)), masks
+    return SegData([f"{i:03d}" for i in range(n)], split, images, [f"{i:03d}.png" for i in range(n)],
+                   np.zeros(n, bool), False, masks, np.ones(n, bool)), masks
 
 
 def _ctx(data: SegData) -> QueryContext:
     return QueryContext(lambda i: (S, S), lambda i: data.images[data.rows[i]], lambda i: data.images[data.rows[i]] > 0.4)
 
 
-def _learner(tmp: Path, data: SegData, oracle, fit, **al) -> ActiveLearner:
-    cfg = ALConfig(**{"initial": 4, "per_round": 3, "budget": 10, "patience": 9, "strategy": "qbc",
-                      "fast_scoring": False, **al})
-    return ActiveLearner(data, oracle, _ctx(data), lambda: Committee(net=NET, size=3, channels_last=False), fit,
-                         cfg, tmp / "al")
+def _al(tmp: Path, **over) -> ALConfig:
+    values = dict(dir=str(tmp / "al"), initial=4, per_round=3, budget=10, patience=9, min_delta=0.0,
+                  reset_weights=False, committee_size=3, val_limit=None, score_batch_size=8, fast_scoring=False,
+                  seed=0)
+    return ALConfig(**{**values, **over})
+
+
+class ToyModel:
+    """A `SegModel` without a network: members see the image through different gains; features are image
+    statistics that members weigh differently. Its one "weight" counts the fits, so checkpoints are visible."""
+
+    def __init__(self, fit=None) -> None:
+        self.weight = torch.zeros(1)
+        self._fit = fit
+
+    def fit(self, images: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+        self.weight += 1
+        return self._fit(images, masks) if self._fit is not None else {}
+
+    def predict_probs(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(images, dtype=np.float32))
+        return torch.stack([torch.sigmoid(g * (x - 0.4)) for g in (5.0, 10.0, 20.0)])
+
+    def features(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(images, dtype=np.float32)).flatten(1)
+        stats = torch.stack([x.mean(1), x.std(1), x.max(1).values], dim=1)
+        return torch.stack([stats * torch.tensor(w) for w in ([1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0])])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight.clone()}
+
+    def load_state_dict(self, state) -> None:
+        self.weight = state["weight"].clone()
+
+
+def _learner(tmp: Path, data: SegData, oracle, fit=None, settings=None, **al) -> ActiveLearner:
+    return ActiveLearner(data, lambda: ToyModel(fit), QBC(name="qbc"), oracle, _ctx(data), _al(tmp, **al),
+                         lambda model: {}, settings or {"run": 1})
 
 
 def _no_training(*args) -> dict[str, float]:
@@ -53,7 +93,7 @@ def test_pool_refuses_double_queries_and_unqueried_answers(tmp_path: Path) -> No
     with pytest.raises(MedalError, match="not queried"):
         pool.label("b", "x.png")
     pool.label("a", "a.png")
-    pool.end_round({"val/dice": 0.5}, patience=1)
+    pool.end_round({"val/dice": 0.5}, min_delta=0.0)
     with pytest.raises(MedalError, match="already queried"):
         pool.query(["a"])
     resumed = ActivePool.open(["a", "b", "c"], tmp_path / "pool.json")
@@ -82,10 +122,13 @@ def test_round_loop_survives_a_crash_and_resumes_without_losing_or_repeating_lab
 
     with pytest.raises(RuntimeError, match="power cut"):
         _learner(tmp_path, data, CountingOracle(), crash_in_second_round).run()
+    crashed = torch.load(tmp_path / "al" / "committee.pt", weights_only=True)
+    assert crashed["labelled"] == 4 and crashed["state_dict"]["weight"].item() == 1  # the first round's model
     saved = json.loads((tmp_path / "al" / "pool.json").read_text())
     assert len(saved["labelled"]) == 7 and saved["round"] == 1  # initial 4 + the 3 queried before the crash
     result = _learner(tmp_path, data, CountingOracle(), _no_training).run()
     pool = result.pool
+    assert result.model.weight.item() == 3  # resumed from the checkpoint: trained on 7 and on 10 labels
     assert pool.stopped == "budget" and len(pool.labelled) == 10
     assert all(pool.labelled[i] == r for i, r in saved["labelled"].items())  # earlier labels kept as they were
     assert len(answered) == len(set(answered)) == 10  # every image asked for exactly once
@@ -101,7 +144,7 @@ def _answer(folder: Path, image_id: str, mask: np.ndarray) -> Path:
 
 def test_folder_oracle_round_trip_through_the_loop(tmp_path: Path) -> None:
     data, masks = _data()
-    oracle = FolderOracle(tmp_path / "al")
+    oracle = FolderOracle("folder", tmp_path / "al")
     first = _learner(tmp_path, data, oracle, _no_training, budget=7).run()
     assert first.waiting is not None and "_bin.png" in first.waiting and "round_00" in first.waiting
     folder = tmp_path / "al" / "round_00"
@@ -144,7 +187,7 @@ def _bad_unreadable(folder: Path, image_id: str) -> None:
 )
 def test_folder_oracle_rejects_bad_answer_files_with_one_line(tmp_path: Path, make_bad, words: str) -> None:
     data, masks = _data()
-    oracle = FolderOracle(tmp_path)
+    oracle = FolderOracle("folder", tmp_path)
     ids = ["000", "001"]
     with pytest.raises(OracleWaiting):
         oracle.answer(0, ids, _ctx(data))
@@ -159,20 +202,20 @@ def test_folder_oracle_rejects_bad_answer_files_with_one_line(tmp_path: Path, ma
 
 def test_folder_oracle_accepts_0_1_masks_and_simulated_oracle_reads_masks(tmp_path: Path) -> None:
     data, masks = _data()
-    oracle = FolderOracle(tmp_path)
+    oracle = FolderOracle("folder", tmp_path)
     with pytest.raises(OracleWaiting):
         oracle.answer(0, ["002"], _ctx(data))
     Image.fromarray(masks[2].astype(np.uint8)).save(oracle.round_dir(0) / "002_bin.png")  # values 0/1
     assert np.array_equal(oracle.answer(0, ["002"], _ctx(data))["002"], masks[2])
     write_png(tmp_path / "gt" / "003.png", masks[3])
-    got = SimulatedOracle(tmp_path / "gt").answer(0, ["003"], _ctx(data))
+    got = SimulatedOracle("simulated", tmp_path / "gt").answer(0, ["003"], _ctx(data))
     assert np.array_equal(got["003"], masks[3])
     with pytest.raises(MedalError, match="not found"):
-        SimulatedOracle(tmp_path / "gt").answer(0, ["004"], _ctx(data))
+        SimulatedOracle("simulated", tmp_path / "gt").answer(0, ["004"], _ctx(data))
 
 
-def test_committee_goes_back_to_the_run_device_after_every_fit(tmp_path: Path, monkeypatch) -> None:
-    """Lightning returns a fitted module on the CPU; scoring and evaluation must run on `al.device`."""
+def test_committee_goes_back_to_the_run_device_after_every_fit(tmp_path: Path) -> None:
+    """Lightning returns a fitted module on the CPU; scoring and evaluation must run on the run's device."""
     data, masks = _data()
     events: list[str] = []
 
@@ -181,22 +224,69 @@ def test_committee_goes_back_to_the_run_device_after_every_fit(tmp_path: Path, m
             events.append(f"to {args[0] if args else kwargs.get('device')}")
             return super().to(*args, **kwargs)
 
-    def fit(*args) -> dict[str, float]:
-        events.append("fit")
-        return {}
+    class NoTraining(RoundTraining):
+        def fit(self, committee, images, masks) -> dict[str, float]:
+            events.append("fit")
+            return {}
 
-    import medal.active.loop as loop
+    class CountingQBC(QBC):
+        def score(self, model, candidates, generator):
+            events.append("score")
+            return super().score(model, candidates, generator)
 
-    real_score = loop.score_pool
-    monkeypatch.setattr(loop, "score_pool", lambda *a, **k: (events.append("score"), real_score(*a, **k))[1])
-    cfg = ALConfig(initial=4, per_round=3, budget=10, patience=9, strategy="qbc", fast_scoring=False, device="cpu")
-    learner = ActiveLearner(data, SimulatedOracleFor(masks, data), _ctx(data),
-                            lambda: Tracked(net=NET, size=3, channels_last=False), fit, cfg, tmp_path / "al")
+    def make_model() -> CommitteeModel:
+        committee = Tracked(net=NET, size=3, seed=0, lr=1e-3, weight_decay=0.0, augment=AUGMENT_OFF,
+                            channels_last=False, arch="fc_densenet")
+        training = NoTraining(1, 2, lambda: None, data.images[:0], data.images[:0])
+        return CommitteeModel(committee, training, device="cpu", fast=False, batch_size=8)
+
+    learner = ActiveLearner(data, make_model, CountingQBC(name="qbc"), SimulatedOracleFor(masks, data), _ctx(data),
+                            _al(tmp_path), lambda model: {}, {"run": 1})
     learner.run()
     assert events.count("fit") == 3 and events.count("score") == 2
     for i, event in enumerate(events):
         if event == "fit":
             assert events[i + 1] == "to cpu", events
+
+
+def test_committee_model_predicts_members_first_in_batches() -> None:
+    data, _ = _data()
+    committee = Committee(net=NET, size=3, seed=0, lr=1e-3, weight_decay=0.0, augment=AUGMENT_OFF,
+                          channels_last=False, arch="fc_densenet")
+    model = CommitteeModel(committee, RoundTraining(1, 2, lambda: None, data.images[:0], data.images[:0]),
+                           device="cpu", fast=False, batch_size=5)
+    probs, features = model.predict_probs(data.images[:7]), model.features(data.images[:7])
+    assert probs.shape == (3, 7, S, S) and probs.dtype == torch.float32
+    assert float(probs.min()) >= 0.0 and float(probs.max()) <= 1.0
+    assert features.shape[:2] == (3, 7)
+    with torch.no_grad():  # the same as one forward pass over all seven: batching changes nothing
+        logits, whole = committee.eval()(torch.from_numpy(data.images[:7])[:, None])
+    assert torch.allclose(probs, torch.sigmoid(logits)[:, :, 0], atol=1e-5)
+    assert torch.allclose(features, whole, atol=1e-5)
+
+
+def test_al_folder_refuses_other_settings_naming_the_key_and_keeps_its_files(tmp_path: Path) -> None:
+    data, masks = _data()
+    oracle = SimulatedOracleFor(masks, data)
+    settings = {"segment": {"lr": 0.001, "image_size": 32}, "seed": 0}
+    _learner(tmp_path, data, oracle, settings=settings, budget=7).run()
+    before = sorted(p.name for p in (tmp_path / "al").iterdir())
+    assert {"pool.json", "committee.pt", "labels"} <= set(before)
+    again = _learner(tmp_path, data, oracle, settings=settings, budget=7).run()  # same settings: resumes
+    assert len(again.pool.labelled) == 7
+    with pytest.raises(MedalError) as err:
+        _learner(tmp_path, data, oracle, settings={**settings, "segment": {"lr": 0.01, "image_size": 32}})
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "al") in message and "(segment.lr)" in message
+    assert sorted(p.name for p in (tmp_path / "al").iterdir()) == before  # nothing deleted
+
+
+def test_al_folder_without_a_settings_record_is_refused(tmp_path: Path) -> None:
+    data, masks = _data()
+    (tmp_path / "al").mkdir()
+    (tmp_path / "al" / "pool.json").write_text("{}")
+    with pytest.raises(MedalError, match=r"pool.json without a record of the settings"):
+        _learner(tmp_path, data, SimulatedOracleFor(masks, data))
 
 
 class SimulatedOracleFor:

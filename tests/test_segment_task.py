@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from medal.data.images import read_image
+from medal.errors import MedalError
+from medal.segment.experiment import run_segment
 from medal.tasks.runner import run_task
-from medal.tasks.segment import run_segment
 
 TINY = [
     "segment.image_size=64",
@@ -67,15 +68,28 @@ def test_segment_task_writes_masks_rois_and_resumes(make_cfg, tiny_phantoms: Pat
 
     pool = json.loads((Path(cfg.al.dir) / "pool.json").read_text())
     assert len(pool["labelled"]) == 8 and pool["stopped"] == "budget"
-    # a rerun resumes: nothing retrained, nothing re-queried, the same labels
-    stamp = (work / "roi" / "stamp.json").stat().st_mtime_ns
+    # a rerun resumes: nothing retrained, nothing re-queried, the same labels, the final outputs and coarse reused
+    final, coarse = work / "roi" / ".medal" / "final.json", work / "coarse" / ".medal" / "coarse.json"
+    stamps = final.stat().st_mtime_ns, coarse.stat().st_mtime_ns
+    checkpoint = (Path(cfg.al.dir) / "committee.pt").stat().st_mtime_ns
     run_task(run_segment, cfg)
     assert json.loads((Path(cfg.al.dir) / "pool.json").read_text())["labelled"] == pool["labelled"]
-    assert (work / "roi" / "stamp.json").stat().st_mtime_ns == stamp
+    assert (final.stat().st_mtime_ns, coarse.stat().st_mtime_ns) == stamps
+    assert (Path(cfg.al.dir) / "committee.pt").stat().st_mtime_ns == checkpoint
+    assert json.loads(final.read_text())["finished"] and json.loads(coarse.read_text())["finished"]
+
+    # new RoI settings rebuild the final outputs from an empty folder (a stray file of the old ones goes too),
+    # from the same trained committee; the AL folder is untouched
+    (work / "roi" / "stale.png").write_bytes(b"old")
+    resized = make_cfg("segment", [f"data.root={tiny_phantoms}", *TINY, "segment.roi.size=32"])
+    run_task(run_segment, resized)
+    assert read_image(work / "roi" / f"{ids[0]}.png").shape == (32, 32)
+    assert not (work / "roi" / "stale.png").exists()
+    assert (Path(cfg.al.dir) / "committee.pt").stat().st_mtime_ns == checkpoint
 
 
 def test_unet_random_baseline_uses_the_same_label_count(make_cfg, tiny_phantoms: Path, one_thread) -> None:
-    cfg = make_cfg("segment", [f"data.root={tiny_phantoms}", *TINY, "segment.model=unet_random",
+    cfg = make_cfg("segment", [f"data.root={tiny_phantoms}", *TINY, "segmenter=unet_random",
                                "segment.write_outputs=false", "segment.figures=false"])
     metrics = run_segment(cfg)
     assert metrics["al/labelled"] == 8 and metrics["al/rounds"] == 1
@@ -83,6 +97,9 @@ def test_unet_random_baseline_uses_the_same_label_count(make_cfg, tiny_phantoms:
     # a comparison run writes no masks but reports the same full-size scores as a writing run
     assert not (Path(cfg.data.work_dir) / "masks").exists()
     assert 0.0 < metrics["test/iou"] <= metrics["test/dice"] <= 1.0
+    assert Path(cfg.al.dir).name == "unet_random_qbc_seed0"
+    state = json.loads((Path(cfg.al.dir) / "pool.json").read_text())
+    assert len(state["history"]) == 1 and state["scores"] == {}  # one round, the strategy never consulted
 
 
 @pytest.mark.slow  # ~2 min on one core: four rounds of 60 steps
@@ -105,13 +122,12 @@ def test_committee_segments_held_out_phantoms_with_dice_above_095(make_cfg, tmp_
 
 def test_resuming_an_al_folder_with_other_settings_is_refused_in_one_line(make_cfg, tiny_phantoms: Path,
                                                                           one_thread) -> None:
-    from medal.errors import MedalError
-
     base = [f"data.root={tiny_phantoms}", *TINY, "segment.write_outputs=false", "segment.figures=false",
             "al.budget=4"]
     cfg = make_cfg("segment", base)
     run_segment(cfg)
     assert run_segment(make_cfg("segment", base))["al/labelled"] == 4  # same settings: resumes, nothing redone
     changed = make_cfg("segment", [*base, "segment.net.growth=6"])
-    with pytest.raises(MedalError, match=r"^al.dir=.* holds a run made with other settings \(1 differ, e.g. net: "):
+    with pytest.raises(MedalError, match=r"/al/committee_qbc_seed0: holds an active-learning run made with other "
+                                         r"settings \(segmenter\.net\.growth\); .* delete that folder"):
         run_segment(changed)

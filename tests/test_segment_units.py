@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from medal.active import strategies
+from medal.active.scoring import select
 from medal.errors import MedalError
+from medal.losses import bce_dice_loss
 from medal.models.fc_densenet import FCDenseNet
 from medal.preprocess.coarse import coarse_mask, is_inverted
 from medal.preprocess.crop import crop_square, roi_box
-from medal.segment.losses import bce_dice_loss, dice_iou
+from medal.preprocess.masks import binarise, otsu_threshold
+from medal.segment.metrics import dice_iou, otsu_binarise
 
 
 def test_fc_densenet_default_has_three_down_blocks_and_192_bottleneck_maps() -> None:
@@ -66,12 +69,12 @@ def test_dice_iou_binarise_with_otsu_like_the_paper() -> None:
 def test_qbc_is_zero_for_identical_members_and_ranks_a_planted_disagreement_first() -> None:
     torch.manual_seed(0)
     same = torch.randn(1, 6, 32).expand(3, 6, 32).clone()
-    indices, scores = strategies.qbc(same, 2)
+    scores = strategies.pairwise_sine(same)
     assert torch.allclose(scores, torch.zeros(6), atol=1e-3)
     planted = same.clone()
     planted[2, 4] = -planted[2, 4] + torch.randn(32)  # member 2 sees image 4 differently
-    indices, scores = strategies.qbc(planted, 2)
-    assert indices[0].item() == 4
+    scores = strategies.pairwise_sine(planted)
+    assert select(scores, 2)[0] == 4
     assert scores.shape == (6,) and torch.isfinite(scores).all()
 
 
@@ -82,14 +85,53 @@ def test_qbc_sums_sine_over_member_pairs() -> None:
 
 
 def test_entropy_prefers_uncertain_masks_and_random_draws_distinct_images() -> None:
-    probs = torch.full((3, 4, 1, 8, 8), 0.02)
+    probs = torch.full((3, 4, 8, 8), 0.02)
     probs[:, 2] = 0.5
-    indices, scores = strategies.entropy(probs, 2)
-    assert indices.tolist()[0] == 2 and scores.shape == (4,)
-    indices, scores = strategies.random(10, 4, torch.Generator().manual_seed(0))
-    assert len(set(indices.tolist())) == 4 and scores.shape == (10,)
+    scores = strategies.mean_entropy(probs)
+    assert select(scores, 2)[0] == 2 and scores.shape == (4,)
+    scores = strategies.uniform(10, torch.Generator().manual_seed(0))
+    indices = select(scores, 4)
+    assert len(set(indices)) == 4 and scores.shape == (10,)
+    assert select(scores, 99) == select(scores, 10) and len(select(scores, 99)) == 10
     with pytest.raises(MedalError):
-        strategies.entropy(torch.rand(4, 8), 1)
+        strategies.mean_entropy(torch.rand(4, 8))
+
+
+def test_select_refuses_scores_it_cannot_rank() -> None:
+    with pytest.raises(MedalError, match="not finite"):
+        select(torch.tensor([0.1, float("nan"), 0.3]), 1)
+    with pytest.raises(MedalError, match=r"one score per candidate"):
+        select(torch.zeros(2, 3), 1)
+    with pytest.raises(MedalError, match="must be >= 0"):
+        select(torch.zeros(3), -1)
+
+
+def test_data_containers_refuse_mismatched_lengths(tmp_path) -> None:
+    import pandas as pd
+
+    from medal.active.scoring import Candidates
+    from medal.segment.data import SegData, load_seg_data
+
+    with pytest.raises(MedalError, match="candidates: 2 ids but 3 images"):
+        Candidates(["a", "b"], np.zeros((3, 4, 4)), 2)
+    with pytest.raises(MedalError, match="segmentation data: 2 ids but 2 images, 1 paths"):
+        SegData(["a", "b"], np.array(["train", "val"]), np.zeros((2, 4, 4)), ["a.png"], np.zeros(2, bool), False)
+    index = pd.DataFrame({"id": ["a", "b"], "path": ["a.png", "b.png"], "split": ["train", "val"]})
+    with pytest.raises(MedalError, match=r"^coarse table: no polarity for image b \(1 missing\)"):
+        load_seg_data(index, tmp_path, 8, {"a": False}, True, None, 1)
+
+
+def test_one_otsu_binarisation_for_metric_final_masks_and_flat_maps() -> None:
+    """The metric's tensor binarisation and the final masks' array binarisation are the same function."""
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(size=(3, 1, 12, 12)).astype(np.float32)
+    by_metric = otsu_binarise(torch.from_numpy(maps)).numpy()[:, 0]
+    by_final = np.stack([binarise(m[0], postprocess=False) for m in maps])
+    assert np.array_equal(by_metric, by_final)
+    assert otsu_threshold(np.full((3, 3), 0.7)) == 0.5  # flat: no Otsu threshold
+    blobs = np.zeros((12, 12), np.float32)
+    blobs[1:6, 1:6], blobs[8:10, 8:10] = 0.9, 0.9
+    assert binarise(blobs, postprocess=True).sum() == 25  # the largest component only
 
 
 def _hand_image(inverted: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -129,3 +171,14 @@ def test_roi_box_margin_and_square_crop() -> None:
     crop = crop_square(image, roi_box(mask, 0.0), size=40)
     assert crop.shape == (40, 40)
     assert crop[:, 10:30].mean() > 0.95 and crop[:, :8].max() == 0  # centred, zero-padded sides
+
+
+def test_active_learning_imports_nothing_from_segmentation() -> None:
+    """The layering: `medal.segment` builds on `medal.active`, never the other way round (no cycle)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, medal.active.loop, medal.active.scoring, medal.active.oracles, medal.active.pool; "
+            "print(sorted(m for m in sys.modules if m.startswith('medal.segment')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

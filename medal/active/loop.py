@@ -1,51 +1,67 @@
 """The active-learning round loop (paper Algorithm 1), resumable at every step.
 
 Each pass of the loop does the next thing the saved state says is missing: import pending answers,
-train the committee on the labelled set, evaluate it (closing the round), check the stopping rules,
-score the unlabelled pool and query. Decisions are derived from the saved pool state and the committee
+train the model on the labelled set, evaluate it (closing the round), check the stopping rule,
+score the unlabelled pool and query. Decisions are derived from the saved pool state and the model
 checkpoint (stamped with the labelled count it was trained on), so a rerun after a crash or a stop for
 a human oracle repeats no finished step, loses no label and never queries an image twice.
+
+The loop knows the model only as `medal.active.model.SegModel`, the strategy as
+`medal.active.scoring.Strategy` and the oracle as `medal.active.oracles.Oracle`; what segmentation means
+(networks, metrics, files) is the caller's (`medal.segment.experiment.build_learner`).
+
+The folder (`al.dir`: pool.json, model.pt, labels/, round_XX/) belongs to the settings that made it: a
+`medal.resume.Marker` with policy `refuse` records them, and a rerun under other settings is refused in
+one line naming the first one that differs, so a person's labels never end up in two experiments' curve.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from medal.active.oracles import OracleWaiting
+from medal.active.model import SegModel
+from medal.active.oracles import Oracle, OracleWaiting, QueryContext
 from medal.active.pool import ActivePool
-from medal.atomic import atomic_path, write_json
+from medal.active.scoring import Candidates, Strategy, select
+from medal.atomic import atomic_path
 from medal.data.images import read_image, resize, write_png
 from medal.errors import MedalError
-from medal.segment.committee import Committee
-from medal.segment.infer import mean_probs, score_pool
-from medal.segment.losses import dice_iou
+from medal.resume import Marker
 
 log = logging.getLogger("medal.active")
+
+CHECKPOINT = "committee.pt"  # the latest trained model's weights and the labelled count they were fitted on
+POOL_STATE = "pool.json"
 
 
 @dataclass(frozen=True)
 class ALConfig:
-    """`al.*`: the round schedule and stopping rules."""
+    """`al.*` (conf/segment.yaml is where the values live) and the run's seed.
 
-    initial: int = 100
-    per_round: int = 100
-    budget: int = 400
-    patience: int = 2
-    min_delta: float = 0.0
-    reset_weights: bool = False
-    strategy: str = "qbc"
-    seed: int = 0
-    score_batch_size: int = 16
-    fast_scoring: bool = True  # bf16 autocast for pool scoring
-    device: str = "cpu"  # where the committee scores, evaluates and predicts between fits
+    The loop reads the schedule, the stopping rule and the scoring batch; `committee_size`, `val_limit` and
+    `fast_scoring` are read by the segmentation builder, but belong to this node, so a misspelt key in it is
+    refused rather than ignored.
+    """
+
+    dir: str  # pool.json, the model checkpoint, labels/, round_XX/ (the folder oracle's)
+    initial: int  # labels drawn at random before the first round
+    per_round: int  # queried per round
+    budget: int  # stop at this many labels
+    patience: int  # or after this many rounds without val Dice improving by more than min_delta
+    min_delta: float
+    reset_weights: bool  # true: every round trains a fresh model; false: continue from the last round's
+    committee_size: int
+    val_limit: int | None  # validation images (with masks) for the stopping rule; null = all
+    score_batch_size: int  # images per forward pass while scoring and predicting
+    fast_scoring: bool | str  # bf16 autocast while scoring: true, false or auto
+    seed: int
 
     def __post_init__(self) -> None:
         if self.initial < 1 or self.per_round < 1 or self.budget < self.initial:
@@ -55,52 +71,34 @@ class ALConfig:
             )
         if self.patience < 1:
             raise MedalError(f"al.patience={self.patience}: must be >= 1")
+        if self.score_batch_size < 1:
+            raise MedalError(f"al.score_batch_size={self.score_batch_size}: must be >= 1")
 
 
-@dataclass
-class SegData:
-    """Every image at working resolution, polarity-normalised; held-out masks where the data set has them."""
+class PoolData(Protocol):
+    """The images the loop draws from: every image at working resolution, row `rows[id]` of `images`."""
 
     ids: list[str]
-    split: np.ndarray  # (N,) 'train' | 'val' | 'test'
+    rows: dict[str, int]
     images: np.ndarray  # (N, S, S) float in [0, 1]
-    eval_masks: np.ndarray | None = None  # (N, S, S) bool, for val/test Dice only (never for training)
-    has_eval: np.ndarray | None = None  # (N,) bool: row has a held-out mask
-    rows: dict[str, int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.rows = {image_id: i for i, image_id in enumerate(self.ids)}
 
     @property
-    def size(self) -> int:
-        return int(self.images.shape[-1])
+    def size(self) -> int: ...
 
-    def where(self, split: str, with_masks: bool = False, limit: int | None = None) -> np.ndarray:
-        idx = np.flatnonzero(self.split == split)
-        if with_masks:
-            idx = idx[self.has_eval[idx]] if self.has_eval is not None else idx[:0]
-        return idx[:limit] if limit else idx
+    def where(self, split: str, with_masks: bool = False, limit: int | None = None) -> np.ndarray: ...
 
 
-class Oracle(Protocol):
-    def answer(self, round_no: int, ids: Sequence[str], ctx: QueryContext) -> dict[str, np.ndarray]: ...
+@dataclass(frozen=True)
+class RoundHooks:
+    """Figures and loggers: called after a query and after a round; they never change the state."""
 
-
-@dataclass
-class QueryContext:
-    """What an oracle may need about the queried images: full size, the image, a starting mask."""
-
-    shape_of: Callable[[str], tuple[int, int]]
-    image_of: Callable[[str], np.ndarray]
-    start_mask_of: Callable[[str], np.ndarray | None]
-
-
-FitFn = Callable[[Committee, np.ndarray, np.ndarray, np.ndarray, np.ndarray], dict[str, float]]
+    on_query: Callable[[ActivePool, SegModel, list[str]], None] | None = None
+    on_round: Callable[[ActivePool], None] | None = None
 
 
 @dataclass
 class LoopResult:
-    committee: Committee
+    model: SegModel
     pool: ActivePool
     waiting: str | None = None  # the human oracle's instructions when the loop stopped for answers
 
@@ -110,82 +108,56 @@ def lowres(mask: np.ndarray, size: int) -> np.ndarray:
     return resize(mask.astype(np.float32), (size, size)) > 0.5
 
 
-def evaluate(committee: Committee, data: SegData, idx: np.ndarray, prefix: str, fast: bool) -> dict[str, float]:
-    """Dice and IoU of the committee mean (Otsu-binarised) on rows `idx` at working resolution."""
-    if len(idx) == 0 or data.eval_masks is None:
-        return {}
-    probs = torch.from_numpy(mean_probs(committee, data.images[idx], fast=fast))[:, None]
-    gold = torch.from_numpy(np.asarray(data.eval_masks[idx], dtype=np.float32))[:, None]
-    dice, iou = dice_iou(probs, gold)
-    return {f"{prefix}/dice": float(dice.mean()), f"{prefix}/iou": float(iou.mean())}
-
-
-def check_settings(path: Path, settings: dict[str, Any]) -> None:
-    """Refuse to resume an AL folder made with other model/training settings; record them on first use.
-
-    The saved pool and committee belong to the settings that made them: continuing them under others would
-    mix two experiments in one learning curve. Budget and patience are left out: they decide when a run
-    stops, not what it learns.
-    """
-    wanted = json.loads(json.dumps(settings, default=str))
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
-        if changed:
-            first = changed[0]
-            raise MedalError(
-                f"al.dir={path.parent} holds a run made with other settings ({len(changed)} differ, e.g. {first}: "
-                f"{saved.get(first)!r} then, {wanted.get(first)!r} now); delete that folder to start over or set "
-                "al.dir to a new one")
-        return
-    write_json(path, wanted, indent=1, sort_keys=True)
-
-
 class ActiveLearner:
-    """Runs Algorithm 1 over `data`'s train split, persisting to `al_dir` (pool.json, committee.pt, labels/)."""
+    """Runs Algorithm 1 over `data`'s train split, persisting to `cfg.dir`.
+
+    `make_model` gives a fresh, untrained model (the first round, and every round with `reset_weights`);
+    `evaluate(model)` returns the round's held-out metrics (`val/dice` drives the stopping rule); `settings`
+    are what the folder's results depend on (refused when they change, see the module docstring).
+    """
 
     def __init__(
         self,
-        data: SegData,
+        data: PoolData,
+        make_model: Callable[[], SegModel],
+        strategy: Strategy,
         oracle: Oracle,
         ctx: QueryContext,
-        make_committee: Callable[[], Committee],
-        fit: FitFn,
         cfg: ALConfig,
-        al_dir: str | Path,
-        val_limit: int | None = None,
-        on_query: Callable[[ActivePool, Committee, list[str]], None] | None = None,
-        on_round: Callable[[ActivePool], None] | None = None,
-        settings: dict[str, Any] | None = None,
+        evaluate: Callable[[SegModel], dict[str, float]],
+        settings: Mapping[str, Any],
+        hooks: RoundHooks = RoundHooks(),
     ) -> None:
-        self.data, self.oracle, self.ctx, self.cfg = data, oracle, ctx, cfg
-        self.make_committee, self.fit = make_committee, fit
-        self.on_query, self.on_round = on_query, on_round  # figures and loggers; never change the state
-        self.committee: Committee | None = None  # the latest trained committee (oracles start from its masks)
-        self.dir = Path(al_dir)
-        check_settings(self.dir / "settings.json", settings or {})
-        self.pool = ActivePool.open([data.ids[i] for i in data.where("train")], self.dir / "pool.json")
-        self.val_idx = data.where("val", with_masks=True, limit=val_limit)
-        self.test_idx = data.where("test", with_masks=True)
+        self.data, self.make_model, self.strategy, self.oracle = data, make_model, strategy, oracle
+        self.ctx, self.cfg, self.evaluate, self.hooks = ctx, cfg, evaluate, hooks
+        self.dir = Path(cfg.dir)
+        self.settings = dict(settings)
+        self.marker = Marker.in_folder(self.dir, "al", policy="refuse", what="an active-learning run")
+        if self.marker.read() is None and (self.dir / POOL_STATE).is_file():
+            raise MedalError(f"al.dir={self.dir} holds a pool.json without a record of the settings that made it "
+                             "(an older medal); finish it with that version, or set al.dir to a new folder")
+        self.marker.begin(self.settings)  # refuses other settings, before anything is read or written
+        self.pool = ActivePool.open([data.ids[i] for i in data.where("train")], self.dir / POOL_STATE)
+        self.model: SegModel | None = None  # the latest trained model (oracles start from its masks)
         self.labels: dict[str, np.ndarray] = {}  # id -> low-res training mask
         for image_id, path in self.pool.answers.items():
             self.labels[image_id] = lowres(read_image(path) > 0.5, data.size)
 
     @property
     def checkpoint(self) -> Path:
-        return self.dir / "committee.pt"
+        return self.dir / CHECKPOINT
 
-    def _load_committee(self) -> tuple[Committee, int]:
-        committee = self.make_committee()
+    def _load_model(self) -> tuple[SegModel, int]:
+        model = self.make_model()
         if not self.checkpoint.is_file():
-            return committee, -1
+            return model, -1
         saved = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        committee.load_state_dict(saved["state_dict"])
-        return committee.to(self.cfg.device), int(saved["labelled"])
+        model.load_state_dict(saved["state_dict"])
+        return model, int(saved["labelled"])
 
-    def _save_committee(self, committee: Committee) -> None:
+    def _save_model(self, model: SegModel) -> None:
         with atomic_path(self.checkpoint) as tmp:
-            torch.save({"state_dict": committee.state_dict(), "labelled": len(self.pool.labelled)}, tmp)
+            torch.save({"state_dict": model.state_dict(), "labelled": len(self.pool.labelled)}, tmp)
 
     def _import_answers(self) -> None:
         answers = self.oracle.answer(self.pool.round, list(self.pool.pending), self.ctx)
@@ -195,81 +167,68 @@ class ActiveLearner:
             self.labels[image_id] = lowres(mask, self.data.size)
             self.pool.label(image_id, path)
 
-    def _train(self, committee: Committee) -> dict[str, float]:
+    def _train(self, model: SegModel) -> dict[str, float]:
         ids = sorted(self.pool.labelled, key=self.data.rows.__getitem__)
-        rows = [self.data.rows[i] for i in ids]
-        images = np.asarray(self.data.images[rows], dtype=np.float32)
+        images = np.asarray(self.data.images[[self.data.rows[i] for i in ids]], dtype=np.float32)
         masks = np.stack([self.labels[i] for i in ids]).astype(np.float32)
-        val_images = np.asarray(self.data.images[self.val_idx], dtype=np.float32)
-        val_masks = (
-            np.asarray(self.data.eval_masks[self.val_idx], dtype=np.float32)
-            if self.data.eval_masks is not None
-            else np.zeros((0, self.data.size, self.data.size), np.float32)
-        )
-        log.info("round %d: training the committee on %d labelled images", self.pool.round, len(ids))
-        metrics = self.fit(committee, images, masks, val_images, val_masks)
-        committee.to(self.cfg.device)  # Lightning hands the module back on the CPU
-        return metrics
+        log.info("round %d: training on %d labelled images", self.pool.round, len(ids))
+        return model.fit(images, masks)
 
-    def _query(self, committee: Committee) -> None:
+    def _query(self, model: SegModel) -> None:
         free = self.pool.unlabelled
         k = min(self.cfg.per_round, self.cfg.budget - len(self.pool.labelled), len(free))
-        rows = np.array([self.data.rows[i] for i in free])
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.pool.round)
-        scores = score_pool(committee, self.data.images[rows], self.cfg.strategy, self.cfg.score_batch_size,
-                            self.cfg.fast_scoring, gen)
-        top = torch.topk(scores, k).indices.tolist()
-        chosen = [free[j] for j in top]
-        log.info("round %d: querying %d images (%s, scored on %s)", self.pool.round, len(chosen), self.cfg.strategy,
-                 committee.device)
+        images = self.data.images[[self.data.rows[i] for i in free]]
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.pool.round)
+        scores = self.strategy.score(model, Candidates(free, images, self.cfg.score_batch_size), generator)
+        chosen = [free[j] for j in select(scores, k)]
+        log.info("round %d: querying %d images (%s)", self.pool.round, len(chosen), self.strategy.name)
         self.pool.query(chosen, dict(zip(free, scores.tolist(), strict=True)))
-        if self.on_query is not None:
-            self.on_query(self.pool, committee, chosen)
+        if self.hooks.on_query is not None:
+            self.hooks.on_query(self.pool, model, chosen)
+
+    def _draw_initial(self) -> None:
+        free = self.pool.unlabelled
+        if len(free) < self.cfg.initial:
+            raise MedalError(f"al.initial={self.cfg.initial}: the train split has only {len(free)} images")
+        rng = np.random.default_rng(self.cfg.seed)
+        self.pool.query([free[j] for j in sorted(rng.choice(len(free), self.cfg.initial, replace=False))])
 
     def run(self) -> LoopResult:
         cfg, pool = self.cfg, self.pool
-        committee, trained_for = self._load_committee()
-        self.committee = committee
+        model, trained_for = self._load_model()
+        self.model = model
         while pool.stopped is None:
             if pool.pending:
                 try:
                     self._import_answers()
                 except OracleWaiting as waiting:
-                    return LoopResult(committee, pool, waiting=str(waiting))
+                    return LoopResult(model, pool, waiting=str(waiting))
                 continue
             n = len(pool.labelled)
             if n == 0:
-                rng = np.random.default_rng(cfg.seed)
-                free = pool.unlabelled
-                if len(free) < cfg.initial:
-                    raise MedalError(f"al.initial={cfg.initial}: the train split has only {len(free)} images")
-                pool.query([free[j] for j in sorted(rng.choice(len(free), cfg.initial, replace=False))])
+                self._draw_initial()
                 continue
             if not (pool.history and pool.history[-1]["labelled"] == n):
+                fit_metrics: dict[str, float] = {}
                 if trained_for != n:
                     if cfg.reset_weights:
-                        committee = self.committee = self.make_committee()
-                    fit_metrics = self._train(committee)
-                    self._save_committee(committee)
+                        model = self.model = self.make_model()
+                    fit_metrics = self._train(model)
+                    self._save_model(model)
                     trained_for = n
-                else:
-                    fit_metrics = {}
-                metrics = {**fit_metrics, **evaluate(committee, self.data, self.val_idx, "val", cfg.fast_scoring)}
-                metrics.update(evaluate(committee, self.data, self.test_idx, "test", cfg.fast_scoring))
-                pool.end_round(metrics, cfg.patience, cfg.min_delta)
+                metrics = {**fit_metrics, **self.evaluate(model)}
+                pool.end_round(metrics, cfg.min_delta)
                 log.info("round %d: %d labelled, %s", pool.round - 1, n,
                          ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-                if self.on_round is not None:
-                    self.on_round(pool)
-            if n >= cfg.budget:
-                pool.finish("budget")
-            elif pool.rounds_since_best >= cfg.patience:
-                pool.finish("patience")
-            elif not pool.unlabelled:
-                pool.finish("pool exhausted")
+                if self.hooks.on_round is not None:
+                    self.hooks.on_round(pool)
+            reason = pool.stop_reason(cfg.budget, cfg.patience)
+            if reason is not None:
+                pool.finish(reason)
             else:
-                self._query(committee)
+                self._query(model)
         if trained_for != len(pool.labelled):
-            committee, _ = self._load_committee()
-        self.committee = committee
-        return LoopResult(committee, pool)
+            model, _ = self._load_model()
+        self.model = model
+        self.marker.finish(self.settings, stopped=pool.stopped, labelled=len(pool.labelled))
+        return LoopResult(model, pool)

@@ -1,27 +1,26 @@
 """Oracles answer the pool's queries with hand masks.
 
-`SimulatedOracle` reads held-back ground truth (`<masks_dir>/<id>.png`, e.g. the phantoms' masks/);
-`FolderOracle` is the human in the loop: it exports the queried images and a starting mask into a
-round folder, the run stops, a person saves `<id>_bin.png` answers there (the reference code's
-naming), and the next run validates and imports them. Every answer is a full-size boolean mask.
+Oracles are the `oracle=` config group (`_target_` one of the classes below). `SimulatedOracle` reads
+held-back ground truth (`<masks_dir>/<id>.png`, e.g. the phantoms' masks/); `FolderOracle` is the human in
+the loop: it exports the queried images and a starting mask into a round folder, the run stops, a person
+saves `<id>_bin.png` answers there (the reference code's naming), and the next run validates and imports
+them. Every answer is a full-size boolean mask.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from medal.atomic import write_json
 from medal.data.images import read_image, write_png
 from medal.errors import MedalError
-
-if TYPE_CHECKING:
-    from medal.active.loop import QueryContext
 
 log = logging.getLogger("medal.active")
 
@@ -32,6 +31,23 @@ MANIFEST = "queried.json"
 
 class OracleWaiting(Exception):
     """The human oracle has not answered yet; the message says where to put the answers."""
+
+
+@dataclass
+class QueryContext:
+    """What an oracle may need about the queried images: full size, the image, a starting mask."""
+
+    shape_of: Callable[[str], tuple[int, int]]
+    image_of: Callable[[str], np.ndarray]
+    start_mask_of: Callable[[str], np.ndarray | None]
+
+
+class Oracle(Protocol):
+    """Answers a round's queries with full-size boolean masks, or raises `OracleWaiting`."""
+
+    name: str
+
+    def answer(self, round_no: int, ids: Sequence[str], ctx: QueryContext) -> dict[str, np.ndarray]: ...
 
 
 def binary_mask(path: Path, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -50,11 +66,15 @@ def binary_mask(path: Path, expected_shape: tuple[int, int] | None = None) -> np
     return arr > 0
 
 
+@dataclass
 class SimulatedOracle:
     """Answers from a folder of ground-truth masks `<id>.png` (held back from the learner)."""
 
-    def __init__(self, masks_dir: str | Path) -> None:
-        self.masks_dir = Path(masks_dir)
+    name: str
+    masks_dir: Path
+
+    def __post_init__(self) -> None:
+        self.masks_dir = Path(self.masks_dir)
         if not self.masks_dir.is_dir():
             raise MedalError(f"oracle.masks_dir={self.masks_dir}: folder not found; point it at <id>.png masks")
 
@@ -62,11 +82,16 @@ class SimulatedOracle:
         return {i: binary_mask(self.masks_dir / f"{i}.png", ctx.shape_of(i)) for i in ids}
 
 
+@dataclass
 class FolderOracle:
-    """A person answers through `<root>/round_XX/`: images + starting masks out, `<id>_bin.png` back."""
+    """A person answers through `<root>/round_XX/` (root: the run's `al.dir`): images + starting masks out,
+    `<id>_bin.png` back."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    name: str
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
 
     def round_dir(self, round_no: int) -> Path:
         return self.root / f"round_{round_no:02d}"

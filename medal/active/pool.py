@@ -18,6 +18,29 @@ from medal.errors import MedalError
 STATE_VERSION = 1
 
 
+def stop_reason(labelled: int, budget: int, rounds_since_best: int, patience: int, unlabelled: int) -> str | None:
+    """The stopping rule (paper: stop at the label budget; medal also when validation Dice stalls for
+    `patience` rounds, or when nothing is left to query). None: go on.
+
+    Examples:
+        >>> stop_reason(labelled=400, budget=400, rounds_since_best=0, patience=2, unlabelled=9)
+        'budget'
+        >>> stop_reason(labelled=200, budget=400, rounds_since_best=2, patience=2, unlabelled=9)
+        'patience'
+        >>> stop_reason(labelled=200, budget=400, rounds_since_best=0, patience=2, unlabelled=0)
+        'pool exhausted'
+        >>> stop_reason(labelled=200, budget=400, rounds_since_best=1, patience=2, unlabelled=9) is None
+        True
+    """
+    if labelled >= budget:
+        return "budget"
+    if rounds_since_best >= patience:
+        return "patience"
+    if unlabelled == 0:
+        return "pool exhausted"
+    return None
+
+
 class ActivePool:
     """Labelled / pending / unlabelled split of `ids`, persisted to `path` after every step."""
 
@@ -69,26 +92,27 @@ class ActivePool:
         self.answers[image_id] = str(answer)
         self.save()
 
-    def end_round(self, metrics: dict[str, float], patience: int, min_delta: float = 0.0) -> bool:
-        """Close the round with its metrics; return True when validation Dice stopped improving.
+    def end_round(self, metrics: dict[str, float], min_delta: float) -> None:
+        """Close the round with its metrics; save.
 
-        `metrics["val/dice"]` (if present) drives early stopping: `patience` rounds in a row without
-        an improvement of more than `min_delta` stop the loop.
+        `metrics["val/dice"]` (if present) is the stopping rule's signal: a round that does not improve on the
+        best validation Dice by more than `min_delta` counts towards `rounds_since_best` (see `stop_reason`).
         """
         record = {"round": float(self.round), "labelled": float(len(self.labelled)), **metrics}
         self.history.append(record)
-        dice = metrics.get("val/dice")
-        stalled = False
+        dice = metrics.get("val/dice")  # absent when the data set has no validation masks
         if dice is not None:
             if dice > self.best_dice + min_delta:
                 self.best_dice = float(dice)
                 self.rounds_since_best = 0
             else:
                 self.rounds_since_best += 1
-                stalled = self.rounds_since_best >= patience
         self.round += 1
         self.save()
-        return stalled
+
+    def stop_reason(self, budget: int, patience: int) -> str | None:
+        """Why the loop should stop now (None: query the next round); see `stop_reason`."""
+        return stop_reason(len(self.labelled), budget, self.rounds_since_best, patience, len(self.unlabelled))
 
     def finish(self, reason: str) -> None:
         self.stopped = reason

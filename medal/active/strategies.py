@@ -1,7 +1,9 @@
-"""Query strategies as pure tensor functions: scores per pool image -> (indices to query, scores).
+"""Query scores as pure tensor functions: what a model says about pool images -> one score per image.
 
-Every strategy returns the indices of the `n` highest-scoring pool images (most informative first)
-and the scores of the whole pool, so the round's scores can be stored and plotted.
+Higher means "more informative: label first". Scores only; the round loop selects the top k once
+(`medal.active.scoring.select`), so every strategy is comparable and its scores can be stored and plotted.
+Shape contract: members first, images second — probabilities (M members, N images, H, W), features
+(M, N, D). A single model is M = 1.
 """
 
 from __future__ import annotations
@@ -12,10 +14,21 @@ from medal.errors import MedalError
 
 
 def pairwise_sine(features: torch.Tensor) -> torch.Tensor:
-    """Eq. 5-7: for features (M members, N images, D), sum over pairs i > j of sqrt(1 - cos^2(v_i, v_j)).
+    """Query-by-committee (paper eq. 5-7): for features (M members, N images, D), the sum over member pairs
+    i > j of sqrt(1 - cos²(v_i, v_j)) -> (N,) float32, in [0, M(M-1)/2].
 
-    Computed in float64 and with cos^2 clamped to [0, 1]: the square root magnifies rounding near
-    parallel vectors (float32 leaves ~1e-3 for identical members), and a hair above 1 would give NaN.
+    Computed in float64 and with cos² clamped to [0, 1]: the square root magnifies rounding near parallel
+    vectors (float32 leaves ~1e-3 for identical members), and a hair above 1 would give NaN.
+
+    Examples:
+        >>> pairwise_sine(torch.eye(3)[:, None, :]).tolist()  # 3 orthogonal members, one image: 3 x sin 90°
+        [3.0]
+        >>> pairwise_sine(torch.ones(3, 2, 4)).tolist()  # identical members agree on every image
+        [0.0, 0.0]
+        >>> pairwise_sine(torch.ones(2, 4))
+        Traceback (most recent call last):
+        ...
+        medal.errors.MedalError: qbc features shape (2, 4): expected (members, images, dim)
     """
     if features.dim() != 3:
         raise MedalError(f"qbc features shape {tuple(features.shape)}: expected (members, images, dim)")
@@ -28,35 +41,33 @@ def pairwise_sine(features: torch.Tensor) -> torch.Tensor:
     return score.float()
 
 
-def _top(scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if n < 0:
-        raise MedalError(f"query size {n}: must be >= 0")
-    n = min(n, scores.numel())
-    return torch.topk(scores, n, sorted=True).indices, scores
+def mean_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Uncertainty: the mean pixelwise binary entropy (nats) of the members' mean foreground probability,
+    probs (M members, N images, H, W...) -> (N,). Pass `probs[None]` for one model's maps.
 
+    Probabilities are clamped to [1e-6, 1 - 1e-6] so a confident pixel contributes ~0, not NaN.
 
-def qbc(features: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query-by-committee (paper eq. 5-7): the images whose member feature vectors disagree most."""
-    return _top(pairwise_sine(features), n)
-
-
-def entropy(probs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean pixelwise binary entropy (nats) of the committee-mean foreground probability.
-
-    `probs` is (M members, N images, ...); pass `probs[None]` for a single model's maps.
+    Examples:
+        >>> p = torch.full((2, 2, 4, 4), 0.01); p[:, 1] = 0.5
+        >>> [round(v, 3) for v in mean_entropy(p).tolist()]  # an undecided map scores ln 2
+        [0.056, 0.693]
+        >>> mean_entropy(torch.rand(4, 8))
+        Traceback (most recent call last):
+        ...
+        medal.errors.MedalError: entropy probs shape (4, 8): expected (members, images, H, W...)
     """
     if probs.dim() < 3:
         raise MedalError(f"entropy probs shape {tuple(probs.shape)}: expected (members, images, H, W...)")
-    mean = probs.float().mean(0)
-    p = mean.clamp(1e-6, 1 - 1e-6).flatten(1)
-    ent = -(p * p.log() + (1 - p) * (1 - p).log()).mean(1)
-    return _top(ent, n)
+    p = probs.float().mean(0).clamp(1e-6, 1 - 1e-6).flatten(1)
+    return -(p * p.log() + (1 - p) * (1 - p).log()).mean(1)
 
 
-def random(n_pool: int, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Uniform random draw: random scores, so the result has the same shape as the other strategies."""
-    scores = torch.rand(n_pool, generator=generator)
-    return _top(scores, n)
+def uniform(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random querying's scores: n independent U(0, 1) draws, so its top k is a uniform random sample.
 
-
-STRATEGIES = ("qbc", "random", "entropy")
+    Examples:
+        >>> a = uniform(5, torch.Generator().manual_seed(0))
+        >>> bool(torch.equal(a, uniform(5, torch.Generator().manual_seed(0)))), a.shape
+        (True, torch.Size([5]))
+    """
+    return torch.rand(n, generator=generator)

@@ -1,1 +1,2 @@
-"""Classical preprocessing: coarse hand masks (polarity, Otsu, components, morphology) and RoI cropping."""
+"""Classical preprocessing: the one Otsu binarisation and mask clean-up (`masks`), coarse hand masks and
+polarity (`coarse`), RoI cropping (`crop`)."""

@@ -12,12 +12,9 @@ join the hand (and hole filling cannot then fill the whole image).
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import binary_fill_holes
-from skimage.filters import threshold_otsu
-from skimage.measure import label
-from skimage.morphology import closing, disk
 
 from medal.data.images import resize
+from medal.preprocess.masks import FLAT, clean_mask, otsu_threshold
 
 RING_WIDTH = 0.15  # of the short side: wide enough that a wrist or a letter is a minority of the ring
 
@@ -35,25 +32,15 @@ def border_pixels(image: np.ndarray, inset: float = 0.05, width: float = RING_WI
 
 def is_inverted(image: np.ndarray, border: float = 0.05) -> bool:
     """True when the background (the outer ring) is on the bright side of the image's Otsu threshold."""
-    if float(image.max()) - float(image.min()) < 1e-6:
+    if float(image.max()) - float(image.min()) <= FLAT:
         return False
-    return bool(np.median(border_pixels(image, border)) > threshold_otsu(image))
+    return bool(np.median(border_pixels(image, border)) > otsu_threshold(image))
 
 
 def normalise_polarity(image: np.ndarray, border: float = 0.05) -> tuple[np.ndarray, bool]:
     """(image with a dark background, whether it was inverted)."""
     inverted = is_inverted(image, border)
     return (1.0 - image if inverted else image), inverted
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 8-connected foreground component (empty stays empty)."""
-    labels = label(mask, connectivity=2)
-    if labels.max() == 0:
-        return mask.astype(bool)
-    counts = np.bincount(labels.ravel())
-    counts[0] = 0
-    return labels == counts.argmax()
 
 
 def drop_frame(foreground: np.ndarray, strip: float = 0.02) -> np.ndarray:
@@ -79,13 +66,6 @@ def restore_strip(mask: np.ndarray, strip: float = 0.02) -> np.ndarray:
     return out
 
 
-def clean_mask(mask: np.ndarray, closing_radius: int = 2) -> np.ndarray:
-    """Closing, largest component, hole filling: a hand is one solid blob."""
-    if closing_radius > 0:
-        mask = closing(mask.astype(bool), disk(closing_radius))
-    return binary_fill_holes(largest_component(mask))
-
-
 def coarse_mask(
     image: np.ndarray, work_size: int = 512, closing_radius: int = 2, border: float = 0.05
 ) -> tuple[np.ndarray, bool]:
@@ -98,9 +78,9 @@ def coarse_mask(
     h, w = norm.shape
     scale = min(1.0, work_size / max(h, w))
     small = resize(norm, (max(1, round(h * scale)), max(1, round(w * scale)))) if scale < 1 else norm
-    if float(small.max()) - float(small.min()) < 1e-6:
+    if float(small.max()) - float(small.min()) <= FLAT:
         return np.zeros((h, w), dtype=bool), inverted
-    mask = restore_strip(clean_mask(drop_frame(small > threshold_otsu(small), border), closing_radius), border)
+    mask = restore_strip(clean_mask(drop_frame(small > otsu_threshold(small), border), closing_radius), border)
     if mask.shape != (h, w):
         mask = resize(mask.astype(np.float32), (h, w)) > 0.5
     return mask, inverted

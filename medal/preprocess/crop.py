@@ -17,6 +17,13 @@ def roi_box(mask: np.ndarray, margin: float = 0.05) -> Box:
     """Bounding box of the mask grown by `margin` x its longer side on every edge, clipped to the image.
 
     An empty mask gives the whole image (nothing better to crop to).
+
+    Examples:
+        >>> mask = np.zeros((100, 80), bool); mask[20:60, 30:50] = True
+        >>> roi_box(mask, margin=0.1)
+        (16, 26, 64, 54)
+        >>> roi_box(np.zeros((10, 12), bool))
+        (0, 0, 10, 12)
     """
     if margin < 0:
         raise MedalError(f"segment.roi_margin={margin}: must be >= 0")

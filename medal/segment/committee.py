@@ -3,11 +3,13 @@
 All members see the same batches and are optimised by one optimiser on the sum of their losses:
 their parameters are disjoint, so this is exactly `size` independent trainings in one pass over the
 data (and one Lightning loop). Validation logs every member's Dice and the committee-mean's Dice,
-both on Otsu-binarised probabilities (the paper's metric).
+both on Otsu-binarised probabilities (the paper's metric). The paper's U-Net baseline is a committee of one
+`UNetMember`. Active learning sees it through `medal.segment.model.CommitteeModel`.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,11 +17,13 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from medal.config import options_from
 from medal.data.augment import AugmentOptions, augment, build_augmentation
 from medal.errors import MedalError
+from medal.losses import bce_dice_loss
 from medal.models.fc_densenet import FCDenseNet
 from medal.models.unet import UNet
-from medal.segment.losses import bce_dice_loss, dice_iou
+from medal.segment.metrics import dice_iou
 
 
 class UNetMember(nn.Module):
@@ -38,14 +42,33 @@ class UNetMember(nn.Module):
 
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {"fc_densenet": FCDenseNet, "unet": UNetMember}
+NETWORKS: dict[str, type[nn.Module]] = {"fc_densenet": FCDenseNet, "unet": UNet}  # whose arguments `net` holds
 
 
-def build_members(size: int, seed: int, net: Mapping[str, Any], arch: str = "fc_densenet") -> nn.ModuleList:
-    """`size` networks initialised from seeds seed, seed+1, ... without touching the global RNG."""
+def check_net(arch: str, net: Mapping[str, Any]) -> None:
+    """Refuse an unknown architecture or a `net` key its network does not take, in one line.
+
+    Examples:
+        >>> check_net("unet", {"depth": 3, "width": 8})
+        >>> check_net("unet", {"depht": 3})
+        Traceback (most recent call last):
+        ...
+        medal.errors.MedalError: segmenter.net.depht: not an argument of UNet; known: depth, dropout, in_channels, norm, out_channels, width
+    """
     if arch not in ARCHS:
-        raise MedalError(f"segment arch={arch!r}: unknown; use one of {', '.join(ARCHS)}")
+        raise MedalError(f"segmenter.arch={arch!r}: unknown; use one of {', '.join(ARCHS)}")
+    known = set(inspect.signature(NETWORKS[arch]).parameters) - {"self"}
+    unknown = sorted(set(net) - known)
+    if unknown:
+        raise MedalError(f"segmenter.net.{unknown[0]}: not an argument of {NETWORKS[arch].__name__}; "
+                         f"known: {', '.join(sorted(known))}")
+
+
+def build_members(size: int, seed: int, net: Mapping[str, Any], arch: str) -> nn.ModuleList:
+    """`size` networks initialised from seeds seed, seed+1, ... without touching the global RNG."""
+    check_net(arch, net)
     if size < 1:
-        raise MedalError(f"al.committee_size={size}: must be >= 1")
+        raise MedalError(f"segmenter.members={size}: must be >= 1 (al.committee_size for the committee)")
     members = []
     for k in range(size):
         with torch.random.fork_rng(devices=[]):
@@ -59,19 +82,21 @@ class Committee(pl.LightningModule):
 
     def __init__(
         self,
-        net: Mapping[str, Any] | None = None,
-        size: int = 3,
-        seed: int = 0,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        augment: Mapping[str, Any] | None = None,
-        channels_last: bool = True,
-        arch: str = "fc_densenet",
+        *,
+        net: Mapping[str, Any],
+        size: int,
+        seed: int,
+        lr: float,
+        weight_decay: float,
+        augment: Mapping[str, Any],
+        channels_last: bool,
+        arch: str,
     ) -> None:
+        """`augment` is `segment.augment` (its `enabled` switches it off); the others as in conf/segment.yaml."""
         super().__init__()
         self.save_hyperparameters()
-        self.members = build_members(size, seed, net or {}, arch)
-        self.augmentation = build_augmentation(AugmentOptions(**dict(augment))) if augment else None
+        self.members = build_members(size, seed, net, arch)
+        self.augmentation = build_augmentation(options_from(AugmentOptions, augment, "segment.augment"))
         self.channels_last = channels_last
         if channels_last:
             self.members.to(memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""One round's committee training: a Lightning fit of a fixed number of steps on the labelled set.
+"""One round's training: a Lightning fit of a fixed number of steps on the labelled set.
 
 Rounds start with a handful of labels, so "epochs" mean little; the sampler draws `steps * batch_size`
 labelled images with replacement, which makes every round cost the same whatever the set's size.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pytorch_lightning as pl
@@ -38,32 +38,25 @@ def _tensors(*arrays: np.ndarray) -> TensorDataset:
     return TensorDataset(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[:, None] for a in arrays))
 
 
-def quiet_trainer(accelerator: str = "cpu", precision: str = "32-true", **overrides: Any) -> pl.Trainer:
-    """A quiet one-epoch single-device trainer (benchmarks); tasks build theirs from `cfg.trainer`."""
-    options: dict[str, Any] = dict(
-        accelerator=accelerator, devices=1, max_epochs=1, precision=precision, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-    )
-    options.update(overrides)
-    return pl.Trainer(**options)
+@dataclass(frozen=True)
+class RoundTraining:
+    """How every round trains: `steps` batches of `batch_size`, a fresh one-epoch trainer from `make_trainer`,
+    validation once at the end on the fixed validation set (images and masks (V, S, S); V may be 0)."""
 
+    steps: int
+    batch_size: int
+    make_trainer: TrainerFactory
+    val_images: np.ndarray
+    val_masks: np.ndarray
 
-def fit_committee(
-    committee: Committee,
-    images: np.ndarray,
-    masks: np.ndarray,
-    val_images: np.ndarray,
-    val_masks: np.ndarray,
-    steps: int,
-    batch_size: int,
-    make_trainer: TrainerFactory,
-) -> dict[str, float]:
-    """Train `steps` batches, validate once at the end; return the logged `val/*` metrics."""
-    sampler = RandomSampler(range(len(images)), replacement=True, num_samples=steps * batch_size)
-    train = DataLoader(_tensors(images, masks), batch_size=batch_size, sampler=sampler, drop_last=False)
-    val = DataLoader(_tensors(val_images, val_masks), batch_size=max(batch_size, 16)) if len(val_images) else None
-    with quiet_lightning():
-        trainer = make_trainer()
-        committee.train()  # scoring left it in eval mode, and Lightning keeps the modes it finds
-        trainer.fit(committee, train_dataloaders=train, val_dataloaders=val)
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    def fit(self, committee: Committee, images: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+        """Train on images and masks (N, S, S); return the logged `val/*` metrics."""
+        sampler = RandomSampler(range(len(images)), replacement=True, num_samples=self.steps * self.batch_size)
+        train = DataLoader(_tensors(images, masks), batch_size=self.batch_size, sampler=sampler, drop_last=False)
+        val = (DataLoader(_tensors(self.val_images, self.val_masks), batch_size=max(self.batch_size, 16))
+               if len(self.val_images) else None)
+        with quiet_lightning():
+            trainer = self.make_trainer()
+            committee.train()  # scoring left it in eval mode, and Lightning keeps the modes it finds
+            trainer.fit(committee, train_dataloaders=train, val_dataloaders=val)
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

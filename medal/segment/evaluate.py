@@ -1,0 +1,49 @@
+"""Scoring a segmenter: each round's Dice at working resolution, and the final full-size Dice.
+
+Both score the members' mean probability binarised with Otsu (the paper's g(y)), through the `SegModel`
+protocol only, a chunk of images at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medal.active.model import SegModel, in_chunks
+from medal.data.images import read_image, resize
+from medal.preprocess.masks import binarise
+from medal.segment.data import SegData
+from medal.segment.metrics import dice_iou, mean_mask_scores
+
+
+def mean_probs(model: SegModel, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The members' mean foreground probability (N, S, S) float32 of images (N, S, S)."""
+    return in_chunks(lambda x: model.predict_probs(x).mean(0), images, batch_size, desc="predicting").numpy()
+
+
+def split_scores(model: SegModel, data: SegData, idx: np.ndarray, prefix: str, batch_size: int) -> dict[str, float]:
+    """`<prefix>/dice` and `<prefix>/iou` of the mean probability (Otsu-binarised) on rows `idx` at working
+    resolution; {} when there are no such rows or no held-out masks."""
+    if len(idx) == 0 or data.eval_masks is None:
+        return {}
+    probs = torch.from_numpy(mean_probs(model, data.images[idx], batch_size))[:, None]
+    gold = torch.from_numpy(np.asarray(data.eval_masks[idx], dtype=np.float32))[:, None]
+    dice, iou = dice_iou(probs, gold)
+    return {f"{prefix}/dice": float(dice.mean()), f"{prefix}/iou": float(iou.mean())}
+
+
+def held_out_scores(model: SegModel, images: np.ndarray, ids: Sequence[str], masks_dir: Path, postprocess: bool,
+                    batch_size: int) -> dict[str, float]:
+    """Mean Dice and IoU of full-size masks made as `write_final` makes them (mean probability upsampled to
+    the reference mask's size, Otsu, largest component), against `<masks_dir>/<id>.png`; writes nothing."""
+    probs = mean_probs(model, images, batch_size)
+
+    def pairs():
+        for prob, image_id in zip(probs, ids, strict=True):
+            gold = read_image(masks_dir / f"{image_id}.png") > 0.5
+            yield binarise(np.clip(resize(prob, gold.shape), 0, 1), postprocess), gold
+
+    return mean_mask_scores(pairs())
