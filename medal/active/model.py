@@ -41,6 +41,16 @@ class SegModel(Protocol):
         ...
 
 
+@runtime_checkable
+class MCDropoutModel(Protocol):
+    """A model that can also sample one network's predictions with dropout active (BALD with MC dropout)."""
+
+    def mc_probs(self, images: np.ndarray, samples: int, seed: int) -> torch.Tensor:
+        """Foreground probabilities (samples, N, S, S) float32 of one network, dropout on (a fresh mask per
+        sample, drawn from `seed`), normalisation layers as in inference."""
+        ...
+
+
 def in_chunks(fn: Callable[[np.ndarray], torch.Tensor], images: np.ndarray, size: int, dim: int = 0,
               desc: str = "scoring") -> torch.Tensor:
     """`fn` over chunks of `size` rows of `images` (N, ...), results concatenated along `dim`.
