@@ -66,5 +66,6 @@ def in_chunks(fn: Callable[[np.ndarray], torch.Tensor], images: np.ndarray, size
     if size < 1:
         raise ValueError(f"chunk size {size}: must be >= 1")
     out = [fn(images[start:start + size])
-           for start in tqdm(range(0, n, size), desc=desc, unit="batch", leave=False, disable=n <= size)]
+           for start in tqdm(range(0, n, size), desc=desc, unit="batch", leave=False,
+                             disable=True if n <= size else None)]  # None: no bar where stderr is not a terminal
     return torch.cat(out, dim=dim) if out else torch.empty(0)
