@@ -3,6 +3,7 @@ real phantom pool: the common-space descriptor separates images, the paper's bot
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,28 @@ def test_qbc_spread_on_a_phantom_pool_is_far_larger_on_probability_maps(tiny_pha
     assert spread["bottleneck"]["cv"] < 0.05 and spread["bottleneck"]["top_k_over_median"] < 1.1
     assert spread["probs"]["cv"] > 10 * spread["bottleneck"]["cv"]
     assert spread["probs"]["top_k_over_median"] > 1.3
+
+
+def test_the_benchmarks_oracle_upper_bound_queries_what_the_model_segments_worst(tmp_path: Path,
+                                                                                monkeypatch) -> None:
+    """scripts/bench_segmentation.py's yardstick reads the truth: the worst-segmented image is asked first."""
+    import importlib.util
+
+    from medal.data.images import write_png
+
+    spec = importlib.util.spec_from_file_location("bench_segmentation",
+                                                  Path(__file__).parents[1] / "scripts" / "bench_segmentation.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    probs = _agreeing()  # every member: hand on the left half
+    for i in range(N):
+        truth = np.zeros((2 * S, 2 * S), bool)  # full size: twice the working size
+        truth[:, : S if i != 6 else S // 2] = True  # image 6's hand is half as wide as predicted
+        if i == 9:
+            truth[:] = False
+            truth[:, S:] = True  # image 9's hand is on the other side: Dice 0
+        write_png(tmp_path / f"{i}.png", truth)
+    scores = bench.WorstSegmented("oracle", str(tmp_path)).score(Planted(probs), _candidates(), _gen())
+    assert select(scores, 2) == [9, 6]
+    assert float(scores[0]) == pytest.approx(0.0, abs=1e-6) and float(scores[9]) == pytest.approx(1.0)

@@ -29,7 +29,7 @@ import torch
 from medal.active.model import SegModel
 from medal.active.oracles import Oracle, OracleWaiting, QueryContext, edit_effort
 from medal.active.pool import ActivePool
-from medal.active.scoring import Candidates, Strategy, select
+from medal.active.scoring import Candidates, Strategy, one_of, select
 from medal.active.strategies import score_spread
 from medal.atomic import atomic_path
 from medal.data.images import read_image, resize, write_png
@@ -78,10 +78,8 @@ class ALConfig:
             raise MedalError(f"al.patience={self.patience}: must be >= 1")
         if self.score_batch_size < 1:
             raise MedalError(f"al.score_batch_size={self.score_batch_size}: must be >= 1")
-        if self.member_init not in MEMBER_INIT:
-            raise MedalError(f"al.member_init={self.member_init!r}: use one of {', '.join(MEMBER_INIT)}")
-        if self.member_data not in MEMBER_DATA:
-            raise MedalError(f"al.member_data={self.member_data!r}: use one of {', '.join(MEMBER_DATA)}")
+        one_of("al.member_init", self.member_init, MEMBER_INIT)
+        one_of("al.member_data", self.member_data, MEMBER_DATA)
 
 
 class PoolData(Protocol):

@@ -55,6 +55,19 @@ class Strategy(Protocol):
     def score(self, model: SegModel, candidates: Candidates, generator: torch.Generator) -> torch.Tensor: ...
 
 
+def one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """Refuse an option value outside `choices`, in one line naming the key.
+
+    Examples:
+        >>> one_of("strategy.source", "ensemble", BALD_SOURCES)
+        Traceback (most recent call last):
+        ...
+        medal.errors.MedalError: strategy.source='ensemble': use one of committee, mc_dropout
+    """
+    if value not in choices:
+        raise MedalError(f"{key}={value!r}: use one of {', '.join(choices)}")
+
+
 def _strategy(node: Any, key: str) -> Strategy:
     """A nested strategy option (a dict with `_target_`), built and checked."""
     built = node if not isinstance(node, dict) else build_from(node, key)
@@ -95,8 +108,7 @@ class QBC(PerImage):
     grid: int
 
     def __post_init__(self) -> None:
-        if self.descriptor not in QBC_DESCRIPTORS:
-            raise MedalError(f"strategy.descriptor={self.descriptor!r}: use one of {', '.join(QBC_DESCRIPTORS)}")
+        one_of("strategy.descriptor", self.descriptor, QBC_DESCRIPTORS)
         if self.grid < 1:
             raise MedalError(f"strategy.grid={self.grid}: must be >= 1")
 
@@ -137,8 +149,7 @@ class BALD(PerImage):
     samples: int
 
     def __post_init__(self) -> None:
-        if self.source not in BALD_SOURCES:
-            raise MedalError(f"strategy.source={self.source!r}: use one of {', '.join(BALD_SOURCES)}")
+        one_of("strategy.source", self.source, BALD_SOURCES)
         if self.samples < 2:
             raise MedalError(f"strategy.samples={self.samples}: MC dropout needs >= 2 samples")
 
