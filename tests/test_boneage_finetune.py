@@ -12,9 +12,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from medal.boneage.module import BoneAgeModule
 from medal.callbacks.checkpoints import best_and_last
-from medal.callbacks.finetune import MODES, FixedFinetuning
+from medal.callbacks.finetune import FixedFinetuning
 from medal.callbacks.paced import PacedTransferLearning
-from medal.models.regressor import STAGES
+from medal.models.stages import FIXED_MODES, STAGES
 
 DECAY = {"_target_": "medal.boneage.schedulers.inverse_time_decay", "_partial_": True, "decay": 0.05}
 
@@ -37,7 +37,7 @@ def stage_keys(model, stage: str) -> tuple[set[str], set[str]]:
     return params, stats
 
 
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", list(FIXED_MODES))
 def test_fixed_mode_trains_exactly_its_stages(mode: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     module = tiny_module()
@@ -48,7 +48,7 @@ def test_fixed_mode_trains_exactly_its_stages(mode: str, tmp_path: Path) -> None
     optimised = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
     for index, stage in enumerate(STAGES):
         params, stats = stage_keys(module.model, stage)
-        trainable = index < MODES[mode]
+        trainable = index < FIXED_MODES[mode]
         moved = [k for k in params if not torch.equal(before[k], after[k])]
         stats_moved = [k for k in stats if not torch.equal(before[k], after[k])]
         stage_params = [p for m in module.model.stage_modules(stage) for p in m.parameters()]

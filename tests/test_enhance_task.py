@@ -12,10 +12,10 @@ from hydra_compose import compose_task
 from omegaconf import DictConfig
 
 from medal.data.images import read_image, write_png
+from medal.enhance.experiment import run_enhance
 from medal.errors import MedalError
 from medal.hardware import use_bf16
 from medal.runs import read_metrics
-from medal.tasks.enhance import run_enhance
 from medal.tasks.runner import run_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")

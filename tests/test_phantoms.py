@@ -90,7 +90,8 @@ def test_rsna_layout_and_label_files(phantom_set) -> None:
 
 
 def test_data_index_reads_the_phantoms(phantom_set) -> None:
-    rsna = pytest.importorskip("medal.data.rsna")
+    from medal.data import rsna
+
     root, meta = phantom_set
     index = rsna.read_index(root, strict=True)
     assert sorted(index.id) == sorted(meta.id)

@@ -32,9 +32,9 @@ def clahe_params(clip_limit: float | int, grid: int | Sequence[int]) -> tuple[fl
 
 def clahe(
     images: torch.Tensor,
-    clip_limit: float | int = 2.0,
-    grid: int | Sequence[int] = (8, 8),
-    keep_background: bool = False,
+    clip_limit: float | int,
+    grid: int | Sequence[int],
+    keep_background: bool,
 ) -> torch.Tensor:
     """Contrast-limited adaptive histogram equalisation of (B, C, H, W) or (C, H, W) images in [0, 1].
 

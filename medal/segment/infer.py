@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from medal.active import strategies
 from medal.atomic import atomic_path
-from medal.data.images import read_image, resize, write_png
+from medal.data.images import DERIVED_BITS, apply_window, hand_window, read_image, resize, write_png
 from medal.errors import MedalError
 from medal.preprocess.coarse import clean_mask
 from medal.preprocess.crop import crop_square, roi_box
@@ -155,6 +155,10 @@ def write_final(
 ) -> Path:
     """Full-size masks, hand RoIs (polarity-normalised, background zeroed) and their boxes; gold crops too.
 
+    Masks are 8-bit binary; RoIs and gold crops are 16-bit (`DERIVED_BITS`). An RoI is windowed by
+    `hand_window` ([0, the hand's brightest pixel] -> [0, 1]: nothing clipped, a 12-bit source keeps its
+    levels); a gold crop keeps the gold standard's own intensities, the enhancer's target.
+
     `probs` is the committee-mean probability at working resolution, row i for ids[i] (a stretched
     square of the image, so a plain resize maps it back). boxes.csv is written last: its presence
     marks a complete pass.
@@ -168,13 +172,14 @@ def write_final(
         flip = bool(inverted.get(image_id, False))
         hand = (1.0 - image if flip else image) * mask
         box = roi_box(mask, out.margin)
-        write_png(out.roi / f"{image_id}.png", crop_square(hand, box, out.roi_size))
+        roi = apply_window(crop_square(hand, box, out.roi_size), hand_window(hand))  # [0, hand max] -> [0, 1]
+        write_png(out.roi / f"{image_id}.png", roi, bits=DERIVED_BITS)
         has_gold = False
         if gold_dir is not None and (gold_dir / f"{image_id}.png").is_file():
             gold = read_image(gold_dir / f"{image_id}.png")
             if gold.shape != image.shape:
                 raise MedalError(f"{gold_dir / image_id}.png: gold image size differs from the raw image's")
-            write_png(out.roi_gold / f"{image_id}.png", crop_square(gold, box, out.roi_size))
+            write_png(out.roi_gold / f"{image_id}.png", crop_square(gold, box, out.roi_size), bits=DERIVED_BITS)
             has_gold = True
         y0, x0, y1, x1 = box
         rows.append([image_id, y0, x0, y1, x1, int(flip), image.shape[0], image.shape[1], float(mask.mean()),
