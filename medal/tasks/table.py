@@ -57,7 +57,7 @@ def table_spec(tcfg: DictConfig) -> TableSpec:
         changes["metrics"] = tuple(str(m) for m in tcfg.metrics)
     if tcfg.decimals is not None:
         changes["decimals"] = int(tcfg.decimals)
-    if tcfg.get("best") is not None:
+    if tcfg.best is not None:
         changes["best"] = str(tcfg.best)
     if tcfg.preset is None:
         if not changes.get("rows") or not changes.get("columns"):
