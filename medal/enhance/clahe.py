@@ -15,7 +15,16 @@ from medal.errors import MedalError
 
 
 def clahe_params(clip_limit: float | int, grid: int | Sequence[int]) -> tuple[float, tuple[int, int]]:
-    """Validate and convert config values to (float clip limit, (rows, cols) grid)."""
+    """Validate and convert config values to (float clip limit, (rows, cols) grid).
+
+    Examples:
+        >>> clahe_params(2, 8), clahe_params(3.5, [4, 2])
+        ((2.0, (8, 8)), (3.5, (4, 2)))
+        >>> clahe_params(0, 8)
+        Traceback (most recent call last):
+        ...
+        medal.errors.MedalError: enhance.clahe: clip_limit=0, grid=8: clip_limit must be > 0 and grid two ints >= 1
+    """
     try:
         clip = float(clip_limit)
         cells = (int(grid), int(grid)) if isinstance(grid, int | float) else tuple(int(g) for g in grid)
