@@ -5,7 +5,8 @@
 1. Generates `n` phantoms (resumable) under `<root>/phantoms` (default root outputs/bench_enhance).
 2. Builds (input, gold) RoI pairs the way the segmentation stage does (contract 5): raw image with its
    polarity normalised, background zeroed by the true mask, cropped by `medal.preprocess.crop` with the
-   same box as the gold image, square, `size` px, windowed and written at 16 bits (`medal.data.images`).
+   same box as the gold image, square, `size` px, read in their stored range and written at 16 bits
+   (`medal.data.images`).
 3. Runs the real task body (`run_enhance`) for each method on the same seeded held-out pairs; each GAN
    trains for the same wall-clock budget. Reports PSNR and SSIM mean, std and 5th percentile over the
    held-out images, and every method's PSNR as a ratio to `none`.
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from medal.bench import BENCH_DIR, BenchRow, write_bench
 from medal.config import CONF_DIR
-from medal.data.images import DERIVED_BITS, apply_window, hand_window, read_image, write_png
+from medal.data.images import DERIVED_BITS, read_image, read_radiograph, write_png
 from medal.data.phantom import generate_dataset
 from medal.data.rsna import read_index
 from medal.enhance.experiment import run_enhance
@@ -54,14 +55,13 @@ def make_pairs(data_root: Path, work: Path, size: int) -> int:
     for row in tqdm(index.itertuples(), total=len(index), desc="RoI pairs"):
         if (work / "roi_gold" / f"{row.id}.png").is_file():
             continue
-        raw = read_image(row.path)
+        raw = read_radiograph(row.path)
         mask = read_image(data_root / "masks" / f"{row.id}.png") > 0.5
-        gold = read_image(data_root / "gold" / f"{row.id}.png")
+        gold = read_radiograph(data_root / "gold" / f"{row.id}.png")
         if bool(inverted[row.id]):
             raw = 1.0 - raw
-        box, hand = roi_box(mask), raw * mask
-        roi = apply_window(crop_square(hand, box, size), hand_window(hand))  # as the segmentation stage writes it
-        write_png(work / "roi" / f"{row.id}.png", roi, bits=DERIVED_BITS)
+        box = roi_box(mask)
+        write_png(work / "roi" / f"{row.id}.png", crop_square(raw * mask, box, size), bits=DERIVED_BITS)
         write_png(work / "roi_gold" / f"{row.id}.png", crop_square(gold, box, size), bits=DERIVED_BITS)
     return len(index)
 
