@@ -166,7 +166,7 @@ def test_checkpoint_keeps_the_ptl_counters_of_the_epoch_it_saves(tmp_path: Path)
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, limit_train_batches=2,
                                           enable_checkpointing=True), callbacks=[ptl, best, last])
     trainer.fit(tiny_module(), train_dataloaders=loader(n=16), val_dataloaders=loader(n=8, seed=1))
-    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     state = next(v for k, v in saved["callbacks"].items() if k.startswith("PacedTransferLearning"))
     assert ptl.epochs_in_stage == 2
     assert state["epochs_in_stage"] == 2 and state["stage"] == 0
@@ -189,6 +189,6 @@ def test_last_checkpoint_moves_every_epoch_when_the_metric_stops_improving(tmp_p
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=4, limit_train_batches=1,
                                           enable_checkpointing=True), callbacks=[best, last])
     trainer.fit(tiny_module(FlatValidation), train_dataloaders=loader(n=8), val_dataloaders=loader(n=8, seed=1))
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 3
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
     assert [p.name for p in (tmp_path / "checkpoints").glob("best-*.ckpt")] == ["best-000.ckpt"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best-000.ckpt", "last.ckpt"]
