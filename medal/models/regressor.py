@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,11 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from medal.config import to_plain
+from medal.config import options_from
 from medal.errors import MedalError
+from medal.models.stages import BACKBONE_BLOCKS, STAGES
 
 log = logging.getLogger("medal.boneage")
-
-#: Fine-tuning stages from the top of the network to the bottom (the order paced transfer learning unfreezes).
-STAGES: tuple[str, ...] = ("head", "exit", "middle", "entry", "stem")
-BACKBONE_BLOCKS: tuple[str, ...] = STAGES[1:]
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -196,21 +194,46 @@ def load_weights(model: BoneAgeRegressor, path: str | Path) -> None:
     log.info("loaded backbone weights from %s (head stays freshly initialised)", path)
 
 
+@dataclass(frozen=True)
+class HeadOptions:
+    """`model.head`: FC widths before the output (`[]` keeps the head linear, so CAM is exact), dropout, and
+    the width of the sex embedding (used when `model.sex_input` is true)."""
+
+    hidden: list[int]
+    dropout: float
+    sex_dim: int
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """A `model=` config (`conf/model/<name>.yaml`). Every key is required: the YAML is the one place the
+    settings live, so a renamed or misspelt key fails in one line instead of falling back to a default."""
+
+    name: str
+    timm_name: str
+    in_chans: int
+    pretrained: bool
+    weights: str | None  # a local timm / safetensors / Lightning checkpoint, or null
+    sex_input: bool
+    image_size: int  # the input size the architecture was designed for (a hint for data.image_size)
+    head: dict[str, Any]
+    blocks: dict[str, list[str]]
+
+
 def build_regressor(model_cfg: DictConfig | Mapping[str, Any]) -> BoneAgeRegressor:
     """The regressor of a `model=` config: backbone, validated block map, head, optional local weights."""
-    cfg = to_plain(model_cfg)
-    name = cfg["timm_name"]
-    backbone = create_backbone(name, int(cfg.get("in_chans", 1)), bool(cfg.get("pretrained", False)))
-    block_map = cfg.get("blocks") or {}
-    resolve_block_map(backbone, block_map, name)
-    head_cfg = cfg.get("head") or {}
-    head = RegressionHead(backbone.num_features, hidden=head_cfg.get("hidden", []),
-                          dropout=float(head_cfg.get("dropout", 0.0)), sex_input=bool(cfg.get("sex_input", False)),
-                          sex_dim=int(head_cfg.get("sex_dim", 16)))
+    opts = options_from(ModelOptions, model_cfg, "model")
+    head_opts = options_from(HeadOptions, opts.head, "model.head")
+    backbone = create_backbone(opts.timm_name, int(opts.in_chans), bool(opts.pretrained))
+    block_map = dict(opts.blocks)
+    resolve_block_map(backbone, block_map, opts.timm_name)
+    head = RegressionHead(backbone.num_features, hidden=list(head_opts.hidden), dropout=float(head_opts.dropout),
+                          sex_input=bool(opts.sex_input), sex_dim=int(head_opts.sex_dim))
+    # timm's own normalisation of the backbone (its pretrained_cfg is timm's dict, not medal config)
     pcfg = getattr(backbone, "pretrained_cfg", {}) or {}
     mean = sum(pcfg.get("mean", (0.5,))) / len(pcfg.get("mean", (0.5,)))
     std = sum(pcfg.get("std", (0.5,))) / len(pcfg.get("std", (0.5,)))
     model = BoneAgeRegressor(backbone, block_map, head, mean=mean, std=std)
-    if cfg.get("weights"):
-        load_weights(model, cfg["weights"])
+    if opts.weights:
+        load_weights(model, opts.weights)
     return model

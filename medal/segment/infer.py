@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medal.atomic import atomic_path
-from medal.data.images import read_image, resize, write_png
+from medal.data.images import DERIVED_BITS, read_radiograph, resize, write_png
 from medal.errors import MedalError
 from medal.preprocess.crop import crop_square, roi_box
 from medal.preprocess.masks import binarise
@@ -60,26 +60,30 @@ def write_final(
 ) -> Path:
     """Full-size masks, hand RoIs (polarity-normalised, background zeroed) and their boxes; gold crops too.
 
+    Masks are 8-bit binary; RoIs and gold crops are 16-bit (`DERIVED_BITS`), read with `read_radiograph`
+    (the file's stored range mapped to [0, 1], so a 12-bit image in a 16-bit file keeps its 4096 levels and
+    its polarity flip stays inside its range).
+
     `probs` is the committee-mean probability at working resolution, row i for ids[i] (a stretched
     square of the image, so a plain resize maps it back). boxes.csv is written last: its presence
     marks a complete pass.
     """
     rows = []
     for i, (image_id, path) in enumerate(tqdm(list(zip(ids, paths, strict=True)), desc="masks + RoIs", unit="img")):
-        image = read_image(path)
+        image = read_radiograph(path)
         prob = np.clip(resize(probs[i], image.shape), 0.0, 1.0)
         mask = binarise(prob, out.postprocess)
         write_png(out.masks / f"{image_id}.png", mask)
         flip = bool(inverted.get(image_id, False))
         hand = (1.0 - image if flip else image) * mask
         box = roi_box(mask, out.margin)
-        write_png(out.roi / f"{image_id}.png", crop_square(hand, box, out.roi_size))
+        write_png(out.roi / f"{image_id}.png", crop_square(hand, box, out.roi_size), bits=DERIVED_BITS)
         has_gold = False
         if gold_dir is not None and (gold_dir / f"{image_id}.png").is_file():
-            gold = read_image(gold_dir / f"{image_id}.png")
+            gold = read_radiograph(gold_dir / f"{image_id}.png")
             if gold.shape != image.shape:
                 raise MedalError(f"{gold_dir / image_id}.png: gold image size differs from the raw image's")
-            write_png(out.roi_gold / f"{image_id}.png", crop_square(gold, box, out.roi_size))
+            write_png(out.roi_gold / f"{image_id}.png", crop_square(gold, box, out.roi_size), bits=DERIVED_BITS)
             has_gold = True
         y0, x0, y1, x1 = box
         rows.append([image_id, y0, x0, y1, x1, int(flip), image.shape[0], image.shape[1], float(mask.mean()),
