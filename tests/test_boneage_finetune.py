@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from boneage_fixtures import loader, tiny_module, trainer_kwargs
+from helpers.boneage_fixtures import loader, tiny_module, trainer_kwargs
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from medal.boneage.module import BoneAgeModule

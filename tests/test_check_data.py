@@ -9,8 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.rsna_layouts import (
+    corrupt_crc,
+    garble_pixels,
+    make_official,
+    rewrite_train_csv,
+    truncate,
+    write_png,
+)
 from hydra.core.global_hydra import GlobalHydra
-from rsna_layouts import corrupt_crc, garble_pixels, make_official, rewrite_train_csv, truncate, write_png
 
 from medal.data.checks import summarize
 from medal.data.rsna import read_index

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.rsna_layouts import make_kaggle, make_official, rewrite_train_csv, truncate, write_png
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
-from rsna_layouts import make_kaggle, make_official, rewrite_train_csv, truncate, write_png
 from torch.utils.data import DataLoader
 
 from medal.config import CONF_DIR

@@ -14,9 +14,9 @@ from medal.enhance.losses import (
     l1_reconstruction,
     paper_reconstruction,
     reconstruction_loss,
-    soft_dice,
 )
 from medal.errors import MedalError
+from medal.losses import soft_dice  # noqa: I001
 
 
 def test_paper_loss_on_a_hand_computed_case() -> None:

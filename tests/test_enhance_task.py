@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from enhance_fixtures import write_pairs
-from hydra_compose import compose_task
+from helpers.enhance_fixtures import write_pairs
+from helpers.hydra_compose import compose_task
 from omegaconf import DictConfig
 
 from medal.data.images import read_image, write_png

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from enhance_fixtures import write_pairs
+from helpers.enhance_fixtures import write_pairs
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from medal.enhance.module import Enhancer

@@ -12,10 +12,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from fake_runs import write_multirun
+from helpers.fake_runs import write_multirun
+from helpers.hydra_compose import compose_jobs, compose_task
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra_compose import compose_jobs, compose_task
 from omegaconf import DictConfig, OmegaConf
 
 from medal.cli import main

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra_compose import compose_task
+from helpers.hydra_compose import compose_task
 from omegaconf import OmegaConf, open_dict
 
 from medal.boneage.module import BoneAgeModule

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra_compose import compose_task  # conftest's make_cfg cannot set the read-only hydra node
+from helpers.hydra_compose import compose_task  # conftest's make_cfg cannot set the read-only hydra node
 from PIL import Image
 from skimage.measure import label
 

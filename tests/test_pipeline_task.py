@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from browser import CHROMIUM, NO_CHROMIUM, render_dom
-from hydra_compose import compose_task
+from helpers.browser import CHROMIUM, NO_CHROMIUM, render_dom
+from helpers.hydra_compose import compose_task
 
 from medal.active.oracles import ANSWER_SUFFIX, MANIFEST
 from medal.data.phantom.sheet import ARTIFACTS as PHANTOM_ARTIFACTS

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from fake_runs import GRID, MODES, planted_mae, write_job, write_multirun
-from hydra_compose import compose_task
+from helpers.fake_runs import GRID, MODES, planted_mae, write_job, write_multirun
+from helpers.hydra_compose import compose_task
 
 from medal.errors import MedalError
 from medal.tables.folder_runs import collect_runs

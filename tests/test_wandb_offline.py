@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import wandb
-from fake_runs import GRID, write_multirun
-from hydra_compose import compose_task
+from helpers.fake_runs import GRID, write_multirun
+from helpers.hydra_compose import compose_task
 from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 

@@ -11,6 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from medal.errors import MedalError
+from medal.losses import bce_dice_loss
+
+# Dice smoothing on intensities: small, so a dark image's Dice is not pulled to 1 (masks use medal.losses.DICE_EPS).
+INTENSITY_DICE_EPS = 1e-6
 
 ADVERSARIAL_MODES = ("bce", "lsgan")
 RECONSTRUCTIONS = ("paper", "l1")
@@ -49,22 +53,6 @@ class GANLoss(nn.Module):
         return F.mse_loss(logits, target)
 
 
-def soft_dice(prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-image soft Dice 2|p∩y| / (|p| + |y|) of intensities in [0, 1] -> (B,).
-
-    Args:
-        prob, target: (B, ...) in [0, 1]; `eps` keeps two empty images at Dice 1.
-
-    Examples:
-        >>> y = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
-        >>> soft_dice(y, y), soft_dice(torch.tensor([[1.0, 0.0, 1.0, 0.0]]), y)
-        (tensor([1.]), tensor([0.5000]))
-    """
-    dims = tuple(range(1, prob.ndim))
-    inter = (prob * target).sum(dims)
-    return (2 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)
-
-
 def paper_reconstruction(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Eq. 4 of the paper on intensities: mean pixelwise BCE + (1 - soft Dice), averaged over the batch.
 
@@ -78,9 +66,7 @@ def paper_reconstruction(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
         >>> bool(perfect < 1e-6), bool(wrong > 10)
         (True, True)
     """
-    logits, target = logits.float(), target.float()
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    return bce + (1 - soft_dice(torch.sigmoid(logits), target)).mean()
+    return bce_dice_loss(logits, target, eps=INTENSITY_DICE_EPS)
 
 
 def l1_reconstruction(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

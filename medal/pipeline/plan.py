@@ -43,7 +43,7 @@ log = logging.getLogger("medal.pipeline")
 PIPELINE_TASKS: dict[str, str] = {"phantoms": "phantoms", "check-data": "check_data", "segment": "segment",
                                   "enhance": "enhance", "boneage": "boneage", "cam": "cam"}
 # The module in which each task declares its artefacts (`ARTIFACTS`), imported only when the stage is planned.
-ARTIFACT_MODULES: dict[str, str] = {"segment": "medal.segment.figures", "enhance": "medal.enhance.module",
+ARTIFACT_MODULES: dict[str, str] = {"segment": "medal.segment.experiment", "enhance": "medal.enhance.module",
                                     "boneage": "medal.boneage.experiment", "cam": "medal.boneage.cam_experiment"}
 
 _MISSING = object()

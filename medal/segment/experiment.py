@@ -52,6 +52,9 @@ log = logging.getLogger("medal.segment")
 FIGURES_DIR = "figures"
 LEARNING_CURVE = "learning_curve.png"
 QUERY_FIGURES = "queried_round_{round:02d}.png"
+#: Outputs by name, in the run folder (what the pipeline report shows).
+ARTIFACTS = {"learning_curve": f"{FIGURES_DIR}/{LEARNING_CURVE}",
+             "queried": f"{FIGURES_DIR}/{QUERY_FIGURES.replace('{round:02d}', '*')}"}
 QUERY_FIGURE_ROWS = 8  # queried images shown per round
 
 
