@@ -82,7 +82,7 @@ pre{background:#f6f6f6;padding:.6rem;overflow-x:auto;font-size:.8rem}
 """
 
 # Counts images that loaded; a browser test (and a reader) can see broken figures at a glance.
-_IMAGE_CHECK = """
+IMAGE_CHECK = """
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
@@ -114,7 +114,7 @@ def _html(title: str, sections: list[Section], links: dict[Path, str]) -> str:
         body.append("</section>")
     body.append('<footer id="image-check" data-loaded="" data-total="">figures not checked (JavaScript off)</footer>')
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f"<style>{_CSS}</style><script>{_IMAGE_CHECK}</script></head><body>{''.join(body)}</body></html>")
+            f"<style>{_CSS}</style><script>{IMAGE_CHECK}</script></head><body>{''.join(body)}</body></html>")
 
 
 def write_report(title: str, sections: list[Section], out_dir: str | Path) -> tuple[Path, Path]:
