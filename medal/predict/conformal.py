@@ -10,7 +10,9 @@ When k > n (fewer than coverage / (1 - coverage) images) no finite radius has th
 infinite and says so.
 
 Per cohort (sex) where a cohort has at least `min_cohort` calibration images, its own residuals; otherwise the
-pooled ones (a conditional guarantee per cohort needs enough images in it).
+pooled ones (a conditional guarantee per cohort needs enough images in it). An estimate for an unknown sex
+(the mean of the estimates as a boy and as a girl) has errors of its own: it is calibrated on the residuals of
+that same averaged estimate over every calibration image (`unknown`).
 """
 
 from __future__ import annotations
@@ -57,11 +59,13 @@ def cohort_residuals(groups: Mapping[str, Sequence[float]], group: str, min_coho
     """(group actually used, its residuals): `group`'s own when it has `min_cohort` images, else `all`'s.
 
     Examples:
-        >>> groups = {"all": [1.0] * 30, "male": [2.0] * 25, "female": [3.0] * 5}
-        >>> [cohort_residuals(groups, g, 20)[0] for g in ("male", "female", "all")]
-        ['male', 'all', 'all']
+        >>> groups = {"all": [1.0] * 30, "male": [2.0] * 25, "female": [3.0] * 5, "unknown": [4.0] * 30}
+        >>> [cohort_residuals(groups, g, 20)[0] for g in ("male", "female", "all", "unknown")]
+        ['male', 'all', 'all', 'unknown']
     """
     own = groups.get(group, [])
+    if group == "unknown" and own:  # the averaged estimate has its own errors, on every calibration image
+        return group, list(own)
     if group != "all" and len(own) >= min_cohort:
         return group, list(own)
     if "all" not in groups:

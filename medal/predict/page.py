@@ -21,7 +21,7 @@ PAGE = "predictions.html"
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b}table{border-collapse:collapse}
 td,th{border:1px solid #bbb;padding:.3rem .5rem;vertical-align:middle;text-align:left}th{background:#eee}
-img{max-height:12rem;border:1px solid #ddd}.flag{color:#b00;font-weight:600}.bad{background:#fff3f0}
+img{height:10rem;width:auto;border:1px solid #ddd}.flag{color:#b00;font-weight:600}.bad{background:#fff3f0}
 footer{margin-top:2rem;font-size:.8rem;color:#777}
 """
 
@@ -53,7 +53,8 @@ def write_page(rows: pd.DataFrame, out_dir: Path, title: str, summary: list[str]
             "segmentation confidence", "flag", "status"]
     body.append("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>")
     for r in shown.itertuples(index=False):
-        interval = f"{_num(r.low)}–{_num(r.high)}" if _num(r.low) else ""
+        interval = ("" if not _num(r.low) else "unbounded (too few calibration images)"
+                    if math.isinf(float(r.high)) else f"{_num(r.low)}–{_num(r.high)}")
         status = esc(str(r.status)) + (f"<br><small>{esc(str(r.message))}</small>" if r.status != "ok" else "")
         cells = [esc(str(r.id)), _img(r.thumb, f"{r.id} mask"), _img(r.overlay, f"{r.id} CAM"), esc(str(r.sex)),
                  _num(r.boneage), interval, _num(r.spread), _num(r.seg_confidence, 3),

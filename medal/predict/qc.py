@@ -14,20 +14,22 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 FENCE_IQR = 3.0
+MIN_IMAGES = 20  # fewer calibration images give quartiles too rough to flag anything by
 
 
-def fences(values: Sequence[float] | np.ndarray, k: float = FENCE_IQR) -> tuple[float, float]:
-    """Tukey fences (Q1 - k IQR, Q3 + k IQR) of the finite values; (-inf, inf) when there are none.
+def fences(values: Sequence[float] | np.ndarray, k: float = FENCE_IQR, min_images: int = MIN_IMAGES) -> tuple[float,
+                                                                                                              float]:
+    """Tukey fences (Q1 - k IQR, Q3 + k IQR) of the finite values; (-inf, inf) with fewer than `min_images`.
 
     Examples:
-        >>> fences([1.0, 2.0, 3.0, 4.0, 5.0])
+        >>> fences([1.0, 2.0, 3.0, 4.0, 5.0], min_images=5)
         (-4.0, 10.0)
-        >>> fences([float("nan")])
+        >>> fences([1.0, 2.0, 3.0])  # too few to judge by
         (-inf, inf)
     """
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
-    if x.size == 0:
+    if x.size < min_images:
         return -math.inf, math.inf
     q1, q3 = np.percentile(x, [25, 75])
     return float(q1 - k * (q3 - q1)), float(q3 + k * (q3 - q1))

@@ -69,7 +69,8 @@ class RowSink(pl.Callback):
                     row[kind] = rel
             if row["status"] != "ok":
                 self.bad += 1
-                log.warning("%s: %s: %s", row["path"], row["status"], row["message"])
+                text = row["message"] if str(row["path"]) in row["message"] else f"{row['path']}: {row['message']}"
+                log.warning("%s [%s]", text, row["status"])
             rows.append(row)
         self.writer.append(rows)
 
