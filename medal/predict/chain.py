@@ -306,8 +306,8 @@ class ChainModule(pl.LightningModule):
         if not np.isfinite(estimate[0]):
             return {**row, "status": "no_model", "message": f"no regressor of the bundle applies to sex {sex}"}
         cal = self.bundle.calibration
-        group = ("unknown" if sex == "unknown" else {"M": "male", "F": "female"}[sex]) if self.chain.needs_sex \
-            else "all"
+        # a known sex: its own residuals (Mondrian conformal) where it has enough; an averaged estimate: its own
+        group = {"M": "male", "F": "female"}.get(sex, "unknown" if self.chain.needs_sex else "all")
         used, residuals = conformal.cohort_residuals(cal["residuals"][self.options.tta], group, int(cal["min_cohort"]))
         radius = conformal.conformal_radius(residuals, self.options.coverage)
         measures = {"mask_fraction": m.mask_fraction, "agreement": m.agreement}
