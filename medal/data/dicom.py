@@ -50,7 +50,7 @@ def window(values: np.ndarray, center: float, width: float, function: str = "LIN
     """The VOI window of PS3.3 C.11.2.1.2 mapped to [0, 1] (float64).
 
     Examples:
-        >>> window(np.array([0.0, 1024.0, 2047.5, 4095.0]), center=2048.0, width=4096.0).round(4).tolist()
+        >>> window(np.array([0.0, 1023.75, 2047.5, 4095.0]), center=2048.0, width=4096.0).round(4).tolist()
         [0.0, 0.25, 0.5, 1.0]
         >>> window(np.array([100.0, 300.0]), 200.0, 100.0).tolist()  # outside the window: clipped
         [0.0, 1.0]

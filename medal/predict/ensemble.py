@@ -36,8 +36,8 @@ def combine(predictions: Mapping[bool, np.ndarray], cohorts: Sequence[str], male
     Examples:
         >>> preds = {True: np.array([[100.0, 100.0], [110.0, 110.0]]), False: np.array([[90.0, 90.0], [0.0, 0.0]])}
         >>> est, spread = combine(preds, ["all", "male"], np.array([1.0, np.nan]))
-        >>> est.tolist(), spread.round(2).tolist()
-        [[105.0, 97.5], [5.0, 7.5]]
+        >>> est.tolist(), spread.round(2).tolist()  # unknown: mean(105 as a boy, 90 as a girl); sd of 100, 110, 90
+        ([105.0, 97.5], [5.0, 8.16])
     """
     male = np.asarray(male, dtype=np.float64)
     estimate = np.full(male.shape, np.nan)
