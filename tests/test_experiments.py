@@ -213,7 +213,8 @@ def test_an_optuna_search_with_a_misspelt_metric_stops_after_its_first_trial(tmp
 
 
 TASK_OVERRIDES = {"cam": ["ckpt=x.ckpt"], "table": ["table.source=x"], "check-data": [], "phantoms": [],
-                  "segment": [], "enhance": [], "boneage": [], "pipeline": []}  # the keys a task requires
+                  "segment": [], "enhance": [], "boneage": [], "pipeline": [], "export": [],
+                  "predict": ["bundle=b", "input=x"]}  # the keys a task requires
 
 
 def test_every_task_is_listed_here() -> None:

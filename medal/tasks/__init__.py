@@ -14,5 +14,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "boneage": ("medal.tasks.boneage", "train, validate and test a bone age regressor (fine-tune modes, PTL)"),
     "cam": ("medal.tasks.cam", "class activation maps of a trained bone age model"),
     "table": ("medal.tasks.table", "ablation tables and loss curves from runs (folders or W&B)"),
+    "export": ("medal.tasks.export", "a portable model bundle (weights, settings, calibration) from finished runs"),
+    "predict": ("medal.tasks.predict", "bone age with an interval for new radiographs, through a model bundle"),
     "pipeline": ("medal.tasks.pipeline", "the whole system end to end, resumable, with a report"),
 }
