@@ -101,6 +101,7 @@ def test_every_config_the_check_runs_composes(sizes: Sizes, tmp_path: Path) -> N
         cfg = ctx.compose("boneage", f"x_{backbone}", _overrides(ctx, backbone))
         assert cfg.model.name == backbone and cfg.trainer.accelerator == ctx.accelerator
         assert cfg.trainer.precision == "bf16-mixed" and cfg.finetune.name == "all"
+        assert cfg.trainer.get("benchmark") is (True if sizes is FULL else None)  # cuDNN autotuning on GPUs
     cfg, setup = segment_setup(ctx, "segment")
     assert setup.segment.image_size == sizes.segment_size and cfg.data.root == str(ctx.phantoms)
     if sizes is FULL:

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = make_context(args, sizes)
     skip = set(filter(None, args.skip.split(",")))
     log.info("medal GPU check: %s sizes on %s (%s), %.0f s", sizes.mode, ctx.device, ctx.precision, budget.total_s)
-    torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # what a GPU user sets (trainer.benchmark)
+    torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # as `trainer.benchmark` of conf/trainer/gpu.yaml
     rows = [run_row(f"phantoms for the check ({sizes.phantoms} at {sizes.phantom_size} px)", budget, 120.0,
                     ctx.device, lambda d: make_phantoms(ctx, d))]
     if ctx.phantoms is None or rows[0].status != "ok":

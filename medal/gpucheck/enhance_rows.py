@@ -23,18 +23,19 @@ from medal.hardware import use_bf16
 
 
 class RandomPairs(Dataset):
-    """`n` (input, gold) pairs of random images (1, size, size) in [0, 1]: the enhancer's batch format."""
+    """`n` (input, gold) pairs in the enhancer's batch format, drawn from `distinct` random images (1, size, size)
+    made once, so the loader only indexes and stacks: the row times the networks, not the random numbers."""
 
-    def __init__(self, n: int, size: int) -> None:
-        self.n, self.size = n, size
+    def __init__(self, n: int, size: int, distinct: int = 16) -> None:
+        self.n = n
+        self.images = torch.rand(distinct + 1, 1, size, size, generator=torch.Generator().manual_seed(0))
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        generator = torch.Generator().manual_seed(i)
-        return {"input": torch.rand(1, self.size, self.size, generator=generator),
-                "gold": torch.rand(1, self.size, self.size, generator=generator)}
+        k = i % (len(self.images) - 1)
+        return {"input": self.images[k], "gold": self.images[k + 1]}
 
 
 def _config(ctx: Context, run: str) -> DictConfig:

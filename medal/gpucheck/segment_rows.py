@@ -62,7 +62,8 @@ def pool_scoring(ctx: Context, deadline: float) -> Row:
         model.batch_size = rows
         return setup.strategy.score(model, Candidates([str(i) for i in range(len(part))], part, rows), generator)
 
-    score(images[:chunk], chunk)  # warm-up
+    for rows in (chunk, 4 * chunk):  # warm-up: cuDNN picks its algorithms for each batch shape
+        score(images[:rows], rows)
     now = time.perf_counter()
     thirds = [now + (deadline - now) * k / 3 for k in (1, 2, 3)]
     rates = {rows: _rate(lambda part, r=rows: score(part, r), images, end) for rows, end in ((chunk, thirds[0]),
