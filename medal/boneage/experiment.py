@@ -49,6 +49,7 @@ NOT_SETTINGS: tuple[str, ...] = ("paths", "hydra", "logger", "task_name", "optim
 NOT_SETTINGS_IN: dict[str, tuple[str, ...]] = {
     "trainer": ("default_root_dir", "enable_progress_bar", "enable_model_summary", "log_every_n_steps"),
     "data": ("num_workers", "cache_workers"),
+    "enhance": ("num_workers",),  # the enhancer's loader processes (hardware-dependent: ${loader_workers:...})
 }
 
 
