@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from medal.boneage.experiment import run_settings
+from medal.boneage.experiment import begin_run, run_settings
 from medal.boneage.targets import TargetScaler
 from medal.callbacks.checkpoints import LAST, latest
 from medal.config import options_from
@@ -112,12 +112,13 @@ def _supervised(cfg: DictConfig, out_dir: Path) -> tuple[PretrainModule, dict[st
     return module, {"datamodule": source}, len(ages)
 
 
-def _begin(marker: Marker, settings: dict[str, Any], ckpt_dir: Path) -> str:
-    """The run's status (`done`, `resume`, `fresh`); refuses a folder whose checkpoints have no record."""
-    if marker.read() is None and any(ckpt_dir.glob("*.ckpt")):
-        raise MedalError(f"{ckpt_dir}: checkpoints without a record of the settings that made them "
-                         f"({marker.path} is missing); delete that run folder or choose another")
-    return marker.begin(settings)
+def pretrain_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The run's resume fingerprint: `run_settings` (as for bone age) less the source generator's process
+    count, which does not change a single image."""
+    settings = run_settings(cfg)
+    if "source" in settings["pretrain"]:
+        del settings["pretrain"]["source"]["workers"]
+    return settings
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, float]:
@@ -127,8 +128,8 @@ def run_pretrain(cfg: DictConfig) -> dict[str, float]:
     method = str(cfg.pretrain.name)
     if method not in ("ssl", "supervised"):
         raise MedalError(f"pretrain.name={method!r}: choose pretrain=ssl or pretrain=supervised")
-    settings, marker = run_settings(cfg), run_marker(out_dir)
-    status = _begin(marker, settings, ckpt_dir)
+    settings, marker = pretrain_settings(cfg), run_marker(out_dir)
+    status = begin_run(marker, settings, ckpt_dir)
     if status == "done":
         log.info("%s already holds this pretraining run, finished; its metrics are returned", out_dir)
         return dict(marker.read()["metrics"])
