@@ -135,9 +135,11 @@ def run_pretrain(cfg: DictConfig) -> dict[str, float]:
         return dict(marker.read()["metrics"])
     probe = None if cfg.probe is None else options_from(ProbeOptions, cfg.probe, "probe")
     pl.seed_everything(int(cfg.seed), workers=True)
-    target = build_boneage_datamodule(cfg)  # the target's split (saved as split.csv) and, for the probe, labels
-    target.prepare_data()
-    target.setup("fit")
+    target = None
+    if method == "ssl" or probe is not None:  # the target's split (saved as split.csv), images and probe labels
+        target = build_boneage_datamodule(cfg)
+        target.prepare_data()
+        target.setup("fit")
     if method == "ssl":
         module, fit_data, n_images = _ssl(cfg, target)
     else:
@@ -162,7 +164,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {**curve.metrics(), "train/epochs": float(trainer.current_epoch),
                                  "pretrain/images": float(n_images)}
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("source/")})
-    if probe is not None:
+    if probe is not None and target is not None:
         device = trainer.strategy.root_device
         encoders = {"": module.encoder.to(device), "before": start.to(device)}
         metrics.update(probe_scores(encoders, target.datasets["train"], target.datasets["val"], int(probe.k),
