@@ -15,6 +15,7 @@ line naming it, so weights are never silently ignored.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,8 +44,11 @@ def save_backbone(backbone: nn.Module, path: str | Path, timm_name: str, **metad
     in_chans = state[first_conv].shape[1] if first_conv in state else ""
     header = {"format": BACKBONE_FORMAT, "timm_name": timm_name, "in_chans": str(in_chans),
               **{k: str(v) for k, v in metadata.items()}}
+    umask = os.umask(0)
+    os.umask(umask)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=header)
+        tmp.chmod(0o666 & ~umask)  # safetensors creates the file owner-only; a backbone is made to be shared
     return Path(path)
 
 
