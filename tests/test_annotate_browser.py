@@ -149,7 +149,6 @@ def answer_gold(root: Path, tmp: Path) -> tuple[str, dict[str, float]]:
     return request.ids[0], moved
 
 
-@pytest.mark.slow
 def test_real_data_walkthrough_in_headless_chromium(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from medal.data.phantom import generate_dataset
 

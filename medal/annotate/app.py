@@ -73,10 +73,9 @@ class Annotator:
         if self.masks is not None:
             rnd = self.masks
             answered = set(rnd.answered())
-            ranked = sorted(rnd.scores.values(), reverse=True) if rnd.scores else []
             return [{"id": i, "width": rnd.shapes[i][1], "height": rnd.shapes[i][0], "answered": i in answered,
                      "score": rnd.scores.get(i) if rnd.scores else None,
-                     "rank": ranked.index(rnd.scores[i]) + 1 if rnd.scores and i in rnd.scores else None,
+                     "rank": rnd.ranks.get(i) if rnd.ranks else None, "pool": rnd.pool_size,
                      "has_proposal": rnd.proposal(i) is not None,
                      "has_disagreement": rnd.disagreement(i) is not None} for i in rnd.ids]
         assert self.gold is not None

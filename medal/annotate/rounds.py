@@ -26,8 +26,8 @@ from medal.errors import MedalError
 
 @dataclass(frozen=True)
 class MaskRound:
-    """One exported round: `ids` in query order, their full sizes, and the strategy's scores (None in round 0,
-    the initial random draw)."""
+    """One exported round: `ids` in query order, their full sizes, the strategy's scores and each one's rank among
+    the whole pool's scores that round (None in round 0, the initial random draw), and the pool's size."""
 
     dir: Path
     round_no: int
@@ -35,6 +35,8 @@ class MaskRound:
     shapes: dict[str, tuple[int, int]]
     scores: dict[str, float] | None
     strategy: str
+    ranks: dict[str, int] | None = None
+    pool_size: int = 0
 
     def image(self, image_id: str) -> Path:
         return self.dir / f"{self.known(image_id)}.png"
@@ -70,18 +72,22 @@ def open_round(round_dir: Path) -> MaskRound:
     raw = json.loads(manifest.read_text())
     round_no = int(raw["round"])
     pool_path = round_dir.parent / POOL_STATE
-    scores = None
+    scores, ranks, pool_size = None, None, 0
     if pool_path.is_file():
         by_round = json.loads(pool_path.read_text()).get("scores", {})
         if str(round_no) in by_round:
-            scores = {i: float(by_round[str(round_no)][i]) for i in raw["ids"] if i in by_round[str(round_no)]}
+            pool = by_round[str(round_no)]
+            order = sorted(pool, key=lambda i: -float(pool[i]))
+            scores = {i: float(pool[i]) for i in raw["ids"] if i in pool}
+            ranks = {i: order.index(i) + 1 for i in scores}
+            pool_size = len(pool)
     marker = round_dir.parent / ".medal" / "al.json"
     strategy = round_dir.parent.name
     if marker.is_file():
         settings = (json.loads(marker.read_text()).get("parts") or {}).get("strategy") or {}
         strategy = str(settings.get("name", strategy))
     return MaskRound(round_dir, round_no, list(raw["ids"]), {k: (int(v[0]), int(v[1])) for k, v in
-                                                             raw["shapes"].items()}, scores, strategy)
+                                                             raw["shapes"].items()}, scores, strategy, ranks, pool_size)
 
 
 def waiting_round(al_root: Path) -> Path:

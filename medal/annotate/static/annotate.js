@@ -114,7 +114,7 @@ async function showMask(k) {
   drawOverlay(item.has_disagreement ? `/masks/${encodeURIComponent(item.id)}/disagreement.png` : null,
               $("disagreement"), item.width, item.height);
   const score = item.score === null ? "initial random draw (no score)" : `${state.strategy} score ${item.score.toPrecision(4)}`
-    + (item.rank ? ` (rank ${item.rank} of the pool)` : "");
+    + (item.rank ? ` (rank ${item.rank} of ${item.pool} in the pool)` : "");
   $("why").textContent = `${item.id}: ${score}` + (item.has_disagreement ? "; yellow = where the committee's members disagree" : "")
     + (item.answered ? " · answered" : "");
   message("");
