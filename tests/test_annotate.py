@@ -30,8 +30,10 @@ SHAPE = (24, 20)  # (H, W) of the round's images
 
 
 def mask_png(mask: np.ndarray) -> bytes:
+    """A boolean mask as the page sends it (black/white), or float levels in [0, 1] as grey."""
     buf = io.BytesIO()
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
+    levels = np.where(mask, 255, 0) if mask.dtype == bool else np.round(mask * 255)
+    Image.fromarray(levels.astype(np.uint8), mode="L").save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -51,7 +53,7 @@ def round_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(round_dir: Path) -> TestClient:
-    return TestClient(build_app(Annotator("masks", masks=open_round(round_dir), threshold=0.5)))
+    return TestClient(build_app(Annotator("masks", masks=open_round(round_dir))))
 
 
 def test_the_folder_oracle_exports_the_disagreement_map_beside_the_proposal(round_dir: Path) -> None:
@@ -81,6 +83,8 @@ def test_an_accepted_mask_is_written_as_the_person_drew_it(client: TestClient, r
     (np.zeros(SHAPE, bool), "a_bin.png: the mask is empty (no white pixel); paint the hand white on black"),
     (np.ones(SHAPE, bool), "a_bin.png: the mask is all white; paint the hand white on a black background"),
     (np.ones((5, 5), bool), "a_bin.png: mask is 5x5 (WxH) but the image is 20x24; save it at the image's size"),
+    (np.indices(SHAPE)[1] % 3 * 0.5, "a_bin.png: mask is not binary (3 grey levels); save it with only black (0) "
+                                     "and white (255)"),
 ])
 def test_a_refused_mask_gets_the_folder_oracles_reason_and_writes_nothing(
         mask: np.ndarray, reason: str, client: TestClient, round_dir: Path) -> None:
@@ -127,7 +131,7 @@ def test_the_page_serves_the_round_windowed_and_the_proposal_as_exported(client:
 
 def test_finish_is_refused_until_everything_is_answered(round_dir: Path) -> None:
     stopped = []
-    annotator = Annotator("masks", masks=open_round(round_dir), threshold=0.5, on_finish=lambda: stopped.append(1))
+    annotator = Annotator("masks", masks=open_round(round_dir), on_finish=lambda: stopped.append(1))
     client = TestClient(build_app(annotator))
     assert client.post("/api/finish").json()["done"] is False and stopped == []
     mask = np.zeros(SHAPE, bool)

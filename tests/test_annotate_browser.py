@@ -98,7 +98,7 @@ def answer_masks(root: Path, tmp: Path) -> Path:
         page.mouse.down()
         page.mouse.move(*to_page(b), steps=12)
         page.mouse.up()
-        shoot(page, "masks_mode.png")
+        shoot(page, "annotate_masks_mode.png")
         page.click("#accept")
         wait_answered(page, 1)
         saved = read_image(rnd.answer(first)) > 0.5
@@ -112,7 +112,7 @@ def answer_masks(root: Path, tmp: Path) -> Path:
         page.click("#accept")
         page.wait_for_selector("#message.error")
         assert "the mask is empty (no white pixel)" in page.inner_text("#message")
-        shoot(page, "masks_refused.png")
+        shoot(page, "annotate_masks_refused.png")
         assert not rnd.answer(second).exists()
         page.click("#reset")
         for n in range(2, len(rnd.ids) + 1):
@@ -136,7 +136,7 @@ def answer_gold(root: Path, tmp: Path) -> tuple[str, dict[str, float]]:
         set_range(page, "#slider-gamma", 1.7)
         page.wait_for_function("document.getElementById('after').src.includes('gamma=1.7')")
         page.wait_for_timeout(300)
-        shoot(page, "gold_mode.png")
+        shoot(page, "annotate_gold_mode.png")
         moved = page.eval_on_selector_all("#sliders input", "els => Object.fromEntries(els.map("
                                           "e => [e.id.slice(7), Number(e.value)]))")
         page.click("#accept")

@@ -100,19 +100,22 @@ def answer_values(arr: np.ndarray, source: str, expected_shape: tuple[int, int] 
 
 def edit_effort(proposal: np.ndarray, answer: np.ndarray) -> dict[str, float]:
     """How much an annotator changed a proposed mask to reach the answer, both boolean (H, W): `edit_dice` (Dice
-    of proposal and answer: 1 = accepted as shown) and `changed_share` (share of the image's pixels flipped).
+    of proposal and answer: 1 = accepted as shown), `changed_share` (share of the image's pixels flipped) and
+    `empty_share` (the share a person starting from an empty canvas would paint: the answer's hand pixels), so
+    `changed_share / empty_share` is the editing work the proposal leaves.
 
     Examples:
         >>> answer = np.zeros((4, 4), bool); answer[:2] = True
         >>> proposal = np.zeros((4, 4), bool); proposal[:1] = True
-        >>> edit_effort(proposal, answer)  # 4 of 8 hand pixels proposed, 4 of 16 pixels painted
-        {'edit_dice': 0.6666666666666666, 'changed_share': 0.25}
+        >>> edit_effort(proposal, answer)  # 4 of 8 hand pixels proposed, 4 of 16 pixels painted (8 from empty)
+        {'edit_dice': 0.6666666666666666, 'changed_share': 0.25, 'empty_share': 0.5}
     """
     if proposal.shape != answer.shape:
         raise MedalError(f"edit effort: proposal {proposal.shape} and answer {answer.shape} differ in size")
     both = int(proposal.sum()) + int(answer.sum())
     dice = 2.0 * int((proposal & answer).sum()) / both if both else 1.0
-    return {"edit_dice": dice, "changed_share": float((proposal != answer).mean())}
+    return {"edit_dice": dice, "changed_share": float((proposal != answer).mean()),
+            "empty_share": float(answer.mean())}
 
 
 @dataclass

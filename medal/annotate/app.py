@@ -64,7 +64,6 @@ class Annotator:
 
     mode: str
     masks: MaskRound | None = None
-    threshold: float | None = None
     gold: GoldRequest | None = None
     on_finish: Callable[[], None] = lambda: None
     suggested: dict[str, GoldSettings] = field(default_factory=dict)
@@ -144,7 +143,7 @@ def build_app(annotator: Annotator) -> Starlette:
         if rnd is None or image_id not in rnd.shapes:
             return JSONResponse({"error": f"{image_id!r} is not queried in this round"}, status_code=404)
         try:
-            saved = accept_mask(rnd, image_id, await request.body(), annotator.threshold)
+            saved = accept_mask(rnd, image_id, await request.body())
         except MedalError as err:
             return refused(err)
         return JSONResponse({"saved": saved.name, "done": annotator.done()})

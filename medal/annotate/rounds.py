@@ -118,9 +118,10 @@ def decode_mask_png(data: bytes, source: str) -> np.ndarray:
     return arr
 
 
-def accept_mask(rnd: MaskRound, image_id: str, data: bytes, threshold: float | None) -> Path:
+def accept_mask(rnd: MaskRound, image_id: str, data: bytes) -> Path:
     """Validate the drawn mask with the folder oracle's own checks and write `<id>_bin.png` atomically; a refused
-    mask raises MedalError (one line) and writes nothing."""
+    mask raises MedalError (one line) and writes nothing. The page paints whole pixels black or white, so no grey
+    level is cut at a threshold: a grey one is refused as the folder oracle with `threshold: null` would."""
     target = rnd.answer(image_id)
-    mask = answer_values(decode_mask_png(data, target.name), target.name, rnd.shapes[image_id], threshold)
+    mask = answer_values(decode_mask_png(data, target.name), target.name, rnd.shapes[image_id], None)
     return write_png(target, mask)

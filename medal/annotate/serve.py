@@ -27,7 +27,7 @@ def open_annotator(cfg: DictConfig) -> Annotator:
         rnd = open_round(round_dir)
         log.info("masks: round %d of %s, %d images (%d answered)", rnd.round_no, round_dir.parent, len(rnd.ids),
                  len(rnd.answered()))
-        return Annotator("masks", masks=rnd, threshold=cfg.oracle.threshold)
+        return Annotator("masks", masks=rnd)
     if ann.mode == "gold":
         gold = ann.gold
         request = read_request(Path(gold.request_dir))

@@ -319,6 +319,7 @@ function setupGold() {
     });
   }
   $("suggested").onclick = () => setSliders(state.items[pos].suggested);
+  document.querySelector(".keys").textContent = "Keys: R suggested setting · Enter accept · ← → move";
   return { r: $("suggested").onclick };
 }
 
