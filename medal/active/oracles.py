@@ -71,7 +71,7 @@ def binary_values(arr: np.ndarray, source: str, expected_shape: tuple[int, int] 
             f"{expected_shape[1]}x{expected_shape[0]}; save it at the image's size"
         )
     values = np.unique(arr)
-    if values.size <= 2 and values[0] == 0.0:
+    if values.size == 1 or (values.size == 2 and values[0] == 0.0):  # one value: blank or all white, both binary
         return arr > 0
     if threshold is None:
         raise MedalError(
