@@ -22,6 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from medal.errors import MedalError
+from medal.extras import WANDB, require
+
 log = logging.getLogger("medal.loggers")
 
 WANDB_TAG_MAX = 64  # W&B rejects longer tags
@@ -63,9 +66,18 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_loggers(cfg: DictConfig, log_config: bool = True) -> list[Logger]:
-    """Instantiate every entry of `cfg.logger` and (by default) log the resolved config to each of them."""
-    section = cfg.get("logger") or {}
-    loggers = [instantiate(conf) for conf in section.values() if conf and "_target_" in conf]
+    """Instantiate every entry of `cfg.logger` and (by default) log the resolved config to each of them.
+
+    A task config without a `logger` node (`logger=null` drops the group) logs nowhere; an entry without a
+    `_target_` is a config error, named in one line.
+    """
+    if "logger" not in cfg or cfg.logger is None:
+        return []
+    loggers = []
+    for name, conf in cfg.logger.items():
+        if not OmegaConf.is_dict(conf) or "_target_" not in conf:
+            raise MedalError(f"logger.{name}: not a logger config (no _target_); see conf/logger/*.yaml")
+        loggers.append(instantiate(conf))
     if loggers and log_config:
         params = resolved_config(cfg)
         for logger in loggers:
@@ -111,6 +123,7 @@ def wandb_logger(
     `tags` are the run's Hydra overrides (`finetune=ptl`, ...) so runs of a sweep can be filtered by
     them; the display name defaults to the same overrides joined, which tells the runs of a group apart.
     """
+    require(WANDB, "logger=wandb")  # Lightning's WandbLogger imports wandb only here, when it is built
     tag_list = [str(tag)[:WANDB_TAG_MAX] for tag in (tags or [])]
     offline = wandb_offline_wanted() if offline is None else offline
     Path(save_dir).mkdir(parents=True, exist_ok=True)

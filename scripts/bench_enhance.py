@@ -5,7 +5,8 @@
 1. Generates `n` phantoms (resumable) under `<root>/phantoms` (default root outputs/bench_enhance).
 2. Builds (input, gold) RoI pairs the way the segmentation stage does (contract 5): raw image with its
    polarity normalised, background zeroed by the true mask, cropped by `medal.preprocess.crop` with the
-   same box as the gold image, square, `size` px.
+   same box as the gold image, square, `size` px, read in their stored range and written at 16 bits
+   (`medal.data.images`).
 3. Runs the real task body (`run_enhance`) for each method on the same seeded held-out pairs; each GAN
    trains for the same wall-clock budget. Reports PSNR and SSIM mean, std and 5th percentile over the
    held-out images, and every method's PSNR as a ratio to `none`.
@@ -31,17 +32,17 @@ from tqdm import tqdm
 
 from medal.bench import BENCH_DIR, BenchRow, write_bench
 from medal.config import CONF_DIR
-from medal.data.images import read_image, write_png
+from medal.data.images import DERIVED_BITS, read_image, read_radiograph, write_png
 from medal.data.phantom import generate_dataset
 from medal.data.rsna import read_index
+from medal.enhance.experiment import run_enhance
 from medal.enhance.module import save_sample_grid
 from medal.enhance.pairs import PairDataset, matching_ids, split_ids
-from medal.enhance.run import build_method, generator_method
+from medal.enhance.run import clahe_method, generator_method
 from medal.enhance.train import load_generator
 from medal.hardware import use_bf16
 from medal.models.unet import UNet
 from medal.preprocess.crop import crop_square, roi_box
-from medal.tasks.enhance import run_enhance
 
 log = logging.getLogger("medal.bench")
 METHODS = ("none", "clahe", "gan", "gan_l1")
@@ -54,14 +55,14 @@ def make_pairs(data_root: Path, work: Path, size: int) -> int:
     for row in tqdm(index.itertuples(), total=len(index), desc="RoI pairs"):
         if (work / "roi_gold" / f"{row.id}.png").is_file():
             continue
-        raw = read_image(row.path)
+        raw = read_radiograph(row.path)
         mask = read_image(data_root / "masks" / f"{row.id}.png") > 0.5
-        gold = read_image(data_root / "gold" / f"{row.id}.png")
+        gold = read_radiograph(data_root / "gold" / f"{row.id}.png")
         if bool(inverted[row.id]):
             raw = 1.0 - raw
         box = roi_box(mask)
-        write_png(work / "roi" / f"{row.id}.png", crop_square(raw * mask, box, size))
-        write_png(work / "roi_gold" / f"{row.id}.png", crop_square(gold, box, size))
+        write_png(work / "roi" / f"{row.id}.png", crop_square(raw * mask, box, size), bits=DERIVED_BITS)
+        write_png(work / "roi_gold" / f"{row.id}.png", crop_square(gold, box, size), bits=DERIVED_BITS)
     return len(index)
 
 
@@ -163,10 +164,10 @@ def main() -> None:
     with torch.inference_mode():
         for method in ("gan", "gan_l1"):
             weights = next((work / "enhancer").glob(f"{method}_*/generator.safetensors"))
-            columns.append(build_method("gan", load_generator(cfgs[method].enhance, weights))(x).float())
+            columns.append(generator_method(load_generator(cfgs[method].enhance, weights), bf16=False,
+                                            channels_last=False)(x).float())
         clahe_cfg = cfgs["clahe"].enhance
-        columns.append(build_method("clahe", clip_limit=clahe_cfg.clip_limit, grid=clahe_cfg.grid,
-                                    keep_background=clahe_cfg.keep_background)(x))
+        columns.append(clahe_method(clahe_cfg.clip_limit, clahe_cfg.grid, clahe_cfg.keep_background)(x))
     grid_path = save_sample_grid(torch.cat([*columns, y], dim=3), BENCH_DIR / "enhance_samples.png")
 
     notes = (

@@ -20,9 +20,9 @@ from hydra.core.global_hydra import GlobalHydra
 
 from medal.boneage.experiment import run_boneage
 from medal.config import CONF_DIR
+from medal.models.stages import FINETUNE_MODES, PACED_MODE
 from medal.runs import write_metrics
 
-MODES = ("above_fc", "above_exit", "above_mid", "above_entry", "all", "ptl")
 log = logging.getLogger("medal.boneage")
 
 
@@ -40,7 +40,7 @@ def run_mode(root: Path, data: Path, mode: str, epochs: int) -> dict[str, float]
     overrides = [f"paths.root={root}", f"paths.output_dir={out}", f"data.root={data}", "model=tiny",
                  "data.images=raw", "data.image_size=64", f"finetune={mode}", f"trainer.max_epochs={epochs}",
                  "trainer.enable_progress_bar=false", "logger=csv"]
-    if mode == "ptl":
+    if mode == PACED_MODE:
         overrides += ["finetune.patience=2", f"finetune.max_epochs_per_stage={max(1, epochs // 5)}"]
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("outputs/finetune_modes"))
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--modes", nargs="*", default=list(MODES))
+    parser.add_argument("--modes", nargs="*", default=list(FINETUNE_MODES), choices=FINETUNE_MODES)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = args.root.resolve()

@@ -13,7 +13,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
 import torch  # noqa: E402
-from hydra_compose import compose_task  # noqa: E402
+from helpers.hydra_compose import compose_task  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from boneage_fixtures import loader, tiny_module, trainer_kwargs
+from helpers.boneage_fixtures import loader, tiny_module, trainer_kwargs
 
 from medal.callbacks.paced import PacedTransferLearning
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from boneage_fixtures import loader, tiny_module, trainer_kwargs
+from helpers.boneage_fixtures import loader, tiny_module, trainer_kwargs
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from medal.boneage.module import BoneAgeModule
 from medal.callbacks.checkpoints import best_and_last
-from medal.callbacks.finetune import MODES, FixedFinetuning
+from medal.callbacks.finetune import FixedFinetuning
 from medal.callbacks.paced import PacedTransferLearning
-from medal.models.regressor import STAGES
+from medal.models.stages import FIXED_MODES, STAGES
 
 DECAY = {"_target_": "medal.boneage.schedulers.inverse_time_decay", "_partial_": True, "decay": 0.05}
 
@@ -37,7 +37,7 @@ def stage_keys(model, stage: str) -> tuple[set[str], set[str]]:
     return params, stats
 
 
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", list(FIXED_MODES))
 def test_fixed_mode_trains_exactly_its_stages(mode: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     module = tiny_module()
@@ -48,7 +48,7 @@ def test_fixed_mode_trains_exactly_its_stages(mode: str, tmp_path: Path) -> None
     optimised = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
     for index, stage in enumerate(STAGES):
         params, stats = stage_keys(module.model, stage)
-        trainable = index < MODES[mode]
+        trainable = index < FIXED_MODES[mode]
         moved = [k for k in params if not torch.equal(before[k], after[k])]
         stats_moved = [k for k in stats if not torch.equal(before[k], after[k])]
         stage_params = [p for m in module.model.stage_modules(stage) for p in m.parameters()]
@@ -166,7 +166,7 @@ def test_checkpoint_keeps_the_ptl_counters_of_the_epoch_it_saves(tmp_path: Path)
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, limit_train_batches=2,
                                           enable_checkpointing=True), callbacks=[ptl, best, last])
     trainer.fit(tiny_module(), train_dataloaders=loader(n=16), val_dataloaders=loader(n=8, seed=1))
-    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     state = next(v for k, v in saved["callbacks"].items() if k.startswith("PacedTransferLearning"))
     assert ptl.epochs_in_stage == 2
     assert state["epochs_in_stage"] == 2 and state["stage"] == 0
@@ -189,6 +189,6 @@ def test_last_checkpoint_moves_every_epoch_when_the_metric_stops_improving(tmp_p
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=4, limit_train_batches=1,
                                           enable_checkpointing=True), callbacks=[best, last])
     trainer.fit(tiny_module(FlatValidation), train_dataloaders=loader(n=8), val_dataloaders=loader(n=8, seed=1))
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 3
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
     assert [p.name for p in (tmp_path / "checkpoints").glob("best-*.ckpt")] == ["best-000.ckpt"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best-000.ckpt", "last.ckpt"]

@@ -78,15 +78,15 @@ def test_inverse_time_decay_matches_keras_and_adopts_new_groups() -> None:
 
 def test_target_scaling_round_trip_and_errors() -> None:
     months = np.array([60.0, 120.0, 180.0])
-    z = TargetScaler.fit("zscore", months)
+    z = TargetScaler.fit("zscore", months, divisor=240.0)
     assert z.shift == pytest.approx(120.0) and z.scale == pytest.approx(months.std())
-    d = TargetScaler.fit("divide", months)
+    d = TargetScaler.fit("divide", months, divisor=240.0)
     assert (d.shift, d.scale) == (0.0, 240.0)
     x = torch.tensor([30.0, 200.0])
     for scaler in (z, d):
         assert torch.allclose(scaler.to_months(scaler.scale_targets(x)), x)
     with pytest.raises(MedalError, match="target.scaling"):
-        TargetScaler.fit("minmax", months)
+        TargetScaler.fit("minmax", months, divisor=240.0)
 
 
 def test_plots_are_written(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 
 from medal.config import CONF_DIR
 from medal.errors import MedalError
-from medal.models.regressor import BACKBONE_BLOCKS, build_regressor, resolve_block_map
+from medal.models.regressor import build_regressor, resolve_block_map
+from medal.models.stages import BACKBONE_BLOCKS
 
 
 def model_cfg(name: str, **overrides):

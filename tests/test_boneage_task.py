@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 
-from medal.boneage.cam_experiment import run_cam
+from medal.boneage.cam_experiment import check_against_run, run_cam, run_data_config, training_settings
 from medal.boneage.evaluate import predict_frame
-from medal.boneage.experiment import build_module, run_boneage
+from medal.boneage.experiment import build_module, run_boneage, run_marker, run_settings
 from medal.data.datamodule import build_boneage_datamodule
 from medal.errors import MedalError
 from medal.runs import write_metrics
@@ -52,13 +52,13 @@ def test_tiny_training_run_lowers_val_mae_and_writes_its_artifacts(make_cfg, tin
     write_metrics(run, metrics)
     assert run_boneage(cfg)["test/mae"] == metrics["test/mae"]
 
-    # CAM of the best checkpoint on the run's own test split
+    # CAM of the best checkpoint on the run's own test split: data set, images and size come from the run
     best = next((run / "checkpoints").glob("best-*.ckpt"))
-    cam_cfg = make_cfg("cam", [f"ckpt={best}", f"data.root={tiny_phantoms}", "data.images=raw",
-                               f"paths.output_dir={tmp_path / 'cam'}", "cam.max_overlays=3"])
+    cam_cfg = make_cfg("cam", [f"ckpt={best}", f"paths.output_dir={tmp_path / 'cam'}", "cam.max_overlays=3"])
     cam = run_cam(cam_cfg)
     n_test = len(predictions[predictions["split"] == "test"])
     assert cam["cam/n_male"] + cam["cam/n_female"] == n_test and cam["cam/exact"] == 1.0
+    assert cam["cam/image_size"] == 64  # the run's data.image_size (a size unlike the model's hint: the test below)
     assert len(list((tmp_path / "cam" / "overlays").glob("*.png"))) == 3
     assert (tmp_path / "cam" / "cam_by_sex.png").is_file()
 
@@ -76,3 +76,53 @@ def test_bad_early_stopping_patience_is_one_line_naming_the_key(make_cfg, tiny_p
     cfg = make_cfg("boneage", [*FAST, f"data.root={tiny_phantoms}", "early_stopping.patience=0"])
     with pytest.raises(MedalError, match=r"^early_stopping.patience=0: must be >= 1"):
         run_boneage(cfg)
+
+
+def _recorded_run(make_cfg, tiny_phantoms, folder, overrides: list[str]):
+    """A bone age run folder holding only its record and a checkpoint file: what `medal cam` reads first."""
+    cfg = make_cfg("boneage", [*FAST, f"data.root={tiny_phantoms}", f"paths.output_dir={folder}", *overrides])
+    run_marker(folder).begin(run_settings(cfg))
+    ckpt = folder / "checkpoints" / "best-000.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"never loaded: the settings are checked first")
+    return cfg, ckpt
+
+
+def test_a_run_folder_is_resumed_only_with_its_own_settings(make_cfg, tiny_phantoms, tmp_path) -> None:
+    folder = tmp_path / "train"
+    _recorded_run(make_cfg, tiny_phantoms, folder, [])
+    other = make_cfg("boneage", [*FAST, f"data.root={tiny_phantoms}", f"paths.output_dir={folder}",
+                                 "optimizer.lr=0.02"])
+    with pytest.raises(MedalError, match=r"train: holds a bone age run made with other settings \(optimizer.lr\)"):
+        run_boneage(other)
+    assert (folder / "checkpoints" / "best-000.ckpt").is_file()  # refused, nothing deleted
+    legacy = tmp_path / "legacy"
+    (legacy / "checkpoints").mkdir(parents=True)
+    (legacy / "checkpoints" / "last.ckpt").write_bytes(b"made by who knows which settings")
+    with pytest.raises(MedalError, match=r"checkpoints: checkpoints without a record of the settings"):
+        run_boneage(make_cfg("boneage", [*FAST, f"data.root={tiny_phantoms}", f"paths.output_dir={legacy}"]))
+
+
+def test_cam_takes_the_run_data_settings_and_refuses_contradictions(make_cfg, tiny_phantoms, tmp_path) -> None:
+    folder = tmp_path / "train"
+    trained, ckpt = _recorded_run(make_cfg, tiny_phantoms, folder, ["enhance=gan", "data.images=${enhance.images_dir}",
+                                                                   "data.image_size=48", "cohort=male"])
+    gan_rois = str(trained.enhance.images_dir)
+    assert gan_rois.endswith("enhanced/gan")
+    # what CAM reads: the GAN-enhanced RoIs at 48 px of the male cohort, whatever cam.yaml's defaults say
+    cam_cfg = make_cfg("cam", [f"ckpt={ckpt}"])
+    run, settings = training_settings(ckpt)
+    assert run == folder.resolve()
+    data = run_data_config(cam_cfg, settings, tmp_path / "cam").data
+    assert (data.images, data.image_size, data.root) == (gan_rois, 48, str(tiny_phantoms))
+    check_against_run(make_cfg("cam", [f"ckpt={ckpt}", "enhance=gan", "cohort=male", "data.image_size=48",
+                                       f"data.root={tiny_phantoms}"]), settings, run)  # agreeing: fine
+    for override, key in (("enhance=none", "enhance.name=none"), ("data.image_size=299", "data.image_size=299"),
+                          ("cohort=female", "cohort.name=female"), ("data.images=raw", "data.images=raw")):
+        with pytest.raises(MedalError, match=rf"^{key}: the model in .* was trained with"):
+            run_cam(make_cfg("cam", [f"ckpt={ckpt}", override]))
+    stray = tmp_path / "elsewhere" / "model.ckpt"
+    stray.parent.mkdir()
+    stray.write_bytes(b"x")
+    with pytest.raises(MedalError, match=r"no record of the run that trained it"):
+        run_cam(make_cfg("cam", [f"ckpt={stray}"]))

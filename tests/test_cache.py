@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.rsna_layouts import MODES, truncate, write_png
 from PIL import Image
-from rsna_layouts import MODES, truncate, write_png
 
 import medal.data.images as image_io
 from medal.data.cache import build_cache, cached_images, fit_square, load_resized

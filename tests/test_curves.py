@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from fake_runs import MODES, STAGE_EPOCHS, write_multirun
+from helpers.fake_runs import MODES, STAGE_EPOCHS, write_multirun
 
 from medal.errors import MedalError
 from medal.plotting import save_figure

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.rsna_layouts import make_kaggle, make_official, rewrite_train_csv, truncate, write_png
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
-from rsna_layouts import make_kaggle, make_official, rewrite_train_csv, truncate, write_png
 from torch.utils.data import DataLoader
 
 from medal.config import CONF_DIR
@@ -228,16 +228,16 @@ def test_augmentation_runs_after_transfer_in_training_only(dataset: tuple[Path, 
 
 
 def _compose(overrides: list[str], tmp_path: Path) -> DictConfig:
-    """The check-data config with the bone age tasks' datamodule and cohort groups added, without Hydra's runtime."""
+    """The bone age task's config on raw images, without Hydra's runtime."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        return compose("check_data", [f"paths.root={tmp_path}", f"paths.output_dir={tmp_path / 'run'}",
-                                      "+datamodule=boneage", *overrides])
+        return compose("boneage", [f"paths.root={tmp_path}", f"paths.output_dir={tmp_path / 'run'}",
+                                   "data.images=raw", *overrides])
 
 
 def test_config_factory_and_bad_values(dataset: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
     root, _ = dataset
-    base = [f"data.root={root}", "+cohort=male", "data.image_size=32", "data.augment.rotation=[-5,5]",
+    base = [f"data.root={root}", "cohort=male", "data.image_size=32", "data.augment.rotation=[-5,5]",
             "data.sampler.bins=[60,120,180]"]
     dm = build_boneage_datamodule(_compose(base, tmp_path))
     assert dm.cohort == "male" and dm.image_size == 32 and dm.sampler_options.bins == [60, 120, 180]

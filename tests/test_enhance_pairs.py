@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from enhance_fixtures import write_pairs
+from helpers.enhance_fixtures import write_pairs
 
 from medal.data.images import write_png
 from medal.enhance.pairs import PairDataset, PairedAugment, matching_ids, split_ids

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from enhance_fixtures import write_pairs
-from hydra_compose import compose_task
+from helpers.enhance_fixtures import write_pairs
+from helpers.hydra_compose import compose_task
 from omegaconf import DictConfig
 
 from medal.data.images import read_image, write_png
+from medal.enhance.experiment import run_enhance
 from medal.errors import MedalError
 from medal.hardware import use_bf16
 from medal.runs import read_metrics
-from medal.tasks.enhance import run_enhance
 from medal.tasks.runner import run_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,6 +85,45 @@ def test_changed_clahe_setting_rewrites_stale_outputs(make_cfg: Callable[..., Di
     third = make_cfg("enhance", ["enhance=clahe", f"data.work_dir={work}", "enhance.image_size=32",
                                  "enhance.clip_limit=8"])
     assert run_enhance(third)["enhance/written"] == 13  # another working size is another result
+
+
+def test_rewritten_rois_are_enhanced_again(make_cfg: Callable[..., DictConfig], work: Path) -> None:
+    cfg = make_cfg("enhance", ["enhance=clahe", f"data.work_dir={work}", "enhance.image_size=64"])
+    assert run_enhance(cfg)["enhance/written"] == 13
+    assert run_enhance(cfg)["enhance/written"] == 0  # same setting, same RoIs: kept
+    write_png(work / "roi" / "1003.png", np.random.default_rng(5).uniform(size=(96, 96)))  # segmentation redone
+    again = run_enhance(cfg)
+    assert again["enhance/written"] == 13 and again["enhance/skipped"] == 0  # the folder is one consistent set
+
+
+def test_an_interrupted_enhancement_continues_where_it_stopped(make_cfg: Callable[..., DictConfig], work: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import medal.enhance.run as run
+
+    real, written = run.write_png, []
+
+    def killed_at_the_fifth_file(path, *args, **kwargs):
+        if len(written) == 4:
+            raise KeyboardInterrupt
+        written.append(path)
+        return real(path, *args, **kwargs)
+
+    cfg = make_cfg("enhance", ["enhance=clahe", f"data.work_dir={work}", "enhance.image_size=64"])
+    monkeypatch.setattr(run, "write_png", killed_at_the_fifth_file)
+    with pytest.raises(KeyboardInterrupt):
+        run_enhance(cfg)
+    assert len(_ids(work / "enhanced" / "clahe")) == 4
+    monkeypatch.setattr(run, "write_png", real)
+    metrics = run_enhance(cfg)  # same settings, same RoIs: the four files stay, the rest are written
+    assert (metrics["enhance/written"], metrics["enhance/skipped"]) == (9, 4)
+
+
+def test_enhancing_into_the_input_folder_is_refused(make_cfg: Callable[..., DictConfig], work: Path) -> None:
+    cfg = make_cfg("enhance", ["enhance=clahe", f"data.work_dir={work}", "enhance.image_size=64",
+                               "enhance.images_dir=${data.work_dir}/roi"])
+    with pytest.raises(MedalError, match=r"enhance.images_dir=.*/roi: is the input folder itself"):
+        run_enhance(cfg)
+    assert len(_ids(work / "roi")) == 13  # nothing deleted
 
 
 def test_none_passes_the_rois_through(make_cfg: Callable[..., DictConfig], work: Path) -> None:

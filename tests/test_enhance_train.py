@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from enhance_fixtures import write_pairs
+from helpers.enhance_fixtures import write_pairs
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from medal.enhance.module import Enhancer
@@ -131,7 +131,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[ckpt], limit_val_batches=0)
     with pytest.raises(MedalError, match=r"enhancer: generator loss is nan at epoch 1.*last good checkpoint: .*last\.ckpt"):
         trainer.fit(module, datamodule=_datamodule(pairs))
-    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert state["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
     assert all(torch.isfinite(p).all() for p in module.generator.parameters())  # no step taken on the NaN loss

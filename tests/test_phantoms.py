@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra_compose import compose_task  # conftest's make_cfg cannot set the read-only hydra node
+from helpers.hydra_compose import compose_task  # conftest's make_cfg cannot set the read-only hydra node
 from PIL import Image
 from skimage.measure import label
 
@@ -229,7 +229,7 @@ def test_nuisances_off_gives_upright_clean_images(tmp_path: Path) -> None:
 
 
 def test_phantoms_task_writes_layout_and_contact_sheet(tmp_path: Path) -> None:
-    from medal.tasks.phantoms import run
+    from medal.data.phantom.make import run_phantoms as run
 
     cfg = compose_task("phantoms", ["n=12", f"image_size={SIZE}", "workers=1", "seed=5"], tmp_path)
     metrics = run(cfg)

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
-from browser import CHROMIUM, NO_CHROMIUM, render_dom  # noqa: E402
+from helpers.browser import CHROMIUM, NO_CHROMIUM, render_dom  # noqa: E402
 
 from medal.pipeline.report import Figure, Section, Table, write_report  # noqa: E402
 

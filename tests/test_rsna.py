@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.rsna_layouts import make_kaggle, make_official, rewrite_train_csv, write_png
 from PIL import Image
-from rsna_layouts import make_kaggle, make_official, rewrite_train_csv, write_png
 
 from medal.data.images import read_image
 from medal.data.rsna import INDEX_COLUMNS, parse_male, read_index, scan

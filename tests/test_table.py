@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from fake_runs import GRID, MODES, planted_mae, write_job, write_multirun
-from hydra_compose import compose_task
+from helpers.fake_runs import GRID, MODES, planted_mae, write_job, write_multirun
+from helpers.hydra_compose import compose_task
 
 from medal.errors import MedalError
 from medal.tables.folder_runs import collect_runs
+from medal.tables.make import make_table, table_spec
 from medal.tables.table import FIGURE12, FIGURE12_PAPER, TableSpec, build_table
-from medal.tasks.table import make_table, table_spec
 
 FAILED_JOB, MISSING_JOB = 7, 20  # (above_exit, gan, male) failed; (above_entry, gan, female) never ran
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import wandb
-from fake_runs import GRID, write_multirun
-from hydra_compose import compose_task
+from helpers.fake_runs import GRID, write_multirun
+from helpers.hydra_compose import compose_task
 from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
@@ -18,9 +18,9 @@ from medal.errors import MedalError
 from medal.loggers import build_loggers, log_figure, summarize_run, wandb_logger
 from medal.tables.curves import stage_boundaries
 from medal.tables.folder_runs import collect_runs
+from medal.tables.make import make_table
 from medal.tables.table import FIGURE12, build_table
 from medal.tables.wandb_runs import collect_disk_runs, read_disk_run
-from medal.tasks.table import make_table
 
 
 def _flush_wandb() -> None:

@@ -79,7 +79,19 @@ def _upsample(maps: torch.Tensor, size: torch.Size) -> torch.Tensor:
 
 
 def normalise(maps: torch.Tensor) -> torch.Tensor:
-    """Each map to [0, 1] (min-max per image), so maps of different images can be averaged and shown."""
+    """Each map to [0, 1] (min-max per image), so maps of different images can be averaged and shown.
+
+    Args:
+        maps: (B, H, W) any real values. A constant map becomes all zeros (no division by zero).
+
+    Examples:
+        >>> normalise(torch.tensor([[[0.0, 2.0], [4.0, 8.0]], [[3.0, 3.0], [3.0, 3.0]]]))
+        tensor([[[0.0000, 0.2500],
+                 [0.5000, 1.0000]],
+        <BLANKLINE>
+                [[0.0000, 0.0000],
+                 [0.0000, 0.0000]]])
+    """
     flat = maps.flatten(1)
     low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
     return ((flat - low) / (high - low).clamp_min(1e-12)).view_as(maps)

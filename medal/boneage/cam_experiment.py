@@ -17,17 +17,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from medal.atomic import atomic_path  # noqa: E402
 from medal.boneage.cam import class_activation_map, normalise, overlay  # noqa: E402
+from medal.boneage.experiment import run_marker  # noqa: E402
 from medal.boneage.module import BoneAgeModule  # noqa: E402
+from medal.config import to_plain  # noqa: E402
+from medal.data.split import SPLIT_FILE  # noqa: E402
 from medal.errors import MedalError  # noqa: E402
 from medal.hardware import inference_device  # noqa: E402
 from medal.loggers import build_loggers, log_figure  # noqa: E402
-from medal.plotting import save_figure
+from medal.plotting import save_figure  # noqa: E402
 
 log = logging.getLogger("medal.boneage")
 ARTIFACTS = {"cam_by_sex": "cam_by_sex.png", "average_male": "average_male.png", "average_female": "average_female.png"}  # outputs by name, in the run folder
@@ -50,19 +53,62 @@ def load_trained(ckpt: str | Path) -> BoneAgeModule:
     return module
 
 
-def _training_run(ckpt: Path) -> Path | None:
-    """The run dir a checkpoint was written in (`<run>/checkpoints/x.ckpt`), when it looks like one."""
+#: The training run's data settings CAM uses; a cam config may name one only to agree with the run.
+FROM_RUN: tuple[str, ...] = ("data.name", "data.root", "data.work_dir", "data.images", "data.image_size",
+                             "data.fit", "data.split", "cohort.name", "enhance.name")
+_PATH_KEYS = ("data.root", "data.work_dir", "data.images")
+
+
+def training_settings(ckpt: Path) -> tuple[Path, dict[str, Any]]:
+    """The run dir of a checkpoint (`<run>/checkpoints/<name>.ckpt`) and the settings its record holds."""
+    if not ckpt.is_file():
+        raise MedalError(f"ckpt={ckpt}: no such checkpoint; give a run's checkpoints/best-*.ckpt or last.ckpt")
     run = ckpt.resolve().parent.parent
-    return run if (run / "split.csv").is_file() or (run / ".hydra").is_dir() else None
+    marker = run_marker(run)
+    record = marker.read()
+    if record is None or "parts" not in record:
+        raise MedalError(f"ckpt={ckpt}: no record of the run that trained it ({marker.path}); give a checkpoint "
+                         "inside its `medal boneage` run folder (<run>/checkpoints/), where CAM finds the images "
+                         "the model was trained on")
+    return run, record["parts"]
 
 
-def _image_size(cfg: DictConfig, run: Path | None, module: BoneAgeModule) -> int:
-    if cfg.data.get("image_size"):
-        return int(cfg.data.image_size)
-    saved = run / ".hydra" / "config.yaml" if run else None
-    if saved is not None and saved.is_file():
-        return int(OmegaConf.load(saved).data.image_size)
-    return int(module.hparams.model_cfg.get("image_size", 299))
+def _lookup(settings: dict[str, Any], key: str) -> Any:
+    node: Any = settings
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _same(key: str, given: Any, trained: Any) -> bool:
+    if key in _PATH_KEYS and given != "raw" and trained not in (None, "raw"):
+        return Path(str(given)).expanduser().resolve() == Path(str(trained)).expanduser().resolve()
+    return given == trained
+
+
+def check_against_run(cfg: DictConfig, settings: dict[str, Any], run: Path) -> None:
+    """Refuse a data setting of the cam config that contradicts the training run's (null or absent = the run's).
+
+    Computing maps of a GAN-trained model on un-enhanced images (or at another size, on another split) would
+    explain a model that never existed, so a contradiction stops the task instead of being overridden quietly.
+    """
+    for key in FROM_RUN:
+        given = to_plain(OmegaConf.select(cfg, key))
+        if given is None:
+            continue
+        trained = _lookup(settings, key)
+        if not _same(key, given, trained):
+            raise MedalError(f"{key}={given}: the model in {run} was trained with {key}={trained}, and CAM uses "
+                             "the training run's data settings; drop this override (or give the ckpt of a run "
+                             "trained that way)")
+
+
+def run_data_config(cfg: DictConfig, settings: dict[str, Any], out_dir: Path) -> DictConfig:
+    """The run's data, cohort and seed with CAM's own loader settings: what `build_boneage_datamodule` reads."""
+    data = {**settings["data"], "batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers,
+            "cache_workers": cfg.data.cache_workers}
+    return OmegaConf.create({"data": data, "cohort": settings["cohort"], "seed": settings["seed"],
+                             "paths": {"output_dir": str(out_dir)}})
 
 
 def _save_png(path: Path, rgb: np.ndarray) -> None:
@@ -71,23 +117,26 @@ def _save_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def run_cam(cfg: DictConfig) -> dict[str, Any]:
+    """CAM (or Grad-CAM) overlays and male/female averages on the held-out split of the checkpoint's run."""
     from medal.data.datamodule import build_boneage_datamodule
 
     ckpt = Path(str(cfg.ckpt)).expanduser()
-    device = torch.device(inference_device(str(cfg.cam.device), "cam.device"))
-    module = load_trained(ckpt).eval().to(device)
-    out_dir = Path(cfg.paths.output_dir)
-    run = _training_run(ckpt)
-    if run is not None and (run / "split.csv").is_file():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run / "split.csv", out_dir / "split.csv")  # the training run's held-out images
-    with open_dict(cfg):
-        cfg.data.image_size = _image_size(cfg, run, module)
-    datamodule = build_boneage_datamodule(cfg)
-    datamodule.setup("test")
+    run, settings = training_settings(ckpt)
+    check_against_run(cfg, settings, run)
     split = str(cfg.cam.split)
     if split not in ("test", "val"):
         raise MedalError(f"cam.split={split!r}: choose test or val (maps of training images are not reported)")
+    device = torch.device(inference_device(str(cfg.cam.device), "cam.device"))
+    module = load_trained(ckpt).eval().to(device)
+    out_dir = Path(cfg.paths.output_dir)
+    if (run / SPLIT_FILE).is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / SPLIT_FILE, out_dir / SPLIT_FILE)  # the training run's held-out images
+    data_cfg = run_data_config(cfg, settings, out_dir)
+    log.info("CAM of %s on %s (%s, %d px, cohort %s), as trained", ckpt.name, data_cfg.data.images,
+             settings["enhance"]["name"], data_cfg.data.image_size, data_cfg.cohort.name)
+    datamodule = build_boneage_datamodule(data_cfg)
+    datamodule.setup("test")
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
 
     sums: dict[str, dict[str, Any]] = {s: {"image": 0.0, "map": 0.0, "n": 0} for s in ("male", "female")}
@@ -107,7 +156,7 @@ def run_cam(cfg: DictConfig) -> dict[str, Any]:
                 _save_png(out_dir / "overlays" / f"{ident}.png", overlay(grey[i], heat[i], float(cfg.cam.alpha)))
                 written += 1
     if not sums["male"]["n"] and not sums["female"]["n"]:
-        raise MedalError(f"cam.split={split}: no images in that split for cohort {cfg.cohort.name}")
+        raise MedalError(f"cam.split={split}: no images in that split for cohort {data_cfg.cohort.name}")
 
     loggers = build_loggers(cfg)
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.4))
@@ -127,4 +176,5 @@ def run_cam(cfg: DictConfig) -> dict[str, Any]:
     log_figure(loggers, "cam/by_sex", figure)
     log.info("%s maps of %d images written to %s", method, sums["male"]["n"] + sums["female"]["n"], out_dir)
     return {"cam/n_male": sums["male"]["n"], "cam/n_female": sums["female"]["n"],
-            "cam/exact": float(method == "cam"), "cam/overlays": written}
+            "cam/exact": float(method == "cam"), "cam/overlays": written,
+            "cam/image_size": float(data_cfg.data.image_size)}

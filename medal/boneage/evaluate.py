@@ -44,7 +44,13 @@ def predict_frame(module: nn.Module, loader: DataLoader, split: str, bf16: bool 
 
 
 def mean_predictor_mae(train_months: np.ndarray, frame: pd.DataFrame, split: str) -> dict[str, float]:
-    """MAE of always predicting the training cohort's mean bone age: the floor any model must beat."""
+    """MAE of always predicting the training cohort's mean bone age: the floor any model must beat.
+
+    Examples:
+        >>> frame = pd.DataFrame({"true": [100.0, 140.0], "sex": ["M", "F"]})
+        >>> mean_predictor_mae(np.array([110.0, 130.0]), frame, "test")
+        {'test/mae_mean_predictor': 20.0, 'test/mae_mean_predictor_male': 20.0, 'test/mae_mean_predictor_female': 20.0}
+    """
     mean = float(np.nanmean(np.asarray(train_months, dtype=np.float64)))
     out = {}
     for suffix, rows in (("", frame), ("_male", frame[frame["sex"] == "M"]), ("_female", frame[frame["sex"] == "F"])):

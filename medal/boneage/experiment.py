@@ -2,7 +2,12 @@
 then test that checkpoint on the held-out split (never on training images) and write every artifact.
 
 Artifacts in the run dir: `checkpoints/{best-*,last}.ckpt`, `predictions.csv` (val + test rows),
-`plots/{bland_altman,predicted_vs_true}.png`, `csv/metrics.csv` (the Lightning CSV logger).
+`plots/{bland_altman,predicted_vs_true}.png`, `csv/metrics.csv` (the Lightning CSV logger) and the run's
+record `.medal/boneage.json` (`medal.resume.Marker`): the resolved settings the run was trained with
+(`run_settings`) and, once finished, its metrics. A rerun in the same folder with the same settings
+returns the finished metrics, or continues an interrupted run from `last.ckpt`; other settings are
+refused (the folder is an experiment's history, never deleted). `medal cam` reads the record to see the
+images the model was trained on.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import BaseFinetuning, EarlyStopping
 
 from medal.atomic import atomic_path
@@ -25,49 +30,64 @@ from medal.boneage.metrics import cohort_metrics
 from medal.boneage.module import BoneAgeModule
 from medal.boneage.plots import bland_altman, predicted_vs_true
 from medal.boneage.targets import TargetScaler
-from medal.callbacks.checkpoints import best_and_last
+from medal.callbacks.checkpoints import LAST, best_and_last
+from medal.config import to_plain
 from medal.errors import MedalError
 from medal.hardware import use_bf16
 from medal.loggers import build_loggers, log_figure
-from medal.runs import read_metrics
+from medal.models.stages import FINETUNE_MODES
+from medal.resume import Marker
 
 log = logging.getLogger("medal.boneage")
 
 PREDICTIONS_FILE = "predictions.csv"
 ARTIFACTS = {"predicted_vs_true": "plots/predicted_vs_true.png", "bland_altman": "plots/bland_altman.png"}  # outputs by name, in the run folder
+RUN_MARKER = "boneage"  # <run dir>/.medal/boneage.json
+#: Top-level keys that do not change what a run computes: where it writes, how it is logged or named.
+NOT_SETTINGS: tuple[str, ...] = ("paths", "hydra", "logger", "task_name", "optimized_metric", "experiment_name")
+#: Keys inside a section that only set progress display, logging cadence or worker counts.
+NOT_SETTINGS_IN: dict[str, tuple[str, ...]] = {
+    "trainer": ("default_root_dir", "enable_progress_bar", "enable_model_summary", "log_every_n_steps"),
+    "data": ("num_workers", "cache_workers"),
+    "enhance": ("num_workers",),  # the enhancer's loader processes (hardware-dependent: ${loader_workers:...})
+}
+
+
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved settings a run's result depends on: the whole config but `NOT_SETTINGS(_IN)`.
+
+    They are the run's resume fingerprint and its record, which `medal cam` reads for the data settings.
+    """
+    settings: dict[str, Any] = {}
+    for key in cfg:
+        if key in NOT_SETTINGS:
+            continue
+        node, skip = cfg[key], NOT_SETTINGS_IN.get(str(key), ())
+        if skip and OmegaConf.is_dict(node):
+            settings[str(key)] = {str(k): to_plain(node[k]) for k in node if k not in skip}
+        else:
+            settings[str(key)] = to_plain(node)
+    return settings
+
+
+def run_marker(run_dir: str | Path) -> Marker:
+    """The record of the bone age run in `run_dir` (policy refuse: a run of other settings is never deleted)."""
+    return Marker.in_folder(run_dir, RUN_MARKER, policy="refuse", what="a bone age run")
 
 
 def build_module(cfg: DictConfig, train_months: Any) -> BoneAgeModule:
     """The LightningModule of a composed `boneage` config, its target scaling fitted on `train_months`."""
-    target = cfg.get("target") or {}
-    scaler = TargetScaler.fit(str(target.get("scaling", "zscore")), train_months,
-                              divisor=float(target.get("divisor", 240.0)))
+    scaler = TargetScaler.fit(str(cfg.target.scaling), train_months, divisor=float(cfg.target.divisor))
     return BoneAgeModule(model_cfg=cfg.model, target_shift=scaler.shift, target_scale=scaler.scale,
-                         loss=str(cfg.get("loss", "l1")), optimizer=cfg.get("optimizer"),
-                         scheduler=cfg.get("scheduler"), channels_last=bool(cfg.get("channels_last", True)))
+                         loss=str(cfg.loss), optimizer=cfg.optimizer, scheduler=cfg.scheduler,
+                         channels_last=bool(cfg.channels_last))
 
 
 def build_finetune_callback(finetune_cfg: DictConfig) -> BaseFinetuning:
     """The `finetune=` group's callback (`name` labels the mode, the other keys are its arguments)."""
     if "_target_" not in finetune_cfg:
-        raise MedalError("finetune: no _target_; choose finetune=ptl|above_fc|above_exit|above_mid|above_entry|all")
+        raise MedalError(f"finetune: no _target_; choose finetune={'|'.join(FINETUNE_MODES)}")
     return instantiate({k: v for k, v in finetune_cfg.items() if k != "name"})
-
-
-def _resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
-    last = ckpt_dir / "last.ckpt"
-    if cfg.get("resume", True) and last.is_file():
-        log.info("resuming from %s", last)
-        return str(last)
-    return None
-
-
-def _finished(out_dir: Path) -> dict[str, Any] | None:
-    try:
-        metrics = read_metrics(out_dir)
-    except (FileNotFoundError, ValueError):
-        return None
-    return metrics if metrics.get("status") == "ok" and "test/mae" in metrics else None
 
 
 def _test_module(checkpoint: str | None, module: BoneAgeModule) -> BoneAgeModule:
@@ -80,11 +100,11 @@ def _test_module(checkpoint: str | None, module: BoneAgeModule) -> BoneAgeModule
     return module
 
 
-def evaluate(module: BoneAgeModule, datamodule: Any, out_dir: Path, cfg: DictConfig,
-             loggers: list[Any]) -> dict[str, float]:
+def evaluate_splits(module: BoneAgeModule, datamodule: Any, out_dir: Path, cfg: DictConfig,
+                    loggers: list[Any]) -> dict[str, float]:
     """Val and test metrics by cohort, train-mean baseline, predictions.csv and plots."""
-    ev = cfg.get("evaluation") or {}
-    bf16 = use_bf16(ev.get("bf16", "auto"), next(module.parameters()).device.type)
+    ev = cfg.evaluation
+    bf16 = use_bf16(ev.bf16, next(module.parameters()).device.type)
     train_ids = set(datamodule.frames["train"]["id"])
     frames = {}
     for split, loader in (("val", datamodule.val_dataloader()), ("test", datamodule.test_dataloader())):
@@ -103,10 +123,10 @@ def evaluate(module: BoneAgeModule, datamodule: Any, out_dir: Path, cfg: DictCon
             continue
         metrics.update(cohort_metrics(frame["predicted"].to_numpy(), frame["true"].to_numpy(),
                                       (frame["sex"] == "M").to_numpy(), split,
-                                      n_resamples=int(ev.get("bootstrap", 1000)), seed=int(cfg.get("seed", 0))))
+                                      n_resamples=int(ev.bootstrap), seed=int(cfg.seed)))
         metrics.update(mean_predictor_mae(datamodule.frames["train"]["boneage"].to_numpy(), frame, split))
     test = frames["test"]
-    if ev.get("plots", True) and not test.empty:
+    if ev.plots and not test.empty:
         male = (test["sex"] == "M").to_numpy()
         name = f"{cfg.model.name} {cfg.finetune.name} ({cfg.cohort.name})"
         for key, plot in (("bland_altman", bland_altman), ("predicted_vs_true", predicted_vs_true)):
@@ -119,45 +139,68 @@ def evaluate(module: BoneAgeModule, datamodule: Any, out_dir: Path, cfg: DictCon
     return metrics
 
 
+def _early_stopping(cfg: DictConfig) -> EarlyStopping | None:
+    """`early_stopping.patience` epochs without a `min_delta` gain of the checkpoint monitor; null = off."""
+    stopping = cfg.early_stopping
+    if stopping.patience is None:
+        return None
+    if int(stopping.patience) < 1:
+        raise MedalError(f"early_stopping.patience={stopping.patience}: must be >= 1 (or null for no early stop)")
+    return EarlyStopping(monitor=str(cfg.checkpoint.monitor), mode=str(cfg.checkpoint.mode),
+                         patience=int(stopping.patience), min_delta=float(stopping.min_delta),
+                         check_on_train_epoch_end=True)
+
+
+def begin_run(marker: Marker, settings: dict[str, Any], ckpt_dir: Path) -> str:
+    """The run's status (`done`, `resume`, `fresh`); refuses a folder whose checkpoints have no record.
+
+    Shared by the training tasks that keep Lightning checkpoints in their run folder (bone age, pretraining).
+    """
+    if marker.read() is None and any(ckpt_dir.glob("*.ckpt")):
+        raise MedalError(f"{ckpt_dir}: checkpoints without a record of the settings that made them "
+                         f"({marker.path} is missing); delete that run folder or choose another")
+    return marker.begin(settings)
+
+
 def run_boneage(cfg: DictConfig) -> dict[str, float]:
     """Train, select by val MAE, test; returns the metrics for metrics.json."""
     from medal.data.datamodule import build_boneage_datamodule
 
     out_dir = Path(cfg.paths.output_dir)
-    done = _finished(out_dir) if cfg.get("resume", True) else None
-    if done is not None:
-        log.info("%s already holds the finished run's metrics; delete it or set resume=false to redo", out_dir)
-        return {k: v for k, v in done.items() if isinstance(v, int | float)}
-    pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    ckpt_dir = out_dir / "checkpoints"
+    settings, marker = run_settings(cfg), run_marker(out_dir)
+    status = begin_run(marker, settings, ckpt_dir)
+    if status == "done":
+        log.info("%s already holds this run, finished; its metrics are returned (a new run needs another folder)",
+                 out_dir)
+        return dict(marker.read()["metrics"])
+    pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = build_boneage_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
     module = build_module(cfg, datamodule.frames["train"]["boneage"].to_numpy())
 
-    ckpt_dir = out_dir / "checkpoints"
     checkpoint, latest = best_and_last(ckpt_dir, str(cfg.checkpoint.monitor), str(cfg.checkpoint.mode))
-    finetune = build_finetune_callback(cfg.finetune)
     loggers = build_loggers(cfg)
-    callbacks: list[pl.Callback] = [finetune, checkpoint, latest]
-    stopping = cfg.get("early_stopping") or {}
-    if stopping.get("patience") is not None:
-        if int(stopping.patience) < 1:
-            raise MedalError(f"early_stopping.patience={stopping.patience}: must be >= 1 (or null for no early stop)")
-        callbacks.append(EarlyStopping(monitor=str(cfg.checkpoint.monitor), mode=str(cfg.checkpoint.mode),
-                                       patience=int(stopping.patience), min_delta=float(stopping.min_delta),
-                                       check_on_train_epoch_end=True))
+    callbacks: list[pl.Callback] = [build_finetune_callback(cfg.finetune), checkpoint, latest]
+    if (stopping := _early_stopping(cfg)) is not None:
+        callbacks.append(stopping)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    last = ckpt_dir / f"{LAST}.ckpt"
+    resume_from = str(last) if status == "resume" and last.is_file() else None
+    if resume_from:
+        log.info("resuming from %s", last)
     with warnings.catch_warnings():  # frozen blocks keep their BatchNorm in eval mode on purpose
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg, ckpt_dir))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     if not trainer.is_global_zero:
         return {}
     module = _test_module(checkpoint.best_model_path, module).to(trainer.strategy.root_device)
-    metrics = evaluate(module, datamodule, out_dir, cfg, loggers)
+    metrics = evaluate_splits(module, datamodule, out_dir, cfg, loggers)
     if checkpoint.best_model_score is not None:
         metrics["val/mae_best_epoch"] = float(checkpoint.best_model_score)
     metrics["train/epochs"] = float(trainer.current_epoch)
     log.info("test MAE %.2f months (train-mean predictor %.2f); val MAE %.2f", metrics.get("test/mae", float("nan")),
              metrics.get("test/mae_mean_predictor", float("nan")), metrics.get("val/mae", float("nan")))
+    marker.finish(settings, metrics=metrics)
     return metrics
-

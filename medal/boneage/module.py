@@ -25,20 +25,24 @@ from medal.models.regressor import build_regressor
 
 LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss, "huber": F.smooth_l1_loss}
 
-DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.RMSprop", "_partial_": True, "lr": 1e-3,
-                                     "alpha": 0.9, "eps": 1e-7}
-
 
 class BoneAgeModule(pl.LightningModule):
-    """Trains a `BoneAgeRegressor` on scaled targets; predicts and reports months."""
+    """Trains a `BoneAgeRegressor` on scaled targets; predicts and reports months.
 
-    def __init__(self, model_cfg: Mapping[str, Any], target_shift: float = 0.0, target_scale: float = 240.0,
-                 loss: str = "l1", optimizer: Mapping[str, Any] | None = None,
-                 scheduler: Mapping[str, Any] | None = None, channels_last: bool = True) -> None:
+    Every argument comes from the `boneage` config (`model`, the fitted `target` scaling, `loss`, `optimizer`,
+    `scheduler`, `channels_last`); none has a default, so the YAML stays the one place they are set.
+    `optimizer` is a partial optimiser config (`_target_`, `_partial_: true`); `scheduler` may be null.
+    """
+
+    def __init__(self, model_cfg: Mapping[str, Any], *, target_shift: float, target_scale: float, loss: str,
+                 optimizer: Mapping[str, Any], scheduler: Mapping[str, Any] | None, channels_last: bool) -> None:
         super().__init__()
         model_cfg, optimizer, scheduler = to_plain(model_cfg), to_plain(optimizer), to_plain(scheduler)
         if loss not in LOSSES:
             raise MedalError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
+        if not optimizer:
+            raise MedalError("optimizer: null; give a partial optimiser config (e.g. _target_: torch.optim.RMSprop, "
+                             "_partial_: true, lr: 1.0e-3) as conf/boneage.yaml does")
         self.save_hyperparameters({"model_cfg": model_cfg, "target_shift": float(target_shift),
                                    "target_scale": float(target_scale), "loss": loss,
                                    "optimizer": optimizer, "scheduler": scheduler, "channels_last": channels_last})
@@ -84,7 +88,7 @@ class BoneAgeModule(pl.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise MedalError("no trainable parameters: check finetune= and the model's block map")
-        optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER)(params)
+        optimizer = instantiate(self.hparams.optimizer)(params)
         if not self.hparams.scheduler:
             return optimizer
         scheduler = instantiate(self.hparams.scheduler)(optimizer)

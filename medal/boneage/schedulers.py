@@ -16,7 +16,12 @@ from torch.optim.lr_scheduler import LRScheduler
 
 
 def inverse_time(step: int, decay: float) -> float:
-    """The Keras-2 factor `1 / (1 + decay * step)`."""
+    """The Keras-2 factor `1 / (1 + decay * step)`.
+
+    Examples:
+        >>> inverse_time(0, 0.05), inverse_time(20, 0.05)
+        (1.0, 0.5)
+    """
     return 1.0 / (1.0 + decay * step)
 
 

@@ -15,13 +15,24 @@ SCALINGS = ("zscore", "divide")
 
 @dataclass(frozen=True)
 class TargetScaler:
-    """`scaled = (months - shift) / scale`; zscore uses the training cohort, `divide` the reference's /240."""
+    """`scaled = (months - shift) / scale`; zscore uses the training cohort, `divide` the reference's /240.
 
-    shift: float = 0.0
-    scale: float = 240.0
+    Examples:
+        >>> scaler = TargetScaler.fit("zscore", [60.0, 120.0, 180.0], divisor=240.0)
+        >>> round(scaler.shift, 3), round(scaler.scale, 3)
+        (120.0, 48.99)
+        >>> scaler.to_months(scaler.scale_targets(torch.tensor([90.0])))
+        tensor([90.])
+        >>> TargetScaler.fit("divide", [60.0, 120.0], divisor=240.0)
+        TargetScaler(shift=0.0, scale=240.0)
+    """
+
+    shift: float
+    scale: float
 
     @classmethod
-    def fit(cls, kind: str, train_months: Sequence[float] | np.ndarray, divisor: float = 240.0) -> TargetScaler:
+    def fit(cls, kind: str, train_months: Sequence[float] | np.ndarray, divisor: float) -> TargetScaler:
+        """`target.scaling` (`zscore` or `divide`) fitted on the training cohort's ages in months."""
         if kind == "divide":
             return cls(0.0, float(divisor))
         if kind != "zscore":

@@ -16,12 +16,9 @@ from torch import nn
 from torch.optim import Optimizer
 
 from medal.errors import MedalError
-from medal.models.regressor import STAGES
+from medal.models.stages import FIXED_MODES, STAGES
 
 log = logging.getLogger("medal.boneage")
-
-#: Number of stages (from the top, see `STAGES`) each fixed mode trains.
-MODES: dict[str, int] = {"above_fc": 1, "above_exit": 2, "above_mid": 3, "above_entry": 4, "all": 5}
 
 
 class StagedModel(Protocol):
@@ -59,14 +56,14 @@ def trainable_parameter_count(module: nn.Module) -> int:
 class FixedFinetuning(BaseFinetuning):
     """Train exactly the stages of `mode` for the whole run (the optimizer only sees those parameters)."""
 
-    def __init__(self, mode: str = "all") -> None:
+    def __init__(self, mode: str) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise MedalError(f"finetune.mode={mode!r}: choose one of {', '.join(MODES)} (or finetune=ptl)")
+        if mode not in FIXED_MODES:
+            raise MedalError(f"finetune.mode={mode!r}: choose one of {', '.join(FIXED_MODES)} (or finetune=ptl)")
         self.mode = mode
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
-        set_trainable_stages(staged_model(pl_module), MODES[self.mode])
+        set_trainable_stages(staged_model(pl_module), FIXED_MODES[self.mode])
         log.info("fine-tune mode %s: %d trainable parameters", self.mode, trainable_parameter_count(pl_module))
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:

@@ -27,7 +27,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from medal.callbacks.finetune import set_trainable_stages, staged_model, trainable_parameter_count
 from medal.errors import MedalError
-from medal.models.regressor import STAGES
+from medal.models.stages import STAGES
 
 log = logging.getLogger("medal.boneage")
 
@@ -36,9 +36,13 @@ REFERENCE_LRS: tuple[float, ...] = (1e-4, 5e-5, 1e-5, 5e-6)
 
 
 class PacedTransferLearning(BaseFinetuning):
-    """Unfreeze exit, middle, entry, stem in turn when the monitored loss plateaus (see module docstring)."""
+    """Unfreeze exit, middle, entry, stem in turn when the monitored loss plateaus (see module docstring).
 
-    def __init__(self, monitor: str = "train/loss", patience: int = 3, min_delta: float = 0.0,
+    The defaults are `conf/finetune/ptl.yaml`'s (a test keeps the two equal), so the callback behaves the same
+    whether Hydra builds it or a script does.
+    """
+
+    def __init__(self, monitor: str = "train/loss", patience: int = 3, min_delta: float = 0.001,
                  max_epochs_per_stage: int | None = None, lrs: Sequence[float] = REFERENCE_LRS,
                  train_bn: bool = True) -> None:
         super().__init__()

@@ -1,8 +1,10 @@
 """Decoded-image cache: each image is decoded, squared and resized once into a memory-mapped array.
 
 Training reads rows of `<work_dir>/cache/<key>.npy` (float16 in [0, 1]; half the disk of float32 and still
-finer than 8-bit) and never touches a PNG again. The key hashes every file's path, size and mtime, the
-target size, the fit mode and `CACHE_VERSION`, so a changed file or setting builds a new cache. A build
+finer than 8-bit) and never touches a PNG again. The key is `medal.resume.fingerprint` of every file's
+`file_stamp` (path, size, mtime), the target size, the fit mode and `CACHE_VERSION` -- the same hash and
+the same file identity every resumable piece of medal uses -- so a changed file or setting builds a new
+cache (the key stays in the file name, which lets caches of several settings live side by side). A build
 writes to a temporary name and renames when complete, so a complete cache is reused and an interrupted one
 resumes where it stopped; a lock makes concurrent runs (a parallel multirun) build it once.
 """
@@ -10,7 +12,6 @@ resumes where it stopped; a lock makes concurrent runs (a parallel multirun) bui
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from medal.atomic import write_json
 from medal.data import images as image_io
 from medal.data.parallel import iter_parallel
 from medal.errors import MedalError
+from medal.resume import fingerprint
 
 log = logging.getLogger("medal.data")
 
@@ -61,17 +63,31 @@ def load_resized(path: str | Path, size: int, fit: str = "pad") -> np.ndarray:
     return fit_square(image_io.read_image(path), size, fit)
 
 
+def cached_form(image: np.ndarray, size: int, fit: str = "pad") -> np.ndarray:
+    """A decoded image as a cache row holds it: fitted to (size, size) and stored as `CACHE_DTYPE`.
+
+    `medal predict` passes images it holds in memory through this, so the networks see the values they saw
+    in training (the float16 rounding included).
+    """
+    return fit_square(image, size, fit).astype(CACHE_DTYPE)
+
+
+def file_stamp(path: str | Path) -> list[str | int]:
+    """A file's identity for resume fingerprints: resolved path, size in bytes and mtime (ns).
+
+    Rewriting a file (a new RoI, a retrained generator) changes its stamp, so work derived from it is redone.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [str(Path(path).resolve()), "missing"]
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
 def cache_key(paths: Sequence[str | Path], size: int, fit: str) -> str:
-    """Hash of (path, size in bytes, mtime) of every file, in order, plus the settings and code version."""
-    digest = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{fit}|{np.dtype(CACHE_DTYPE).str}".encode())
-    for path in paths:
-        try:
-            st = os.stat(path)
-            stamp = f"{st.st_size}|{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        digest.update(f"\n{Path(path).resolve()}|{stamp}".encode())
-    return digest.hexdigest()[:20]
+    """`medal.resume.fingerprint` of every file's stamp, in order, plus the settings and code version."""
+    settings = {"version": CACHE_VERSION, "size": int(size), "fit": fit, "dtype": np.dtype(CACHE_DTYPE).str}
+    return fingerprint(settings, [file_stamp(p) for p in paths])
 
 
 @dataclass
@@ -87,7 +103,7 @@ class CachedImages:
 def _decode(job: tuple[str, int, str]) -> tuple[np.ndarray | None, str | None]:
     path, size, fit = job
     try:
-        return load_resized(path, size, fit).astype(CACHE_DTYPE), None
+        return cached_form(image_io.read_image(path), size, fit), None
     except MedalError as err:
         return None, str(err)
 

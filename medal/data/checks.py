@@ -7,13 +7,14 @@ list all of them and `data.strict=false` can drop exactly the rows they name.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
 from medal.data import images as image_io
 from medal.data.parallel import parallel_map
+from medal.data.pngcheck import png_problem
 from medal.errors import MedalError
 
 AGE_RANGE = (0.0, 240.0)  # months: RSNA ages are 1-228; anything outside 0-20 years is a typo
@@ -73,11 +74,26 @@ def row_problems(labels: pd.DataFrame) -> list[Problem]:
     return problems
 
 
-def unreadable_images(ids: Sequence[str], paths: Sequence[str], workers: int = 2) -> list[Problem]:
+def damaged_images(ids: Sequence[str], paths: Sequence[str], workers: int) -> list[Problem]:
+    """The cheap check of every image (`pngcheck`: chunk CRCs and IEND, no decode); one Problem per bad file."""
+    return _problems(_png_error, ids, paths, workers, "checking PNG chunks")
+
+
+def unreadable_images(ids: Sequence[str], paths: Sequence[str], workers: int) -> list[Problem]:
     """Decode every image (in `workers` processes, with a progress bar); one Problem per bad file."""
-    errors = parallel_map(_decode_error, list(paths), workers=workers, desc="decoding images")
+    return _problems(_decode_error, ids, paths, workers, "decoding images")
+
+
+def _problems(check: Callable[[str], str | None], ids: Sequence[str], paths: Sequence[str], workers: int,
+              desc: str) -> list[Problem]:
+    errors = parallel_map(check, list(paths), workers=workers, desc=desc)
     return [Problem(source=path, message=err, id=id_) for id_, path, err in zip(ids, paths, errors, strict=True)
             if err is not None]
+
+
+def _png_error(path: str) -> str | None:
+    why = png_problem(path)
+    return None if why is None else f"damaged PNG: {why}; re-export it or remove it"
 
 
 def _decode_error(path: str) -> str | None:

@@ -191,18 +191,17 @@ class BoneAgeDataModule(pl.LightningDataModule):
         return batch
 
 
-
 def build_boneage_datamodule(cfg: DictConfig) -> BoneAgeDataModule:
-    """The DataModule of a composed task config (`cfg.data`, `cfg.cohort.name`, `cfg.paths.output_dir`)."""
+    """The DataModule of a composed task config (`cfg.data`, `cfg.cohort.name`, `cfg.paths.output_dir`, `cfg.seed`).
+
+    Every key is read as it is: the YAML holds the defaults, so a renamed or missing key fails loudly.
+    """
     data = cfg.data
-    cohort = cfg.cohort.name if "cohort" in cfg else "all"
     return BoneAgeDataModule(
-        root=data.root, work_dir=data.work_dir, output_dir=cfg.paths.output_dir, cohort=cohort,
-        images=data.get("images", "raw"), image_size=data.get("image_size", 299), fit=data.get("fit", "pad"),
-        cache=data.get("cache", True), strict=data.get("strict", True),
-        split=options_from(SplitOptions, data.get("split"), "data.split"),
-        sampler=options_from(SamplerOptions, data.get("sampler"), "data.sampler"),
-        augment=options_from(AugmentOptions, data.get("augment"), "data.augment"),
-        batch_size=data.get("batch_size", 16), num_workers=data.get("num_workers", 0),
-        seed=cfg.get("seed", 0), cache_workers=data.get("cache_workers"),
+        root=data.root, work_dir=data.work_dir, output_dir=cfg.paths.output_dir, cohort=cfg.cohort.name,
+        images=data.images, image_size=data.image_size, fit=data.fit, cache=data.cache, strict=data.strict,
+        split=options_from(SplitOptions, data.split, "data.split"),
+        sampler=options_from(SamplerOptions, data.sampler, "data.sampler"),
+        augment=options_from(AugmentOptions, data.augment, "data.augment"),
+        batch_size=data.batch_size, num_workers=data.num_workers, seed=cfg.seed, cache_workers=data.cache_workers,
     )

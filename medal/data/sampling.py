@@ -27,7 +27,14 @@ class SamplerOptions:
 
 
 def age_bins(ages: np.ndarray, bins: int | Sequence[float]) -> np.ndarray:
-    """Bin number of every age: `bins` equal-width bins over the age range, or explicit edges."""
+    """Bin number of every age: `bins` equal-width bins over the age range, or explicit edges.
+
+    Examples:
+        >>> age_bins(np.array([10.0, 50.0, 120.0, 200.0]), 2).tolist()
+        [0, 0, 1, 1]
+        >>> age_bins(np.array([10.0, 50.0, 120.0, 200.0]), [60, 180]).tolist()
+        [0, 0, 1, 2]
+    """
     if isinstance(bins, int):
         if bins < 1:
             raise MedalError(f"data.sampler.bins={bins}: must be >= 1 or a list of edges in months")
@@ -41,7 +48,12 @@ def age_bins(ages: np.ndarray, bins: int | Sequence[float]) -> np.ndarray:
 
 
 def balanced_weights(ages: np.ndarray, bins: int | Sequence[float]) -> np.ndarray:
-    """Per-image weight 1 / (images in its bin): every non-empty bin gets the same total weight."""
+    """Per-image weight 1 / (images in its bin): every non-empty bin gets the same total weight.
+
+    Examples:
+        >>> balanced_weights(np.array([10.0, 20.0, 30.0, 200.0]), 2).tolist()  # three young, one old
+        [0.3333333333333333, 0.3333333333333333, 0.3333333333333333, 1.0]
+    """
     which = age_bins(ages, bins)
     counts = np.bincount(which)
     return 1.0 / counts[which]

@@ -15,7 +15,16 @@ from medal.errors import MedalError
 
 
 def clahe_params(clip_limit: float | int, grid: int | Sequence[int]) -> tuple[float, tuple[int, int]]:
-    """Validate and convert config values to (float clip limit, (rows, cols) grid)."""
+    """Validate and convert config values to (float clip limit, (rows, cols) grid).
+
+    Examples:
+        >>> clahe_params(2, 8), clahe_params(3.5, [4, 2])
+        ((2.0, (8, 8)), (3.5, (4, 2)))
+        >>> clahe_params(0, 8)
+        Traceback (most recent call last):
+        ...
+        medal.errors.MedalError: enhance.clahe: clip_limit=0, grid=8: clip_limit must be > 0 and grid two ints >= 1
+    """
     try:
         clip = float(clip_limit)
         cells = (int(grid), int(grid)) if isinstance(grid, int | float) else tuple(int(g) for g in grid)
@@ -32,9 +41,9 @@ def clahe_params(clip_limit: float | int, grid: int | Sequence[int]) -> tuple[fl
 
 def clahe(
     images: torch.Tensor,
-    clip_limit: float | int = 2.0,
-    grid: int | Sequence[int] = (8, 8),
-    keep_background: bool = False,
+    clip_limit: float | int,
+    grid: int | Sequence[int],
+    keep_background: bool,
 ) -> torch.Tensor:
     """Contrast-limited adaptive histogram equalisation of (B, C, H, W) or (C, H, W) images in [0, 1].
 

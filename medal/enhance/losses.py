@@ -11,6 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from medal.errors import MedalError
+from medal.losses import bce_dice_loss
+
+# Dice smoothing on intensities: small, so a dark image's Dice is not pulled to 1 (masks use medal.losses.DICE_EPS).
+INTENSITY_DICE_EPS = 1e-6
 
 ADVERSARIAL_MODES = ("bce", "lsgan")
 RECONSTRUCTIONS = ("paper", "l1")
@@ -21,6 +25,18 @@ class GANLoss(nn.Module):
 
     `bce`: the standard (non-saturating for G) GAN loss, BCE with logits.
     `lsgan`: least squares (Mao et al.) on the raw logits, targets 1 / 0.
+
+    Args:
+        logits: D's output, any shape (one logit per pair, or a PatchGAN map).
+
+    Raises:
+        MedalError: `mode` is not one of `ADVERSARIAL_MODES`.
+
+    Examples:
+        >>> GANLoss("bce")(torch.zeros(4), target_is_real=True)  # D undecided: log 2
+        tensor(0.6931)
+        >>> GANLoss("lsgan")(torch.tensor([1.0, 3.0]), target_is_real=False)  # (1 + 9) / 2
+        tensor(5.)
     """
 
     def __init__(self, mode: str = "bce") -> None:
@@ -37,22 +53,29 @@ class GANLoss(nn.Module):
         return F.mse_loss(logits, target)
 
 
-def soft_dice(prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-image soft Dice 2|p∩y| / (|p| + |y|) of intensities in [0, 1] -> (B,)."""
-    dims = tuple(range(1, prob.ndim))
-    inter = (prob * target).sum(dims)
-    return (2 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)
-
-
 def paper_reconstruction(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Eq. 4 of the paper on intensities: mean pixelwise BCE + (1 - soft Dice), averaged over the batch."""
-    logits, target = logits.float(), target.float()
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    return bce + (1 - soft_dice(torch.sigmoid(logits), target)).mean()
+    """Eq. 4 of the paper on intensities: mean pixelwise BCE + (1 - soft Dice), averaged over the batch.
+
+    Args:
+        logits: G's output (B, 1, H, W) before the sigmoid; target: the gold intensities, same shape, in [0, 1].
+
+    Examples:
+        >>> target = torch.tensor([[[[1.0, 0.0]]]])
+        >>> perfect = paper_reconstruction(torch.tensor([[[[20.0, -20.0]]]]), target)
+        >>> wrong = paper_reconstruction(torch.tensor([[[[-20.0, 20.0]]]]), target)
+        >>> bool(perfect < 1e-6), bool(wrong > 10)
+        (True, True)
+    """
+    return bce_dice_loss(logits, target, eps=INTENSITY_DICE_EPS)
 
 
 def l1_reconstruction(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """pix2pix's L1 between the generated intensities and the target."""
+    """pix2pix's L1 between the generated intensities and the target.
+
+    Examples:
+        >>> l1_reconstruction(torch.zeros(1, 1, 1, 2), torch.tensor([[[[0.5, 0.0]]]]))  # sigmoid(0) = 0.5
+        tensor(0.2500)
+    """
     return F.l1_loss(torch.sigmoid(logits.float()), target.float())
 
 

@@ -2,13 +2,15 @@
 
 A method is a function (B, 1, S, S) in [0, 1] -> same: `gan` (the trained G), `clahe`, `none`.
 `enhance_folder` writes `<out_dir>/<id>.png` at each input's own size, batched under
-`inference_mode` (bf16 autocast, channels_last for G), atomically, skipping files a previous run
-of the *same* method (manifest fingerprint) already wrote; a changed method rewrites them all.
+`inference_mode` (bf16 autocast, channels_last for G), atomically, as 16-bit PNG (`DERIVED_BITS`; the
+method's output in [0, 1] is the window, so nothing is squeezed through 8 bits). The folder's
+`medal.resume.Marker` (`<out_dir>/.medal/enhanced.json`, policy rebuild) records the method's settings
+and the stamps of its inputs: a rerun of the same settings on the same RoIs continues where it stopped;
+another setting or rewritten RoIs rewrite every file.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,19 +24,21 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm import tqdm
 
-from medal.data.images import read_image, write_png
+from medal.data.cache import file_stamp
+from medal.data.images import DERIVED_BITS, read_image, write_png
 from medal.enhance.clahe import clahe
 from medal.enhance.pairs import PairDataset, list_images
 from medal.errors import MedalError
+from medal.resume import Marker, fingerprint
 
 log = logging.getLogger("medal.enhance")
 
 Method = Callable[[torch.Tensor], torch.Tensor]
 METHODS = ("gan", "clahe", "none")
-MANIFEST = ".medal-enhance.json"
+MARKER = "enhanced"  # <out_dir>/.medal/enhanced.json
 
 
-def generator_method(generator: nn.Module, bf16: bool = True, channels_last: bool = True) -> Method:
+def generator_method(generator: nn.Module, bf16: bool, channels_last: bool) -> Method:
     """G as a method: sigmoid of its logits, optionally under bf16 autocast with channels_last tensors."""
     generator = generator.eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -49,19 +53,27 @@ def generator_method(generator: nn.Module, bf16: bool = True, channels_last: boo
     return enhance
 
 
-def build_method(name: str, generator: nn.Module | None = None, clip_limit: float = 2.0,
-                 grid: object = (8, 8), keep_background: bool = True, bf16: bool = True,
-                 channels_last: bool = True) -> Method:
-    """The method function for `enhance.method`."""
-    if name == "gan":
-        if generator is None:
-            raise MedalError("enhance.method=gan needs a trained generator; run `medal enhance enhance=gan` first")
-        return generator_method(generator, bf16, channels_last)
-    if name == "clahe":
-        return lambda x: clahe(x, clip_limit, grid, keep_background)
-    if name == "none":
-        return lambda x: x
-    raise MedalError(f"enhance.method={name!r}: unknown method; use one of {', '.join(METHODS)}")
+def clahe_method(clip_limit: float, grid: object, keep_background: bool) -> Method:
+    """CLAHE (kornia) as a method; the arguments are `conf/enhance/clahe.yaml`'s."""
+    return lambda x: clahe(x, clip_limit, grid, keep_background)
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    """The `none` method: the RoI itself."""
+    return x
+
+
+def to_working(roi: torch.Tensor, size: int) -> torch.Tensor:
+    """A RoI (1, h, w) at the method's working size (1, size, size), antialiased, in [0, 1]."""
+    img = F.interpolate(roi[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return img[0].clamp_(0, 1)
+
+
+def to_roi_size(enhanced: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """A method's output (1, s, s) back at its RoI's size (h, w), as a [0, 1] float array."""
+    if enhanced.shape[-2:] != (h, w):
+        enhanced = F.interpolate(enhanced[None], size=(h, w), mode="bilinear", antialias=True)[0]
+    return enhanced[0].clamp(0, 1)
 
 
 class _RoIs(Dataset):
@@ -74,24 +86,25 @@ class _RoIs(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str, int, int]:
-        img = torch.from_numpy(read_image(self.paths[i]))[None, None]
+        img = torch.from_numpy(read_image(self.paths[i]))[None]
         h, w = img.shape[-2:]
-        img = F.interpolate(img, size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
-        return img[0].clamp_(0, 1), self.paths[i].stem, h, w
+        return to_working(img, self.image_size), self.paths[i].stem, h, w
 
 
-def _prepare(out_dir: Path, manifest: dict) -> None:
-    """Keep outputs of the same method; delete stale ones of another, then record the manifest."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / MANIFEST
-    if path.is_file() and json.loads(path.read_text()) == manifest:
-        return
-    stale = list(out_dir.glob("*.png"))
-    if stale:
-        log.warning("%s: %d files from a different enhancement setting; rewriting them", out_dir, len(stale))
-        for png in stale:
-            png.unlink()
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+def _start(out_dir: Path, input_dir: str | Path, inputs: dict[str, Path], settings: dict) -> tuple[Marker, dict]:
+    """The folder's marker, begun: `fresh` (other settings, other RoIs or no record) empties the folder first."""
+    if out_dir.resolve() == Path(input_dir).resolve():
+        raise MedalError(f"enhance.images_dir={out_dir}: is the input folder itself; write enhanced RoIs elsewhere "
+                         "(enhance=none reads the RoIs in place)")
+    parts = {**settings, "inputs": fingerprint([file_stamp(p) for p in inputs.values()])}
+    marker = Marker.in_folder(out_dir, MARKER, policy="rebuild", what=f"enhanced RoIs ({out_dir.name})")
+    if marker.begin(parts) == "fresh":
+        stale = list(out_dir.glob("*.png"))
+        if stale:
+            log.warning("%s: %d files from another setting or other RoIs; rewriting them", out_dir, len(stale))
+            for png in stale:
+                png.unlink()
+    return marker, parts
 
 
 def enhance_folder(
@@ -99,16 +112,20 @@ def enhance_folder(
     input_dir: str | Path,
     out_dir: str | Path,
     image_size: int,
-    manifest: dict,
-    batch_size: int = 16,
-    num_workers: int = 0,
+    settings: dict,
+    batch_size: int,
+    num_workers: int,
 ) -> dict[str, float]:
-    """Write the enhanced version of every `<id>.png` in `input_dir`; return counts and images/s."""
+    """Write the enhanced version of every `<id>.png` in `input_dir`; return counts and images/s.
+
+    `settings` are the method's own (name, its parameters or its generator's file stamp): with the working
+    size and the inputs' stamps they decide whether files already written can stay.
+    """
     out_dir = Path(out_dir)
     inputs = list_images(input_dir)
     if not inputs:
         raise MedalError(f"{input_dir}: no <id>.png RoIs to enhance; run `medal segment` first")
-    _prepare(out_dir, manifest)
+    marker, parts = _start(out_dir, input_dir, inputs, {**settings, "image_size": int(image_size)})
     todo = [p for id_, p in inputs.items() if not (out_dir / f"{id_}.png").is_file()]
     log.info("enhancing %d of %d RoIs into %s", len(todo), len(inputs), out_dir)
     loader = DataLoader(_RoIs(todo, image_size), batch_size=batch_size, num_workers=num_workers)
@@ -119,11 +136,10 @@ def enhance_folder(
             y = method(x).float().cpu()
             compute_s += time.perf_counter() - t0
             for img, id_, h, w in zip(y, ids, hs.tolist(), ws.tolist(), strict=True):
-                if img.shape[-2:] != (h, w):
-                    img = F.interpolate(img[None], size=(h, w), mode="bilinear", antialias=True)[0]
-                write_png(out_dir / f"{id_}.png", img[0].clamp(0, 1).numpy())
+                write_png(out_dir / f"{id_}.png", to_roi_size(img, h, w).numpy(), bits=DERIVED_BITS)
     total_s = time.perf_counter() - started
     n = len(todo)
+    marker.finish(parts, images=len(inputs))
     return {
         "enhance/written": float(n),
         "enhance/skipped": float(len(inputs) - n),
@@ -133,8 +149,7 @@ def enhance_folder(
 
 
 def score_pairs(
-    method: Method, input_dir: str | Path, gold_dir: str | Path, ids: list[str], image_size: int,
-    batch_size: int = 16,
+    method: Method, input_dir: str | Path, gold_dir: str | Path, ids: list[str], image_size: int, batch_size: int,
 ) -> dict[str, np.ndarray]:
     """Per-image PSNR (dB) and SSIM of the method's output against gold at `image_size`."""
     loader = DataLoader(PairDataset(input_dir, gold_dir, ids, image_size), batch_size=batch_size)

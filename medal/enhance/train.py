@@ -1,14 +1,13 @@
 """Train the GAN enhancer once per (method config, pairs, seed) and keep its generator for reuse.
 
-The training dir is keyed by a fingerprint of everything that changes the result, so a re-run or a
-later stage of a multirun reuses a finished generator, an interrupted fit resumes from `last.ckpt`,
-and a sweep over, say, `enhance.optim.lr` never mixes two trainings.
+The training dir `<train_root>/<name>_<fingerprint>` is keyed by `medal.resume.fingerprint` of everything
+that changes the result (`training_parts`), so a sweep over, say, `enhance.optim.lr` never mixes two
+trainings. Inside it, a `medal.resume.Marker` (`.medal/generator.json`) says what a rerun does: a finished
+training (generator exported) is reused, an interrupted one resumes from `last.ckpt`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,15 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
 from medal.atomic import atomic_path
-from medal.callbacks.checkpoints import best_and_last
+from medal.callbacks.checkpoints import LAST, best_and_last
+from medal.config import to_plain
 from medal.enhance.module import Enhancer, build_generator
 from medal.enhance.pairs import PairDataModule, PairedAugment, PairSplit
+from medal.resume import Marker, fingerprint
 
 log = logging.getLogger("medal.enhance")
 
@@ -32,16 +33,15 @@ TRAINING_KEYS = ("generator", "residual", "discriminator", "adversarial", "recon
                  "batch_size", "augment", "image_size", "pairs")
 
 
-def fingerprint(*parts: Any) -> str:
-    """Short stable hash of JSON-able parts (configs are resolved to plain containers first)."""
-    plain = [OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p for p in parts]
-    return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:10]
+def training_parts(method: DictConfig, trainer_cfg: DictConfig, seed: int) -> dict[str, Any]:
+    """What a trained generator depends on: the `TRAINING_KEYS` of the method, the precision and the seed."""
+    return {"method": {k: to_plain(method[k]) for k in TRAINING_KEYS}, "precision": str(trainer_cfg.precision),
+            "seed": int(seed)}
 
 
-def training_dir(method: DictConfig, trainer_cfg: DictConfig, seed: int) -> Path:
-    """`<train_root>/<name>_<fingerprint>`: one folder per distinct training setting."""
-    key = fingerprint({k: method[k] for k in TRAINING_KEYS}, trainer_cfg.get("precision"), seed)
-    return Path(method.train_root) / f"{method.name}_{key}"
+def training_dir(method: DictConfig, parts: dict[str, Any]) -> Path:
+    """`<train_root>/<name>_<fingerprint of parts>`: one folder per distinct training setting."""
+    return Path(method.train_root) / f"{method.name}_{fingerprint(parts)}"
 
 
 def build_enhancer(method: DictConfig, sample_dir: str | None = None) -> Enhancer:
@@ -71,19 +71,25 @@ def train_gan(
     method: DictConfig,
     split: PairSplit,
     trainer_cfg: DictConfig,
-    train_dir: str | Path,
+    seed: int,
     loggers: list | None = None,
     sample_dir: str | Path | None = None,
 ) -> Path:
-    """Fit the enhancer on `split` (unless `train_dir` already holds its generator); return the weights path.
+    """Fit the enhancer on `split` (unless its training dir holds a finished one); return the weights path.
 
     The exported generator is the checkpoint with the best `val/psnr`, not the last epoch's.
     """
-    train_dir = Path(train_dir)
-    weights = train_dir / GENERATOR_FILE
-    if weights.is_file():
-        log.info("reusing the trained generator %s", weights)
-        return weights
+    parts = training_parts(method, trainer_cfg, seed)
+    train_dir = training_dir(method, parts)
+    weights, ckpt_dir = train_dir / GENERATOR_FILE, train_dir / "checkpoints"
+    marker = Marker.in_folder(train_dir, "generator", outputs=[ckpt_dir, weights], what="a trained generator")
+    status = marker.begin(parts)
+    if status == "done":
+        if weights.is_file():
+            log.info("reusing the trained generator %s", weights)
+            return weights
+        log.warning("%s: finished training but no %s; training again", train_dir, GENERATOR_FILE)
+        status = marker.begin(parts, force=True)
     pairs = method.pairs
     datamodule = PairDataModule(
         pairs.input_dir,
@@ -95,16 +101,17 @@ def train_gan(
         augment=PairedAugment(float(method.augment.hflip), float(method.augment.degrees)),
     )
     module = build_enhancer(method, str(sample_dir) if sample_dir else None)
-    checkpoint, latest = best_and_last(train_dir / "checkpoints", "val/psnr", "max")
+    checkpoint, latest = best_and_last(ckpt_dir, "val/psnr", "max")
     trainer: pl.Trainer = instantiate(
         trainer_cfg, max_epochs=int(method.epochs), callbacks=[checkpoint, latest], logger=loggers or False
     )
-    last = train_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    last = ckpt_dir / f"{LAST}.ckpt"
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if status == "resume" and last.is_file() else None)
     best = checkpoint.best_model_path or str(last)
-    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]  # tensors only: no unpickling
     generator = {k.removeprefix("generator."): v.contiguous() for k, v in state.items() if k.startswith("generator.")}
     with atomic_path(weights) as tmp:
         save_file(generator, str(tmp))
+    marker.finish(parts, best_val_psnr=float(checkpoint.best_model_score or float("nan")))
     log.info("generator (best val/psnr %.2f dB) exported to %s", float(checkpoint.best_model_score or 0), weights)
     return weights

@@ -1,7 +1,8 @@
 """Bone age regressor: a timm backbone, a GAP + FC head, and a block map naming the fine-tuning stages.
 
-The block map (from the model's YAML) assigns every backbone parameter to exactly one of `stem`, `entry`,
-`middle`, `exit`, so fine-tune modes and paced transfer learning work on any backbone by config alone.
+The block map (from the model's YAML, or `auto`: derived from timm's stage reductions, `models/blocks.py`)
+assigns every backbone parameter to exactly one of `stem`, `entry`, `middle`, `exit`, so fine-tune modes and
+paced transfer learning work on any backbone by config alone. Local weights: `models/weights.py`.
 A BatchNorm whose parameters are frozen stays in eval mode whatever `.train()` is called with: frozen
 blocks keep their (ImageNet) running statistics, as a Keras layer with `trainable=False` does.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import timm
@@ -19,47 +20,13 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from medal.config import to_plain
+from medal.config import options_from
 from medal.errors import MedalError
+from medal.models.blocks import AUTO, auto_block_map, resolve_block_map
+from medal.models.stages import BACKBONE_BLOCKS, STAGES
+from medal.models.weights import load_weights
 
 log = logging.getLogger("medal.boneage")
-
-#: Fine-tuning stages from the top of the network to the bottom (the order paced transfer learning unfreezes).
-STAGES: tuple[str, ...] = ("head", "exit", "middle", "entry", "stem")
-BACKBONE_BLOCKS: tuple[str, ...] = STAGES[1:]
-
-
-def _under(name: str, prefix: str) -> bool:
-    """True when parameter `name` lies in module `prefix` (`block1` holds `block1.x`, not `block10.x`)."""
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def resolve_block_map(backbone: nn.Module, block_map: Mapping[str, Sequence[str]], model_name: str = "") -> None:
-    """Check that the block map covers every backbone parameter exactly once; raise a one-line MedalError."""
-    where = f"model.blocks of {model_name or type(backbone).__name__}"
-    unknown = sorted(set(block_map) - set(BACKBONE_BLOCKS))
-    if unknown:
-        raise MedalError(f"{where}: unknown block {unknown[0]!r}; use {', '.join(BACKBONE_BLOCKS)}")
-    modules = dict(backbone.named_modules())
-    for block, prefixes in block_map.items():
-        for prefix in prefixes:
-            if prefix not in modules:
-                raise MedalError(f"{where}.{block}: {prefix!r} is not a module of the backbone; "
-                                 f"top-level modules are {', '.join(n for n, _ in backbone.named_children())}")
-    unmapped, duplicated = [], []
-    for name, _ in backbone.named_parameters():
-        owners = [b for b, prefixes in block_map.items() for p in prefixes if _under(name, p)]
-        if not owners:
-            unmapped.append(name)
-        elif len(owners) > 1:
-            duplicated.append(f"{name} ({'+'.join(owners)})")
-    if unmapped or duplicated:
-        parts = []
-        if unmapped:
-            parts.append(f"{len(unmapped)} parameter(s) in no block, e.g. {', '.join(unmapped[:3])}")
-        if duplicated:
-            parts.append(f"{len(duplicated)} in several blocks, e.g. {', '.join(duplicated[:3])}")
-        raise MedalError(f"{where}: {'; '.join(parts)} — list each module prefix under exactly one block")
 
 
 class RegressionHead(nn.Module):
@@ -156,61 +123,58 @@ def _download_error(name: str, err: BaseException) -> MedalError:
                       f"model.pretrained=false model.weights=PATH to a local timm/safetensors/Lightning checkpoint")
 
 
-def _adapt_first_conv(backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Sum RGB filters into the grey-level first conv, as timm does for pretrained in_chans=1."""
-    from timm.models import adapt_input_conv
+@dataclass(frozen=True)
+class HeadOptions:
+    """`model.head`: FC widths before the output (`[]` keeps the head linear, so CAM is exact), dropout, and
+    the width of the sex embedding (used when `model.sex_input` is true)."""
 
-    key = f"{backbone.pretrained_cfg.get('first_conv', '')}.weight"
-    own = backbone.state_dict().get(key)
-    if key in state and own is not None and state[key].shape[1] != own.shape[1]:
-        state[key] = adapt_input_conv(own.shape[1], state[key])
+    hidden: list[int]
+    dropout: float
+    sex_dim: int
 
 
-def load_weights(model: BoneAgeRegressor, path: str | Path) -> None:
-    """Load a local checkpoint: a whole regressor (Lightning `.ckpt` or its state dict) or a timm backbone."""
-    from timm.models import load_state_dict
+@dataclass(frozen=True)
+class ModelOptions:
+    """A `model=` config (`conf/model/<name>.yaml`). Every key is required: the YAML is the one place the
+    settings live, so a renamed or misspelt key fails in one line instead of falling back to a default."""
 
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MedalError(f"model.weights={path}: no such file; give a timm/safetensors/Lightning checkpoint")
-    try:
-        state = load_state_dict(str(path), use_ema=False, weights_only=True)
-    except Exception as err:
-        raise MedalError(f"model.weights={path}: cannot read it ({type(err).__name__}: {err})") from None
-    for prefix in ("model.", ""):
-        if any(k.startswith(prefix + "backbone.") for k in state):
-            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            missing, unexpected = model.load_state_dict(own, strict=False)
-            if missing or unexpected:
-                raise MedalError(f"model.weights={path}: regressor checkpoint does not match model "
-                                 f"(missing {missing[:2]}, unexpected {unexpected[:2]}); same model= config?")
-            log.info("loaded regressor weights from %s", path)
-            return
-    _adapt_first_conv(model.backbone, state)
-    classifier = str(model.backbone.pretrained_cfg.get("classifier", "fc"))
-    backbone_state = {k: v for k, v in state.items() if not _under(k, classifier)}
-    missing, unexpected = model.backbone.load_state_dict(backbone_state, strict=False)
-    if missing or unexpected:
-        raise MedalError(f"model.weights={path}: not a checkpoint of this backbone "
-                         f"(missing {missing[:2]}, unexpected {unexpected[:2]}); check model.timm_name")
-    log.info("loaded backbone weights from %s (head stays freshly initialised)", path)
+    name: str
+    timm_name: str
+    in_chans: int
+    pretrained: bool
+    weights: str | None  # a local timm / safetensors / Lightning checkpoint, or null
+    sex_input: bool
+    image_size: int  # the input size the architecture was designed for (a hint for data.image_size)
+    head: dict[str, Any]
+    blocks: dict[str, list[str]] | str  # module prefixes per block, or "auto" (derived, medal.models.blocks)
+
+
+def block_map_of(opts: ModelOptions) -> dict[str, list[str]]:
+    """`model.blocks` as a map: the YAML's own, or derived from the timm architecture when it says `auto`."""
+    if isinstance(opts.blocks, str):
+        if opts.blocks != AUTO:
+            raise MedalError(f"model.blocks={opts.blocks!r}: give a map of module prefixes per block or {AUTO!r}")
+        derived = auto_block_map(opts.timm_name, int(opts.in_chans))
+        log.info("model.blocks=auto for %s: %s", opts.timm_name,
+                 "; ".join(f"{block}: {', '.join(units)}" for block, units in derived.items()))
+        return derived
+    return {str(block): list(units) for block, units in opts.blocks.items()}
 
 
 def build_regressor(model_cfg: DictConfig | Mapping[str, Any]) -> BoneAgeRegressor:
     """The regressor of a `model=` config: backbone, validated block map, head, optional local weights."""
-    cfg = to_plain(model_cfg)
-    name = cfg["timm_name"]
-    backbone = create_backbone(name, int(cfg.get("in_chans", 1)), bool(cfg.get("pretrained", False)))
-    block_map = cfg.get("blocks") or {}
-    resolve_block_map(backbone, block_map, name)
-    head_cfg = cfg.get("head") or {}
-    head = RegressionHead(backbone.num_features, hidden=head_cfg.get("hidden", []),
-                          dropout=float(head_cfg.get("dropout", 0.0)), sex_input=bool(cfg.get("sex_input", False)),
-                          sex_dim=int(head_cfg.get("sex_dim", 16)))
+    opts = options_from(ModelOptions, model_cfg, "model")
+    head_opts = options_from(HeadOptions, opts.head, "model.head")
+    backbone = create_backbone(opts.timm_name, int(opts.in_chans), bool(opts.pretrained))
+    block_map = block_map_of(opts)
+    resolve_block_map(backbone, block_map, opts.timm_name)
+    head = RegressionHead(backbone.num_features, hidden=list(head_opts.hidden), dropout=float(head_opts.dropout),
+                          sex_input=bool(opts.sex_input), sex_dim=int(head_opts.sex_dim))
+    # timm's own normalisation of the backbone (its pretrained_cfg is timm's dict, not medal config)
     pcfg = getattr(backbone, "pretrained_cfg", {}) or {}
     mean = sum(pcfg.get("mean", (0.5,))) / len(pcfg.get("mean", (0.5,)))
     std = sum(pcfg.get("std", (0.5,))) / len(pcfg.get("std", (0.5,)))
     model = BoneAgeRegressor(backbone, block_map, head, mean=mean, std=std)
-    if cfg.get("weights"):
-        load_weights(model, cfg["weights"])
+    if opts.weights:
+        load_weights(model, opts.weights, opts.timm_name)
     return model

@@ -14,8 +14,6 @@ import numpy as np  # noqa: E402
 
 from medal.plotting import save_figure
 
-ARTIFACTS = {"learning_curve": "figures/learning_curve.png", "queried": "figures/queried_round_*.png"}  # outputs by name, in the run folder
-
 
 def query_grid(images: np.ndarray, member_masks: np.ndarray, ids: Sequence[str], path: Path, title: str = "",
                scores: Sequence[float] | None = None) -> Path:

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medal.atomic import atomic_path
-from medal.data.images import read_image, resize, write_png
+from medal.data.images import DERIVED_BITS, read_radiograph, resize, write_png
 from medal.errors import MedalError
 from medal.preprocess.crop import crop_square, roi_box
 from medal.preprocess.masks import binarise
@@ -50,6 +50,21 @@ class FinalOutputs:
         return self.work_dir / "roi_gold"
 
 
+def hand_roi(radiograph: np.ndarray, prob: np.ndarray, flip: bool, postprocess: bool, margin: float,
+             roi_size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """(full-size mask, RoI (roi_size, roi_size) float32, box) of one radiograph (H, W) in [0, 1] from the
+    committee-mean probability at working resolution (S, S): the map upsampled to (H, W), Otsu (and the
+    clean-up with `postprocess`), the polarity-normalised hand with its background zeroed, cropped square.
+
+    The final pass and `medal predict` both call this, so a bundle's RoIs are the training RoIs.
+    """
+    prob_full = np.clip(resize(prob, radiograph.shape), 0.0, 1.0)
+    mask = binarise(prob_full, postprocess)
+    hand = (1.0 - radiograph if flip else radiograph) * mask
+    box = roi_box(mask, margin)
+    return mask, crop_square(hand, box, roi_size), box
+
+
 def write_final(
     out: FinalOutputs,
     ids: Sequence[str],
@@ -60,26 +75,27 @@ def write_final(
 ) -> Path:
     """Full-size masks, hand RoIs (polarity-normalised, background zeroed) and their boxes; gold crops too.
 
+    Masks are 8-bit binary; RoIs and gold crops are 16-bit (`DERIVED_BITS`), read with `read_radiograph`
+    (the file's stored range mapped to [0, 1], so a 12-bit image in a 16-bit file keeps its 4096 levels and
+    its polarity flip stays inside its range).
+
     `probs` is the committee-mean probability at working resolution, row i for ids[i] (a stretched
     square of the image, so a plain resize maps it back). boxes.csv is written last: its presence
     marks a complete pass.
     """
     rows = []
     for i, (image_id, path) in enumerate(tqdm(list(zip(ids, paths, strict=True)), desc="masks + RoIs", unit="img")):
-        image = read_image(path)
-        prob = np.clip(resize(probs[i], image.shape), 0.0, 1.0)
-        mask = binarise(prob, out.postprocess)
-        write_png(out.masks / f"{image_id}.png", mask)
+        image = read_radiograph(path)
         flip = bool(inverted.get(image_id, False))
-        hand = (1.0 - image if flip else image) * mask
-        box = roi_box(mask, out.margin)
-        write_png(out.roi / f"{image_id}.png", crop_square(hand, box, out.roi_size))
+        mask, roi, box = hand_roi(image, probs[i], flip, out.postprocess, out.margin, out.roi_size)
+        write_png(out.masks / f"{image_id}.png", mask)
+        write_png(out.roi / f"{image_id}.png", roi, bits=DERIVED_BITS)
         has_gold = False
         if gold_dir is not None and (gold_dir / f"{image_id}.png").is_file():
-            gold = read_image(gold_dir / f"{image_id}.png")
+            gold = read_radiograph(gold_dir / f"{image_id}.png")
             if gold.shape != image.shape:
                 raise MedalError(f"{gold_dir / image_id}.png: gold image size differs from the raw image's")
-            write_png(out.roi_gold / f"{image_id}.png", crop_square(gold, box, out.roi_size))
+            write_png(out.roi_gold / f"{image_id}.png", crop_square(gold, box, out.roi_size), bits=DERIVED_BITS)
             has_gold = True
         y0, x0, y1, x1 = box
         rows.append([image_id, y0, x0, y1, x1, int(flip), image.shape[0], image.shape[1], float(mask.mean()),

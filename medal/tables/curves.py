@@ -15,8 +15,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from medal.errors import MedalError  # noqa: E402
+from medal.models.stages import FINETUNE_MODES  # noqa: E402
 from medal.tables.folder_runs import RunResult  # noqa: E402
-from medal.tables.table import FIGURE12, FINETUNE_MODES  # noqa: E402
+from medal.tables.table import FIGURE12  # noqa: E402
 
 STAGE_LINE_GID = "stage-boundary"  # gid of the vertical lines, so callers/tests can find them
 

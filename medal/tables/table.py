@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medal.errors import MedalError
+from medal.models.stages import FINETUNE_MODES
 from medal.tables.folder_runs import RunResult
 
 METRIC_AXIS = "metric"
 MISSING_MARK, FAILED_MARK = "—", "failed"
 
 # Figure 12 of the paper (MAE in months, RSNA test set, Xception at 299 px); DOMAIN.md.
-FINETUNE_MODES = ("above_fc", "above_exit", "above_mid", "above_entry", "all", "ptl")
 _PAPER_ROWS = {  # mode: (enhanced: all, male, female), (not enhanced: all, male, female)
     "above_fc": ((28.168, 28.271, 25.982), (28.731, 30.388, 26.180)),
     "above_exit": ((12.695, 10.082, 11.242), (16.635, 14.702, 12.915)),

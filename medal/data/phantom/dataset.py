@@ -2,8 +2,9 @@
 
 Every image's randomness comes from `SeedSequence([seed, index])`, so an image depends only on
 (seed, index, settings), never on the number of workers or on which images were already on disk.
-Image files are written atomically; a rerun with the same settings skips every finished image, and
-settings are recorded in `phantoms.json` so a different request cannot silently mix into the folder.
+Image files are written atomically; a rerun with the same settings skips every finished image. The
+settings are the parts of the folder's `medal.resume.Marker` (`<out>/.medal/phantoms.json`, policy refuse):
+a different request cannot mix into the folder, and nothing in it is deleted.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from medal.data.phantom.anatomy import Individual, sample_boneage
 from medal.data.phantom.hand import HandShape, build_hand
 from medal.data.phantom.render import gold_image, render_layers
 from medal.errors import MedalError
+from medal.resume import Marker
 
 log = logging.getLogger("medal.phantoms")
 
 GENERATOR_VERSION = 1  # bump when images change for the same settings, so old folders are not reused
-SETTINGS_FILE = "phantoms.json"
+MARKER = "phantoms"  # <out>/.medal/phantoms.json: the settings, and whether every image was written
 SPLIT_DIRS = {
     "train": ("boneage-training-dataset",),
     "val": ("boneage-validation-dataset-1", "boneage-validation-dataset-2"),
@@ -42,7 +44,7 @@ FIRST_ID = 1000
 
 @dataclass(frozen=True)
 class PhantomSettings:
-    """Everything that determines the images; recorded in `phantoms.json`."""
+    """Everything that determines the images; recorded in the folder's marker (`.medal/phantoms.json`)."""
 
     n: int
     seed: int
@@ -168,27 +170,17 @@ def _make_image(job: tuple[Path, PhantomSettings, int, str, str]) -> tuple[dict,
     return row, made
 
 
-def _check_folder(out_dir: Path, settings: PhantomSettings) -> None:
-    """Refuse to mix a different request into a non-empty folder; record settings in a new one."""
+def _begin_folder(out_dir: Path, settings: PhantomSettings) -> Marker:
+    """The folder's marker, begun: refuses another request's folder and any folder that is not a phantom set."""
     if out_dir.exists() and not out_dir.is_dir():
         raise MedalError(f"{out_dir}: is a file, not a folder; pick another out=")
-    record = out_dir / SETTINGS_FILE
-    wanted = settings.to_json()
-    if record.exists():
-        if json.loads(record.read_text()) != wanted:
-            raise MedalError(
-                f"{out_dir}: holds phantoms made with other settings (see {SETTINGS_FILE}); "
-                "pick another out= or delete it"
-            )
-        return
-    if out_dir.exists() and any(out_dir.iterdir()):
+    marker = Marker.in_folder(out_dir, MARKER, policy="refuse", what="phantoms")
+    if marker.read() is None and out_dir.exists() and any(out_dir.iterdir()):
         raise MedalError(
             f"{out_dir}: folder is not empty and not a phantom data set; pick another out= or delete it"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(wanted, indent=2))
-    tmp.replace(record)
+    marker.begin(settings.to_json())  # other settings: one line naming the first that differs
+    return marker
 
 
 def _write_labels(out_dir: Path, meta: pd.DataFrame) -> None:
@@ -276,7 +268,7 @@ def generate_dataset(
         log.warning("phantoms: running inside a daemonic worker process, generating with 1 process")
         workers = 1
     out_dir = Path(out_dir)
-    _check_folder(out_dir, settings)
+    marker = _begin_folder(out_dir, settings)
     jobs = [
         (out_dir, settings, i, split, folder)
         for i, (split, folder) in enumerate(assign_splits(settings.n, settings.seed, settings.splits))
@@ -309,6 +301,7 @@ def generate_dataset(
     seconds = time.perf_counter() - started
     meta = pd.DataFrame(rows)
     _write_labels(out_dir, meta)
+    marker.finish(settings.to_json(), images=len(meta))
     meta.attrs.update(generated=made, seconds=seconds)
     log.info("phantoms: %d images in %s (%d made now, %.1f s)", len(meta), out_dir, made, seconds)
     return meta

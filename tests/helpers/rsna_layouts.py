@@ -6,6 +6,7 @@ cache and loaders meet every format the real data set has.
 
 from __future__ import annotations
 
+import zlib
 from itertools import cycle
 from pathlib import Path
 
@@ -98,6 +99,30 @@ def truncate(path: Path, keep: float = 0.5) -> None:
     """Cut a file short, as an interrupted download would."""
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _idat(data: bytes) -> tuple[int, int]:
+    """(offset of the first IDAT chunk's length field, its data length) in PNG bytes."""
+    at = data.index(b"IDAT") - 4
+    return at, int.from_bytes(data[at:at + 4], "big")
+
+
+def corrupt_crc(path: Path) -> None:
+    """Flip one byte inside the first IDAT chunk and leave its stored CRC: a bit rot the chunk CRC exposes."""
+    data = bytearray(path.read_bytes())
+    at, _ = _idat(bytes(data))
+    data[at + 8] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def garble_pixels(path: Path) -> None:
+    """Replace the IDAT payload by bytes that are not a zlib stream, with a *correct* CRC: chunks look whole,
+    only a decode notices."""
+    data = path.read_bytes()
+    at, length = _idat(data)
+    junk = bytes(range(7, 7 + length)) if length < 240 else bytes((i * 7 + 3) % 256 for i in range(length))
+    crc = zlib.crc32(b"IDAT" + junk).to_bytes(4, "big")
+    path.write_bytes(data[:at + 8] + junk + crc + data[at + 12 + length:])
 
 
 def rewrite_train_csv(root: Path, edit) -> None:  # noqa: ANN001 - edit: DataFrame -> DataFrame

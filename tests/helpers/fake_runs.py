@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from medal.models.stages import FINETUNE_MODES
 from medal.runs import write_metrics
 
-MODES = ("above_fc", "above_exit", "above_mid", "above_entry", "all", "ptl")
+MODES = FINETUNE_MODES  # the Figure 12 rows
 ENHANCE = ("gan", "none")
 COHORTS = ("all", "male", "female")
 STAGE_EPOCHS = {"all": (2, 4), "male": (1, 3), "female": (3, 5)}  # where PTL moved on, per cohort

@@ -35,8 +35,12 @@ def loader(n: int = 32, size: int = 32, batch_size: int = 8, seed: int = 0) -> D
 
 
 def tiny_module(cls: type[BoneAgeModule] = BoneAgeModule, **overrides: Any) -> BoneAgeModule:
+    """The tiny regressor with `conf/boneage.yaml`'s loss, optimiser and memory format, no scheduler."""
     cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "tiny.yaml"))
-    kwargs: dict[str, Any] = {"target_shift": 120.0, "target_scale": 60.0, "scheduler": None}
+    task = OmegaConf.load(Path(CONF_DIR) / "boneage.yaml")
+    kwargs: dict[str, Any] = {"target_shift": 120.0, "target_scale": 60.0, "scheduler": None, "loss": task.loss,
+                              "optimizer": OmegaConf.to_container(task.optimizer),
+                              "channels_last": task.channels_last}
     kwargs.update(overrides)
     return cls(model_cfg=cfg, **kwargs)
 
