@@ -164,6 +164,7 @@ def _make_image(job: tuple[Path, PhantomSettings, int, str, str]) -> tuple[dict,
         "height": acq.height,
         "width": acq.width,
         "maturity_offset": round(spec.individual.maturity_offset, 3),
+        "hard": "+".join(acq.hard),  # empty for an ordinary acquisition (Nuisance.hard_p)
         "path": f"{folder}/{spec.id}.png",
     }
     return row, made
