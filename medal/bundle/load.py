@@ -66,7 +66,7 @@ class Bundle:
             raise MedalError(f"bundle={self.root}: has no segmenter (its regressors read raw radiographs)")
         committee = Committee(net=seg.net, size=seg.members, seed=0, lr=0.0, weight_decay=0.0,
                               augment={"enabled": False}, channels_last=seg.channels_last, arch=seg.arch,
-                              shared_init=False)  # the weights are loaded next: the init is irrelevant
+                              shared_init=False)  # the initialisation is overwritten by the weights
         return self._weights(seg.weights, committee)
 
     def generator(self) -> nn.Module:
