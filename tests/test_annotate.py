@@ -279,3 +279,27 @@ def test_gold_standards_made_elsewhere_need_no_request(tmp_path: Path) -> None:
     write_png(gold / "1.png", np.ones((8, 8), np.float32), bits=16)
     wait_for_gold(enhance_cfg(tmp_path, gold, tmp_path / "request"))
     assert read_request(tmp_path / "request") is None
+
+
+def test_gold_mode_without_a_request_says_how_to_get_one(tmp_path: Path) -> None:
+    from medal.annotate.serve import open_annotator
+
+    cfg = compose_task("annotate", ["annotate.mode=gold", f"data.root={tmp_path}"], tmp_path)
+    with pytest.raises(MedalError, match=r"no gold request recorded; run `medal pipeline` until its enhance stage asks "
+                                         r"for gold standards, or set annotate.gold.count=N"):
+        open_annotator(cfg)
+    with pytest.raises(MedalError, match="no round waits for masks"):
+        open_annotator(compose_task("annotate", [f"data.root={tmp_path}"], tmp_path))
+
+
+def test_the_server_binds_127_0_0_1_unless_told_otherwise(round_dir: Path, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from medal.annotate.serve import serve
+
+    cfg = compose_task("annotate", [f"data.root={tmp_path}"], tmp_path)
+    assert cfg.annotate.host == "127.0.0.1"
+    annotator = Annotator("masks", masks=open_round(round_dir))
+    assert serve(annotator, cfg.annotate.host, 0).config.host == "127.0.0.1" and caplog.text == ""
+    with caplog.at_level(logging.WARNING, logger="medal.annotate"):
+        serve(annotator, "0.0.0.0", 0)
+    assert "annotate.host=0.0.0.0: the page (and the images it serves) is reachable from the network" in caplog.text

@@ -88,9 +88,13 @@ def choose(table: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
     return t.set_index("id").loc[picked].reset_index()[["id", "boneage", "male", "acquisition", "stratum"]]
 
 
-def write_request(request_dir: Path, index: pd.DataFrame, coarse_table: Path | None, input_dir: Path,
+def write_request(request_dir: Path, index: pd.DataFrame, work_dir: Path | None, input_dir: Path,
                   gold_dir: Path, count: int, seed: int) -> GoldRequest:
-    """Choose and record the request (training and validation RoIs only); an existing one is kept as it is."""
+    """Choose and record the request (training and validation RoIs only; the polarity of each image from the coarse
+    phase's table under `work_dir` where there is one); an existing request is kept as it is."""
+    from medal.segment.coarse_phase import COARSE_DIR, COARSE_TABLE
+
+    coarse_table = Path(work_dir) / COARSE_DIR / COARSE_TABLE if work_dir is not None else None
     existing = read_request(request_dir)
     if existing is not None:
         return existing

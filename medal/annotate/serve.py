@@ -37,19 +37,12 @@ def open_annotator(cfg: DictConfig) -> Annotator:
                                  "`medal pipeline` until its enhance stage asks for gold standards, or set "
                                  "annotate.gold.count=N to choose N RoIs here")
             index = read_index(cfg.data.root, strict=cfg.data.strict)
-            request = write_request(Path(gold.request_dir), index, coarse_table(cfg), Path(gold.input_dir),
+            request = write_request(Path(gold.request_dir), index, Path(cfg.data.work_dir), Path(gold.input_dir),
                                     Path(gold.gold_dir), int(gold.count), int(cfg.seed))
         log.info("gold: %d RoIs requested (%d answered) from %s into %s", len(request.ids),
                  len(request.answered()), request.input_dir, request.gold_dir)
         return Annotator("gold", gold=request)
     raise MedalError(f"annotate.mode={ann.mode}: choose masks or gold")
-
-
-def coarse_table(cfg: DictConfig) -> Path:
-    """The coarse phase's table (id, inverted, fraction): the polarity part of an image's acquisition type."""
-    from medal.segment.coarse_phase import COARSE_DIR, COARSE_TABLE
-
-    return Path(cfg.data.work_dir) / COARSE_DIR / COARSE_TABLE
 
 
 def serve(annotator: Annotator, host: str, port: int) -> uvicorn.Server:

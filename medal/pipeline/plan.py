@@ -154,7 +154,6 @@ def wait_for_gold(task_cfg: DictConfig) -> None:
     request stops again, so the GAN never trains on part of what was asked."""
     from medal.annotate.request import read_request, write_request
     from medal.data.rsna import read_index
-    from medal.segment.coarse_phase import COARSE_DIR, COARSE_TABLE
 
     enh = task_cfg.enhance
     gold_dir, request_dir = Path(enh.pairs.gold_dir), Path(enh.gold_request.dir)
@@ -163,8 +162,8 @@ def wait_for_gold(task_cfg: DictConfig) -> None:
         if gold_dir.is_dir() and any(gold_dir.glob("*.png")):
             return  # gold standards made elsewhere (a phantom set's gold/, a person's own folder)
         index = read_index(task_cfg.data.root, strict=task_cfg.data.strict)
-        request = write_request(request_dir, index, Path(task_cfg.data.work_dir) / COARSE_DIR / COARSE_TABLE,
-                                Path(enh.pairs.input_dir), gold_dir, int(enh.gold_request.count), int(task_cfg.seed))
+        request = write_request(request_dir, index, Path(task_cfg.data.work_dir), Path(enh.pairs.input_dir), gold_dir,
+                                int(enh.gold_request.count), int(task_cfg.seed))
     missing = request.missing()
     if missing:
         raise StopPipeline(
