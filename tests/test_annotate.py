@@ -303,3 +303,43 @@ def test_the_server_binds_127_0_0_1_unless_told_otherwise(round_dir: Path, tmp_p
     with caplog.at_level(logging.WARNING, logger="medal.annotate"):
         serve(annotator, "0.0.0.0", 0)
     assert "annotate.host=0.0.0.0: the page (and the images it serves) is reachable from the network" in caplog.text
+
+
+def test_medal_annotate_serves_until_finish_and_exits_0(round_dir: Path, tmp_path: Path) -> None:
+    """The real command: it serves the round on 127.0.0.1, Finish (everything answered) stops it, exit status 0."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from helpers.annotate_server import free_port
+
+    for image_id in ("a", "b", "c"):
+        mask = np.zeros(SHAPE, np.float32)
+        mask[5:10, 5:10] = 1
+        write_png(round_dir / f"{image_id}_bin.png", mask)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "medal", "annotate", f"annotate.round_dir={round_dir}",
+                                f"annotate.port={port}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                               env={"PATH": "/usr/bin:/bin", "MEDAL_ROOT": str(tmp_path), "HOME": str(tmp_path)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                state = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=5))
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise AssertionError(process.communicate(timeout=10)[0]) from None
+                time.sleep(0.5)
+        assert state["done"] is True
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/finish", method="POST")
+        assert json.load(urllib.request.urlopen(request, timeout=10))["done"] is True
+        out, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, out
+    assert f"open http://127.0.0.1:{port}/" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["annotate/answered"] == metrics["annotate/requested"] == 3.0
