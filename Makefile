@@ -19,10 +19,10 @@ setup:  ## install uv if missing, then the locked environment
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --user --quiet uv
 	$(UV) sync --locked
 
-browser:  ## Debian's headless Chromium for the report test (skipped with a reason where it can't be installed)
+browser:  ## Debian's headless Chromium for the browser tests: report, predictions page, medal annotate (skipped with a reason where it can't be installed)
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
-	  echo "chromium not installed: the browser test of the report will be skipped"
+	  echo "chromium not installed: the browser tests (report, predictions, annotate) will be skipped"
 
 demo: setup  ## the main job: the whole pipeline on freshly generated phantoms (~5 min on 2 idle cores)
 	$(RUN) medal pipeline experiment=demo

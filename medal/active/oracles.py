@@ -26,6 +26,7 @@ log = logging.getLogger("medal.active")
 
 ANSWER_SUFFIX = "_bin.png"
 START_SUFFIX = "_start.png"
+DISAGREEMENT_SUFFIX = "_disagreement.png"  # where the committee's members disagree (for the person's eyes only)
 MANIFEST = "queried.json"
 
 
@@ -35,11 +36,13 @@ class OracleWaiting(Exception):
 
 @dataclass
 class QueryContext:
-    """What an oracle may need about the queried images: full size, the image, a starting mask."""
+    """What an oracle may need about the queried images: full size, the image, a starting mask, and where the
+    model's members disagree ((H, W) in [0, 1] at full size; None where there is no committee yet)."""
 
     shape_of: Callable[[str], tuple[int, int]]
     image_of: Callable[[str], np.ndarray]
     start_mask_of: Callable[[str], np.ndarray | None]
+    disagreement_of: Callable[[str], np.ndarray | None] = lambda image_id: None
 
 
 class Oracle(Protocol):
@@ -55,48 +58,64 @@ def binary_mask(path: Path, expected_shape: tuple[int, int] | None = None,
     """Read a mask file: must decode and, if given, have the shape. Two values (0 and one other, e.g. 0/255 or
     0/1) are a binary mask; more grey levels (an anti-aliased mask) are cut at `threshold` of white (0 to 1),
     or refused when `threshold` is None."""
-    arr = read_image(path)
+    return binary_values(read_image(path), str(path), expected_shape, threshold)
+
+
+def binary_values(arr: np.ndarray, source: str, expected_shape: tuple[int, int] | None = None,
+                  threshold: float | None = None) -> np.ndarray:
+    """`binary_mask`'s checks on a decoded (H, W) float mask in [0, 1]; `source` names it in the one-line refusal.
+    The web annotator (`medal annotate`) runs these same checks on a mask drawn in the page before writing it."""
     if expected_shape is not None and arr.shape != tuple(expected_shape):
         raise MedalError(
-            f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} (WxH) but the image is "
+            f"{source}: mask is {arr.shape[1]}x{arr.shape[0]} (WxH) but the image is "
             f"{expected_shape[1]}x{expected_shape[0]}; save it at the image's size"
         )
     values = np.unique(arr)
-    if values.size <= 2 and values[0] == 0.0:
+    if values.size == 1 or (values.size == 2 and values[0] == 0.0):  # one value: blank or all white, both binary
         return arr > 0
     if threshold is None:
         raise MedalError(
-            f"{path}: mask is not binary ({values.size} grey levels); save it with only black (0) and white (255)"
+            f"{source}: mask is not binary ({values.size} grey levels); save it with only black (0) and white (255)"
         )
     return arr > threshold
 
 
 def answer_mask(path: Path, expected_shape: tuple[int, int] | None, threshold: float | None) -> np.ndarray:
-    """A person's answer (`binary_mask`), refused when it marks nothing or everything: a hand covers part of the
-    image, so an empty or all-white mask is a wrong file (a blank canvas, an inverted export), not a label."""
-    mask = binary_mask(path, expected_shape, threshold)
+    """A person's answer (`binary_mask`), refused when it marks nothing or everything (`answer_values`)."""
+    return answer_values(read_image(path), str(path), expected_shape, threshold)
+
+
+def answer_values(arr: np.ndarray, source: str, expected_shape: tuple[int, int] | None,
+                  threshold: float | None) -> np.ndarray:
+    """`answer_mask`'s checks on a decoded mask: binary at the image's size (`binary_values`), and neither empty
+    nor all white: a hand covers part of the image, so an empty or all-white mask is a wrong file (a blank canvas,
+    an inverted export), not a label."""
+    mask = binary_values(arr, source, expected_shape, threshold)
     if not mask.any():
-        raise MedalError(f"{path}: the mask is empty (no white pixel); paint the hand white on black")
+        raise MedalError(f"{source}: the mask is empty (no white pixel); paint the hand white on black")
     if mask.all():
-        raise MedalError(f"{path}: the mask is all white; paint the hand white on a black background")
+        raise MedalError(f"{source}: the mask is all white; paint the hand white on a black background")
     return mask
 
 
 def edit_effort(proposal: np.ndarray, answer: np.ndarray) -> dict[str, float]:
     """How much an annotator changed a proposed mask to reach the answer, both boolean (H, W): `edit_dice` (Dice
-    of proposal and answer: 1 = accepted as shown) and `changed_share` (share of the image's pixels flipped).
+    of proposal and answer: 1 = accepted as shown), `changed_share` (share of the image's pixels flipped) and
+    `empty_share` (the share a person starting from an empty canvas would paint: the answer's hand pixels), so
+    `changed_share / empty_share` is the editing work the proposal leaves.
 
     Examples:
         >>> answer = np.zeros((4, 4), bool); answer[:2] = True
         >>> proposal = np.zeros((4, 4), bool); proposal[:1] = True
-        >>> edit_effort(proposal, answer)  # 4 of 8 hand pixels proposed, 4 of 16 pixels painted
-        {'edit_dice': 0.6666666666666666, 'changed_share': 0.25}
+        >>> edit_effort(proposal, answer)  # 4 of 8 hand pixels proposed, 4 of 16 pixels painted (8 from empty)
+        {'edit_dice': 0.6666666666666666, 'changed_share': 0.25, 'empty_share': 0.5}
     """
     if proposal.shape != answer.shape:
         raise MedalError(f"edit effort: proposal {proposal.shape} and answer {answer.shape} differ in size")
     both = int(proposal.sum()) + int(answer.sum())
     dice = 2.0 * int((proposal & answer).sum()) / both if both else 1.0
-    return {"edit_dice": dice, "changed_share": float((proposal != answer).mean())}
+    return {"edit_dice": dice, "changed_share": float((proposal != answer).mean()),
+            "empty_share": float(answer.mean())}
 
 
 @dataclass
@@ -109,7 +128,8 @@ class SimulatedOracle:
     def __post_init__(self) -> None:
         self.masks_dir = Path(self.masks_dir)
         if not self.masks_dir.is_dir():
-            raise MedalError(f"oracle.masks_dir={self.masks_dir}: folder not found; point it at <id>.png masks")
+            raise MedalError(f"oracle.masks_dir={self.masks_dir}: folder not found; point it at <id>.png masks, "
+                             "or let a person label the queried images with oracle=folder (`medal annotate`)")
 
     def answer(self, round_no: int, ids: Sequence[str], ctx: QueryContext) -> dict[str, np.ndarray]:
         return {i: binary_mask(self.masks_dir / f"{i}.png", ctx.shape_of(i)) for i in ids}
@@ -134,7 +154,8 @@ class FolderOracle:
         return self.root / f"round_{round_no:02d}"
 
     def export(self, round_no: int, ids: Sequence[str], ctx: QueryContext) -> Path:
-        """Write `<id>.png` (the image) and `<id>_start.png` (a mask to correct) once per round."""
+        """Write `<id>.png` (the image), `<id>_start.png` (a mask to correct) and, from round 1, the members'
+        disagreement `<id>_disagreement.png` once per round."""
         out = self.round_dir(round_no)
         manifest = out / MANIFEST
         if manifest.is_file() and json.loads(manifest.read_text())["ids"] == list(ids):
@@ -147,6 +168,9 @@ class FolderOracle:
             start = ctx.start_mask_of(i)
             if start is not None:
                 write_png(out / f"{i}{START_SUFFIX}", start.astype(np.float32))
+            disagreement = ctx.disagreement_of(i)
+            if disagreement is not None:
+                write_png(out / f"{i}{DISAGREEMENT_SUFFIX}", disagreement)
         write_json(manifest, {"round": round_no, "ids": list(ids), "shapes": shapes}, indent=1)
         return out
 

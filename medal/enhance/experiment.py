@@ -51,7 +51,9 @@ def build_method(cfg: DictConfig, split: PairSplit | None, device: str) -> tuple
     enh = cfg.enhance
     if enh.method == "gan":
         if split is None:
-            raise MedalError(f"enhance.pairs.gold_dir={enh.pairs.gold_dir}: not found; the GAN needs gold-standard pairs")
+            raise MedalError(f"enhance.pairs.gold_dir={enh.pairs.gold_dir}: not found; the GAN needs gold-standard "
+                             "pairs: make them with `medal annotate annotate.mode=gold annotate.gold.count=N` (same "
+                             "data= arguments), or use enhance=clahe or enhance=none")
         weights = train_gan(enh, split, cfg.trainer, int(cfg.seed), build_loggers(cfg),
                             Path(cfg.paths.output_dir) / "samples")
         bf16 = use_bf16(enh.inference.bf16, device)

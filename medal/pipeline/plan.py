@@ -49,6 +49,8 @@ ARTIFACT_MODULES: dict[str, str] = {"segment": "medal.segment.experiment", "enha
                                     "export": "medal.bundle.export", "predict": "medal.predict.run"}
 #: Tasks that read no data set of their own (their configs have no `data` group): they share only the paths.
 NO_DATA_TASKS = ("phantoms", "export", "predict")
+#: Enhancement methods that learn from gold standards (the enhance stage waits for a person's where there are none).
+GOLD_METHODS = ("gan", "gan_l1")
 
 _MISSING = object()
 
@@ -112,13 +114,63 @@ def _data_choice(cfg: DictConfig) -> str:
     return "rsna" if cfg.data.name == "rsna" else "phantom"
 
 
+def annotate_command(cfg: DictConfig, *extra: str) -> str:
+    """The `medal annotate` command line for this pipeline's data set (what a stop message tells the person)."""
+    return " ".join(["medal annotate", f"data={_data_choice(cfg)}", f"data.root={cfg.data.root}", *extra])
+
+
 def stop_for_oracle(task_cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """The folder oracle waits for a person's masks: stop the pipeline with where to put them."""
+    """The folder oracle waits for a person's masks: stop the pipeline with where to put them and the tool."""
     if metrics.get("al/waiting"):
         rounds = sorted(Path(task_cfg.al.dir).glob("round_*"))
         where = rounds[-1] if rounds else Path(task_cfg.al.dir)
-        raise StopPipeline(f"the folder oracle waits for {int(metrics['al/waiting'])} hand masks: save each as "
-                           f"<id>_bin.png (white hand on black, the image's size) in {where}, then rerun this command")
+        raise StopPipeline(f"the folder oracle waits for {int(metrics['al/waiting'])} hand masks in {where}: draw "
+                           f"them in the browser with `{annotate_command(task_cfg, f'annotate.round_dir={where}')}`, "
+                           "or save each as <id>_bin.png (white hand on black, the image's size) there; then rerun "
+                           "this command")
+
+
+def oracle_choice(cfg: DictConfig, requested: list[str]) -> tuple[str, ...]:
+    """The segmentation stage's oracle: the user's `oracle=` override where given; else the folder oracle (a person
+    labels) on real data (`data=rsna`) or where the data set has no reference masks (`<data.root>/masks`), else the
+    simulated one; the log says which and why."""
+    if any(o.split("=", 1)[0].lstrip("+") == "oracle" for o in requested):
+        return ()
+    masks = Path(cfg.data.root) / "masks"
+    if _data_choice(cfg) == "rsna":
+        reason = "data=rsna: a person labels real radiographs"
+    elif not cfg.pipeline.phantoms and not masks.is_dir():
+        reason = f"{masks} not found: no reference masks to simulate a person with"
+    else:
+        return ()
+    log.info("segmentation: oracle=folder (%s; pipeline.stages.segment=\"oracle=simulated\" to answer from "
+             "reference masks instead)", reason)
+    return ("oracle=folder",)
+
+
+def wait_for_gold(task_cfg: DictConfig) -> None:
+    """Before the GAN trains: with no gold standard in `enhance.pairs.gold_dir`, record which RoIs a person should
+    adjust (`medal.annotate.request`) and stop, naming the folder, the count and the two ways on; an unfinished
+    request stops again, so the GAN never trains on part of what was asked."""
+    from medal.annotate.request import read_request, write_request
+    from medal.data.rsna import read_index
+
+    enh = task_cfg.enhance
+    gold_dir, request_dir = Path(enh.pairs.gold_dir), Path(enh.gold_request.dir)
+    request = read_request(request_dir)
+    if request is None:
+        if gold_dir.is_dir() and any(gold_dir.glob("*.png")):
+            return  # gold standards made elsewhere (a phantom set's gold/, a person's own folder)
+        index = read_index(task_cfg.data.root, strict=task_cfg.data.strict)
+        request = write_request(request_dir, index, Path(task_cfg.data.work_dir), Path(enh.pairs.input_dir), gold_dir,
+                                int(enh.gold_request.count), int(task_cfg.seed))
+    missing = request.missing()
+    if missing:
+        raise StopPipeline(
+            f"the enhancer waits for {len(missing)} of {len(request.ids)} gold standards in {gold_dir} (the RoIs "
+            f"listed in {request_dir / 'request.json'}): make them in the browser with "
+            f"`{annotate_command(task_cfg, 'annotate.mode=gold', f'annotate.gold.request_dir={request_dir}')}` "
+            "and rerun this command, or go on without a GAN with pipeline.enhance=clahe or pipeline.enhance=none")
 
 
 def best_checkpoint(run_dir: Path) -> Path:
@@ -140,7 +192,8 @@ class PlannedStage:
     fixed: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()  # config subtrees besides data, seed and the stage overrides that define it
     late: Callable[[], list[str]] | None = None
-    check: Callable[[DictConfig, dict[str, Any]], None] | None = None
+    check: Callable[[DictConfig, dict[str, Any]], None] | None = None  # after the task: may stop the pipeline
+    before: Callable[[DictConfig], None] | None = None  # before the task (its config): may stop the pipeline
 
     @property
     def config_name(self) -> str:
@@ -190,8 +243,10 @@ class StageBuilder:
                                        (f"out={self.cfg.data.root}", f"n={p.n}", f"seed={p.seed}",
                                         f"image_size={p.image_size}"), keys=("pipeline.phantoms",)))
         stages.append(PlannedStage("check_data", "check-data"))
-        stages.append(PlannedStage("segment", "segment", check=stop_for_oracle))
-        stages.append(PlannedStage("enhance", "enhance", (f"enhance={pipe.enhance}",), keys=("pipeline.enhance",)))
+        oracle = oracle_choice(self.cfg, [*self.overrides("pipeline.common"), *self.overrides("pipeline.stages.segment")])
+        stages.append(PlannedStage("segment", "segment", oracle, check=stop_for_oracle))
+        stages.append(PlannedStage("enhance", "enhance", (f"enhance={pipe.enhance}",), keys=("pipeline.enhance",),
+                                   before=wait_for_gold if pipe.enhance in GOLD_METHODS else None))
         for baseline in ("clahe", "none"):  # the report compares the enhancer with both on the same pairs
             if pipe.enhance != baseline:
                 stages.append(PlannedStage(f"enhance_{baseline}", "enhance", (f"enhance={baseline}",)))
@@ -306,6 +361,8 @@ class StageBuilder:
 
         def run(cfg: DictConfig) -> dict[str, Any]:
             task_cfg = self.task_config(planned, planned.late() if planned.late else ())
+            if planned.before:
+                planned.before(task_cfg)
             metrics = dict(task_function(planned.task)(task_cfg) or {})
             write_metrics(out, metrics)
             if planned.check:

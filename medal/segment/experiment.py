@@ -194,7 +194,17 @@ def build_learner(setup: SegmentSetup, data: SegData, hooks: RoundHooks = RoundH
         prob = mean_probs(learner.model, data.images[[data.rows[image_id]]], 1)[0]
         return binarise(np.clip(resize(prob, data.full_shape(image_id)), 0, 1), postprocess=True)
 
-    ctx = QueryContext(data.full_shape, data.full_image, start_mask)
+    def disagreement(image_id: str) -> np.ndarray | None:
+        """Where the latest model's members disagree, at full size: twice the per-pixel standard deviation of their
+        foreground probabilities (1 = two members split 0/1); None before the first model or for a single net."""
+        if learner.pool.round == 0 or learner.model is None:
+            return None
+        probs = learner.model.predict_probs(data.images[[data.rows[image_id]]])[:, 0].numpy()  # (M, S, S)
+        if probs.shape[0] < 2:
+            return None
+        return np.clip(resize(2.0 * probs.std(0), data.full_shape(image_id)), 0, 1)
+
+    ctx = QueryContext(data.full_shape, data.full_image, start_mask, disagreement)
     learner = ActiveLearner(data, make_model, setup.strategy, setup.oracle, ctx, schedule, evaluate,
                             run_settings(setup, al, steps), hooks)
     return learner

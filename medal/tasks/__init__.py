@@ -10,6 +10,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "phantoms": ("medal.tasks.phantoms", "generate synthetic hand radiographs in the RSNA layout"),
     "check-data": ("medal.tasks.check_data", "validate a data set and print a summary and every problem"),
     "segment": ("medal.tasks.segment", "coarse masks + active-learning hand segmentation + RoI crops"),
+    "annotate": ("medal.tasks.annotate", "hand masks and gold standards in the browser: what the pipeline waits for"),
     "enhance": ("medal.tasks.enhance", "train the GAN enhancer (or CLAHE/none) and enhance every RoI"),
     "pretrain": ("medal.tasks.pretrain", "pretrain a backbone (self-supervised or on a source task) for model.weights"),
     "boneage": ("medal.tasks.boneage", "train, validate and test a bone age regressor (fine-tune modes, PTL)"),
