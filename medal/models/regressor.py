@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +132,16 @@ class BoneAgeRegressor(nn.Module):
         return self
 
 
-def create_backbone(name: str, in_chans: int, pretrained: bool) -> nn.Module:
-    """timm feature extractor (no classifier, no pooling); a failed download becomes a clear MedalError."""
+def create_backbone(name: str, in_chans: int, pretrained: bool, extra: Mapping[str, Any] | None = None) -> nn.Module:
+    """timm feature extractor (no classifier, no pooling); a failed download becomes a clear MedalError.
+
+    `extra` are further `timm.create_model` arguments (`model.timm_kwargs`, e.g. `output_stride: 16`).
+    """
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans)
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans,
+                                 **dict(extra or {}))
+    except TypeError as err:
+        raise MedalError(f"model.timm_kwargs={dict(extra or {})}: {name} does not take them ({err})") from None
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise MedalError(f"model.timm_name={name!r}: timm has no such model (see timm.list_models())") from None
@@ -218,13 +224,16 @@ class ModelOptions:
     image_size: int  # the input size the architecture was designed for (a hint for data.image_size)
     head: dict[str, Any]
     blocks: dict[str, list[str]]
+    # Further `timm.create_model` arguments, e.g. {output_stride: 16} for a CAM twice as fine. The one key a
+    # model YAML may leave out: most architectures need none.
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def build_regressor(model_cfg: DictConfig | Mapping[str, Any]) -> BoneAgeRegressor:
     """The regressor of a `model=` config: backbone, validated block map, head, optional local weights."""
     opts = options_from(ModelOptions, model_cfg, "model")
     head_opts = options_from(HeadOptions, opts.head, "model.head")
-    backbone = create_backbone(opts.timm_name, int(opts.in_chans), bool(opts.pretrained))
+    backbone = create_backbone(opts.timm_name, int(opts.in_chans), bool(opts.pretrained), opts.timm_kwargs)
     block_map = dict(opts.blocks)
     resolve_block_map(backbone, block_map, opts.timm_name)
     head = RegressionHead(backbone.num_features, hidden=list(head_opts.hidden), dropout=float(head_opts.dropout),

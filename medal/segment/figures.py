@@ -15,7 +15,6 @@ import numpy as np  # noqa: E402
 from medal.plotting import save_figure
 
 
-
 def query_grid(images: np.ndarray, member_masks: np.ndarray, ids: Sequence[str], path: Path, title: str = "",
                scores: Sequence[float] | None = None) -> Path:
     """One row per queried image: the image, then each member's binarised mask over it.
