@@ -17,6 +17,7 @@ from medal.data.phantom import Individual, Nuisance, describe, generate_dataset,
 from medal.data.phantom.anatomy import CARPALS, STAGES, hand_epiphyses
 from medal.data.phantom.hand import build_hand
 from medal.data.phantom.render import BONE_CLASSES
+from medal.data.phantom.rois import true_mask_rois
 from medal.data.rsna import read_index
 from medal.errors import MedalError
 
@@ -332,3 +333,23 @@ def test_labels_are_learnable_but_not_exact_from_anatomy() -> None:
         nearest = pool[np.argsort(((x[pool] - x[i]) ** 2).sum(axis=1))[:10]]
         errors.append(abs(y[nearest].mean() - y[i]))
     assert 1.0 < np.mean(errors) < 15.0
+
+
+def test_true_mask_rois_cut_the_hand_and_are_reused_only_for_the_same_request(phantom_set, tmp_path: Path) -> None:
+    root, meta = phantom_set
+    roi = true_mask_rois(root, tmp_path, 64, progress=False)
+    boxes = pd.read_csv(roi / "boxes.csv", dtype={"id": str})
+    assert list(boxes["id"]) == list(read_index(root, strict=True)["id"])
+    first = meta.iloc[0]
+    cut = read_image(roi / f"{first.id}.png")
+    assert cut.shape == (64, 64) and read_image(tmp_path / "roi_gold" / f"{first.id}.png").shape == (64, 64)
+    assert (cut > 0).mean() > 0.2  # the hand fills the box; the background outside the mask is zero
+    stamp = (roi / f"{first.id}.png").stat().st_mtime_ns
+    assert true_mask_rois(root, tmp_path, 64, progress=False) == roi  # same request: reused, nothing rewritten
+    assert (roi / f"{first.id}.png").stat().st_mtime_ns == stamp
+    (tmp_path / "roi_gold" / "stale.png").write_bytes(b"")
+    true_mask_rois(root, tmp_path, 48, progress=False)  # another size: both folders rebuilt
+    assert read_image(roi / f"{first.id}.png").shape == (48, 48)
+    assert not (tmp_path / "roi_gold" / "stale.png").exists()
+    with pytest.raises(MedalError, match="not a finished phantom set"):
+        true_mask_rois(tmp_path / "nothing", tmp_path / "w", 48, progress=False)

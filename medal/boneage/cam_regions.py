@@ -1,12 +1,13 @@
 """Where a class activation map's mass lies: inside the bones, the ossification centres, the hand.
 
 A pointing-game style measure of what the regressor looks at (issue 12): for each image, the share of the
-map's mass that falls inside a region, beside that region's share of the image area (what a map spread
-evenly would score). The map is the one the overlays show, min-max normalised per image, so its least
-activated pixel carries no mass: the energy-based pointing game of Score-CAM (Wang et al., CVPR-W 2020).
-A regressor's raw CAM has an arbitrary offset (its sign says "older" or "younger than the training mean",
-not "looked at": a young child's raw map is negative on the bones that make it young), so counting only
-its positive part would score where the evidence points upwards, not where the model looks.
+map's positive mass that falls inside a region, beside that region's share of the image area (what a map
+spread evenly would score); the energy-based pointing game of Score-CAM (Wang et al., CVPR-W 2020) on the
+raw, unnormalised map. A regressor's CAM is signed: its positive part is the evidence that raised the
+estimate (older than the head's bias), its negative part the evidence that lowered it. Only the positive
+part is counted, as the issue defines the measure, so for a young child, whose bones mostly argue
+"younger", the fraction describes fewer pixels; `cam_regions.csv` keeps every image's value, and a map
+with no positive mass at all is counted apart (`cam/no_positive_mass`), not scored.
 
 On phantoms the regions are known exactly: the hand mask (`masks/`) and the bone label map (`bones/`,
 `medal.data.phantom.render.BONE_CLASSES`: every bone; the centres = carpals, sesamoid and epiphyses, which

@@ -5,6 +5,8 @@ segmentation's errors and minutes: `<work_dir>/roi/<id>.png` (the raw image with
 the background zeroed by the true mask, cropped square by `medal.preprocess.crop` with the segmentation's
 margin, 16-bit), `<work_dir>/roi_gold/<id>.png` (the gold image cut by the same box) and
 `<work_dir>/roi/boxes.csv` in the segmentation's format, so CAM can map the bone and hand masks into the RoIs.
+Their `medal.resume.Marker` (`roi/.medal/true_mask_rois.json`, policy rebuild) holds the phantom set's own
+fingerprint, the size and the margin: the same request reuses the folders, another one rewrites both.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from tqdm.auto import tqdm
 
 from medal.atomic import atomic_path
 from medal.data.images import DERIVED_BITS, read_image, read_radiograph, write_png
+from medal.data.phantom.dataset import MARKER as PHANTOMS_MARKER
 from medal.data.phantom.floor import SIDECAR
 from medal.data.rsna import read_index
+from medal.errors import MedalError
 from medal.preprocess.crop import crop_square, roi_box
+from medal.resume import Marker
 from medal.segment.infer import BOXES_FILE
 
 log = logging.getLogger("medal.phantoms")
@@ -29,15 +34,19 @@ MARGIN = 0.05  # conf/segment.yaml's segment.roi.margin
 
 
 def true_mask_rois(data_root: str | Path, work_dir: str | Path, size: int, progress: bool = True) -> Path:
-    """Write the RoIs, gold RoIs and boxes of every image of the phantom set at `data_root`; return `roi/`.
-
-    A folder whose `boxes.csv` already lists every image is complete (the boxes are written last) and kept.
-    """
-    data_root, roi = Path(data_root), Path(work_dir) / "roi"
+    """Write the RoIs, gold RoIs and boxes of every image of the phantom set at `data_root`; return `roi/`."""
+    data_root, roi, roi_gold = Path(data_root), Path(work_dir) / "roi", Path(work_dir) / "roi_gold"
+    phantoms = Marker.in_folder(data_root, PHANTOMS_MARKER).read()
+    if not (phantoms and phantoms.get("finished")):
+        raise MedalError(f"{data_root}: not a finished phantom set (no {PHANTOMS_MARKER} record); "
+                         "generate it with `medal phantoms` first")
+    parts = {"phantoms": phantoms["fingerprint"], "size": int(size), "margin": MARGIN}
+    marker = Marker.in_folder(roi, "true_mask_rois", policy="rebuild", outputs=[roi, roi_gold],
+                              what="true-mask RoIs")
+    if marker.begin(parts) == "done":
+        return roi
     index = read_index(data_root, strict=True)
     boxes = roi / BOXES_FILE
-    if boxes.is_file() and set(pd.read_csv(boxes, dtype={"id": str})["id"]) >= set(index["id"]):
-        return roi
     inverted = pd.read_csv(data_root / SIDECAR, dtype={"id": str}).set_index("id")["inverted"]
     rows = []
     for row in tqdm(index.itertuples(), total=len(index), desc="true-mask RoIs", disable=not progress):
@@ -54,5 +63,6 @@ def true_mask_rois(data_root: str | Path, work_dir: str | Path, size: int, progr
         writer = csv.writer(fh)
         writer.writerow(["id", "y0", "x0", "y1", "x1", "inverted", "height", "width", "mask_fraction", "gold"])
         writer.writerows(rows)
+    marker.finish(parts, images=len(rows))
     log.info("true-mask RoIs of %d images in %s", len(rows), roi)
     return roi
