@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from importlib.machinery import ModuleSpec
 
 from medal.errors import MedalError
 from medal.extras import check_overrides
@@ -45,7 +46,21 @@ def main(argv: list[str] | None = None) -> None:
             print(f"medal {task}: {problem}", file=sys.stderr)
             raise SystemExit(2)
     sys.argv = [f"medal {task}", *rest]
+    _launch_ddp_children_as(module.__spec__)
     module.main()
+
+
+def _launch_ddp_children_as(spec: ModuleSpec | None) -> None:
+    """Make Lightning's DDP launcher start each extra rank as `python -m medal.tasks.<task> <overrides>`.
+
+    Lightning re-runs the main program once per extra device: `python -m <__main__.__spec__.name>` with this
+    process's `sys.argv[1:]` plus the rank's Hydra run dir. Started as the `medal` console script, the main
+    program has no spec and `sys.argv[0]` is not a file, so `trainer=ddp` could not start its ranks. The task
+    module is a Hydra app of its own, so it is what every rank runs.
+    """
+    import __main__
+
+    __main__.__spec__ = spec
 
 
 if __name__ == "__main__":

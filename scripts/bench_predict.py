@@ -56,7 +56,7 @@ def demo_bundle(root: Path) -> Bundle:
                         module=module_kwargs, weights="models/regressor_all.safetensors")
     chain = ChainSpec(regressors=[reg], segmenter=seg, enhancer=enh)
     nets = {seg.weights: Committee(net=DEMO_NET, size=3, seed=0, lr=0.0, weight_decay=0.0, augment={"enabled": False},
-                                   channels_last=True, arch="fc_densenet"),
+                                   channels_last=True, arch="fc_densenet", shared_init=False),
             enh.weights: build_generator(enh.generator, True), reg.weights: BoneAgeModule(**module_kwargs).model}
     for rel, net in nets.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -1,26 +1,39 @@
-"""Active-learning benchmark on phantoms: does choosing what to label pay off, and how fast is scoring?
+"""Active-learning benchmark on phantoms with a yardstick: can it tell query strategies apart, and do they differ?
 
-Generates phantoms once (outputs/data/bench_segmentation_n<N>_<size>px), then for each strategy (qbc,
-random, entropy) and seed runs the round loop with the simulated oracle from `--initial` to `--budget`
-labels, recording held-out Dice/IoU after every round; adds the paper's U-Net-on-random-labels
-baseline (same label count, same total steps) and the coarse Otsu baseline. The final committees are
-scored at full size too (probability upsampled, Otsu, as `medal segment` writes its masks). Last, pool
-scoring throughput: bf16 autocast + channels_last vs fp32, same committee, same images, same run.
+A phantom pool whose difficulty is uneven the way real archives are (`--hard` of the acquisitions are hard: low
+contrast, wide collimator frames, a white background behind a frame, strong rotation, small hands; see
+medal.data.phantom.acquisition.HARD_KINDS) is generated once. Every arm runs the task's own round loop
+(conf/segment.yaml with the sizes below, `medal.segment.experiment.build_learner`, simulated oracle) from
+`--initial` to `--budget` labels for every seed: the strategies of conf/strategy/, the paper's U-Net on random
+labels, and an **oracle upper bound** that queries the pool images the current committee segments worst (it reads
+the ground truth, so it exists only here). The benchmark is trustworthy only if that yardstick beats random by more
+than the spread over seeds: otherwise the pool or the budget leaves nothing for a strategy to find.
 
-    python scripts/bench_segmentation.py                 # tiny nets, 2 CPU cores (`make bench`)
-    python scripts/bench_segmentation.py --seeds 0 --budget 24   # a quick look
-    python scripts/bench_segmentation.py --device cuda --net paper --n 400 --raw-size 256 --size 128 \
-        --initial 20 --per-round 20 --budget 100 --steps 200 --workers 4    # the paper's 192-map nets, one GPU
-Writes outputs/bench/<name>.{json,md} and <name>_curve.png (name: segmentation, or segmentation_cuda).
+Reported per arm, over seeds (mean and 95% CI): held-out Dice and worst-decile Dice after every round (the
+learning curve: several budgets), at full size at the end, their area under the learning curve (mean over the
+query rounds) with the paired difference from random, labels needed to reach `--target` Dice, the editing effort
+a person would face (Dice between the proposal the folder oracle would export as `<id>_start.png` and the truth,
+and the share of pixels changed, per round), the share of hard acquisitions among the queried images, and the
+spread of the strategy's scores (a degenerate score has cv ~0). Last, pool-scoring throughput of one committee.
+
+    python scripts/bench_segmentation.py                          # the CPU benchmark of `make bench` (2 cores)
+    python scripts/bench_segmentation.py --seeds 0 1 --arms random oracle qbc   # a quick look
+    python scripts/bench_segmentation.py --device cuda --net paper --n 600 --raw-size 256 --size 128 \
+        --initial 20 --per-round 20 --budget 120 --steps 200 --workers 4    # the paper's 192-map nets, one GPU
+Writes outputs/bench/<name>.{json,md}, <name>_curve.png and <name>_worst_curve.png (name: segmentation, or
+segmentation_cuda).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import math
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,35 +41,55 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from medal.active import compare
+from medal.active.loop import lowres
+from medal.active.model import SegModel
 from medal.active.scoring import QBC, Candidates
 from medal.bench import BENCH_DIR, BenchRow, write_bench
 from medal.config import CONF_DIR
+from medal.data.images import read_image
 from medal.data.phantom import generate_dataset
 from medal.data.rsna import read_index
 from medal.resume import Marker
 from medal.segment.coarse_phase import coarse_phase
 from medal.segment.data import SegData, load_seg_data
-from medal.segment.evaluate import held_out_scores
+from medal.segment.evaluate import held_out_scores, per_image_dice
 from medal.segment.experiment import build_learner, configure
 from medal.segment.figures import learning_curve
 from medal.segment.metrics import mask_scores
 
 log = logging.getLogger("medal.bench")
-STRATEGIES = ("qbc", "random", "entropy")
-BASELINE = "unet_random"  # the segmenter=unet_random baseline, listed beside the strategies
+ORACLE, RANDOM, BASELINE = "oracle", "random", "unet_random"
+ARMS = ("oracle", "random", "random_stratified", "qbc", "qbc_paper", "entropy", "entropy_power", "bald", "bald_mc",
+        "vote_entropy", "coreset", "hybrid", "unet_random")
+DEFAULT_ARMS = tuple(a for a in ARMS if a != "vote_entropy")  # 12 x 5 seeds fit the 2-core budget; add it by name
+CURVE_ARMS = ("oracle", "random", "random_stratified", "qbc", "entropy", "bald", "coreset")  # drawn in the figures
+DICE, WORST = "test/dice", "test/dice_worst_decile"
+NETS = {  # overrides of conf/segment.yaml: (FC-DenseNet member, U-Net baseline); "paper" keeps its defaults
+    "tiny": (["segment.net.first_conv=8", "segment.net.growth=4", "segment.net.down_layers=[2,2,2]",
+              "segment.net.bottleneck_layers=4", "segment.net.dropout=0.1"],  # dropout: bald_mc samples it
+             ["segment.unet.depth=3", "segment.unet.width=8"]),
+    "paper": ([], []),  # 3 down / 3 up blocks, 192 maps at the bottleneck; U-Net depth 4, width 32
+}
 
 
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=200, help="phantoms (80/10/10 train/val/test)")
+    ap.add_argument("--n", type=int, default=200, help="phantoms")
+    ap.add_argument("--splits", type=float, nargs=3, default=[0.65, 0.05, 0.3], help="train (the pool) / val / test")
+    ap.add_argument("--hard", type=float, default=0.25, help="share of hard acquisitions (phantoms' nuisance.hard_p)")
     ap.add_argument("--raw-size", type=int, default=128, help="phantom image size (full size)")
     ap.add_argument("--size", type=int, default=64, help="working resolution")
     ap.add_argument("--initial", type=int, default=8)
     ap.add_argument("--per-round", type=int, default=8)
-    ap.add_argument("--budget", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=60, help="optimiser steps per round")
+    ap.add_argument("--budget", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=50, help="optimiser steps per round")
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS, metavar="ARM",
+                    help=f"what to run (default: {', '.join(DEFAULT_ARMS)}; also: vote_entropy); random and oracle "
+                         "always run")
+    ap.add_argument("--target", type=float, default=0.9, help="held-out Dice target for labels-to-reach")
     ap.add_argument("--workers", type=int, default=2, help="runs in parallel (one torch thread each)")
     ap.add_argument("--root", type=Path, default=Path("outputs"))
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -66,16 +99,25 @@ def parse() -> argparse.Namespace:
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device on this machine; run without it for the CPU benchmark")
+    args.arms = [a for a in ARMS if a in {*args.arms, ORACLE, RANDOM}]
     args.name = args.name or ("segmentation" if args.device == "cpu" else f"segmentation_{args.device}")
     return args
 
 
-NETS = {  # overrides of conf/segment.yaml: (FC-DenseNet member, U-Net baseline); "paper" keeps its defaults
-    "tiny": (["segment.net.first_conv=8", "segment.net.growth=4", "segment.net.down_layers=[2,2,2]",
-              "segment.net.bottleneck_layers=4", "segment.net.dropout=0.0"],
-             ["segment.unet.depth=3", "segment.unet.width=8"]),
-    "paper": ([], []),  # 3 down / 3 up blocks, 192 maps at the bottleneck; U-Net depth 4, width 32
-}
+@dataclass(frozen=True)
+class WorstSegmented:
+    """The yardstick (benchmark only): scores each pool image by 1 - Dice of the committee's mean mask against
+    the ground truth `<masks_dir>/<id>.png` at working resolution, so the images it segments worst are queried.
+    No real strategy can do this; it shows what choosing well is worth on this pool."""
+
+    name: str
+    masks_dir: str
+
+    def score(self, model: SegModel, candidates: Candidates, generator: torch.Generator) -> torch.Tensor:
+        size = candidates.images.shape[-1]
+        truth = np.stack([lowres(read_image(Path(self.masks_dir) / f"{i}.png") > 0.5, size) for i in candidates.ids])
+        dice, _ = per_image_dice(model, candidates.images, truth, candidates.chunk)
+        return 1.0 - dice
 
 
 def bench_config(args: argparse.Namespace, root: Path, work: Path, overrides: list[str]) -> DictConfig:
@@ -98,12 +140,17 @@ def bench_config(args: argparse.Namespace, root: Path, work: Path, overrides: li
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
 
 
+def arm_overrides(arm: str) -> list[str]:
+    """The config choice of an arm; the oracle runs as `strategy=random` with its strategy swapped in run_job."""
+    return [f"strategy={RANDOM if arm == ORACLE else arm}"]
+
+
 def run_job(job: tuple[str, int, SegData, Path, DictConfig, dict]) -> dict:
-    """One strategy x seed (or the U-Net baseline): the task's round loop from scratch (`build_learner`).
+    """One arm x seed: the task's round loop from scratch (`build_learner`), then the final masks at full size.
 
     A job finished earlier with the same settings is reused (a `rebuild` marker beside its AL folder); any other
     starts from an empty folder, so its seconds are one uninterrupted run."""
-    name, seed, data, masks_dir, cfg, settings = job
+    arm, seed, data, masks_dir, cfg, settings = job
     marker = Marker.in_folder(cfg.al.dir, "bench", policy="rebuild", outputs=[cfg.al.dir], what="benchmark job")
     if marker.status(settings) == "done":
         return marker.read()["result"]
@@ -112,13 +159,14 @@ def run_job(job: tuple[str, int, SegData, Path, DictConfig, dict]) -> dict:
     torch.manual_seed(seed)
     started = time.perf_counter()
     setup = configure(cfg)
+    if arm == ORACLE:
+        setup = dataclasses.replace(setup, strategy=WorstSegmented(ORACLE, str(masks_dir)))
     result = build_learner(setup, data).run()
     rows = data.where("test", with_masks=True)  # final masks made as `medal segment` makes them
-    scores = held_out_scores(result.model, data.images[rows], [data.ids[r] for r in rows], masks_dir,
-                             setup.segment.postprocess, setup.al.score_batch_size)
-    final = {"test/dice_full": scores["dice"], "test/iou_full": scores["iou"]}
-    out = {"name": name, "seed": seed, "history": result.pool.history, "final": final,
-           "seconds": time.perf_counter() - started}
+    final = held_out_scores(result.model, data.images[rows], [data.ids[r] for r in rows], masks_dir,
+                            setup.segment.postprocess, setup.al.score_batch_size)
+    out = {"arm": arm, "seed": seed, "history": result.pool.history, "final": final,
+           "queried": {i: r for i, r in result.pool.labelled.items()}, "seconds": time.perf_counter() - started}
     marker.finish(settings, result=out)
     return out
 
@@ -126,34 +174,105 @@ def run_job(job: tuple[str, int, SegData, Path, DictConfig, dict]) -> dict:
 def scoring_throughput(data: SegData, cfg: DictConfig, device: str, repeats: int = 2) -> dict[str, float]:
     """Pool-scoring images/s of the same committee: fp32 contiguous vs channels_last, with and without bf16."""
     rows = data.where("train")
-    candidates = Candidates([data.ids[r] for r in rows], data.images[rows], 16)
-    qbc, gen = QBC(name="qbc"), torch.Generator().manual_seed(0)
+    images = data.images[rows]
+    qbc, gen = QBC("qbc", "probs", 16), torch.Generator().manual_seed(0)
+
+    def candidates(n: int) -> Candidates:
+        return Candidates([data.ids[r] for r in rows[:n]], images[:n], 16, images[:0], 8, 1)
+
     out = {}
     for label, fast, channels_last in (("fp32", False, False), ("fp32_channels_last", False, True),
                                        ("bf16_channels_last", True, True)):
         setup = configure(cfg)
         model = setup.segmenter.build(seed=0, lr=setup.segment.lr, weight_decay=setup.segment.weight_decay,
-                                      augment=setup.segment.augment, channels_last=channels_last,
+                                      augment=setup.segment.augment, channels_last=channels_last, shared_init=False,
                                       training=None, device=device, fast=fast, batch_size=16)  # never fitted
-        qbc.score(model, Candidates(candidates.ids[:16], candidates.images[:16], 16), gen)  # warm-up
+        qbc.score(model, candidates(16), gen)  # warm-up
         best = 0.0
         for _ in range(repeats):
             t = time.perf_counter()
-            qbc.score(model, candidates, gen)
+            qbc.score(model, candidates(len(rows)), gen)
             if device == "cuda":
                 torch.cuda.synchronize()
-            best = max(best, len(candidates.ids) / (time.perf_counter() - t))
+            best = max(best, len(rows) / (time.perf_counter() - t))
         out[label] = best
     return out
+
+
+def mean_over(histories: list[list[dict]], key: str, skip_first: bool) -> float:
+    """Mean of `key` over every seed's rounds that have it (without round 0, the shared random draw, when
+    `skip_first`); nan when none has it."""
+    values = [h[key] for history in histories for h in history[int(skip_first):] if key in h]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summarise(arm: str, runs: list[dict], random_runs: list[dict], hard: set[str], target: float) -> dict:
+    """One arm's numbers over seeds (runs in seed order, like `random_runs`). The U-Net baseline has one round
+    (every label at once), so it has a final score but no learning curve to compare."""
+    histories = [r["history"] for r in runs]
+    final = {k: [r["final"][k] for r in runs] for k in ("dice", "iou", "dice_worst_decile")}
+    out = {
+        "curve": compare.curve(histories, DICE), "worst_curve": compare.curve(histories, WORST),
+        "final": {k: compare.mean_ci(v) for k, v in final.items()},
+        "edit_dice": mean_over(histories, "oracle/edit_dice", skip_first=True),
+        "changed_share": mean_over(histories, "oracle/changed_share", skip_first=True),
+        "query_cv": mean_over(histories, "query/cv", skip_first=False),
+        "seconds": float(np.mean([r["seconds"] for r in runs])),
+    }
+    if arm == BASELINE:
+        return out
+    paired = len(runs) >= 2 and arm != RANDOM  # a paired difference needs two seeds at least
+    reach = [compare.labels_to_reach(h, DICE, target) for h in histories]
+    out.update(labels_to_target=float(np.median(reach)), reached=int(np.isfinite(reach).sum()),
+               hard_share=float(np.nanmean([np.mean([i in hard for i, r in run["queried"].items() if r > 0])
+                                            for run in runs])))
+    for key, metric in (("auc", DICE), ("worst_auc", WORST)):
+        values = [compare.area_under_curve(h, metric) for h in histories]
+        out[key] = compare.mean_ci(values)
+        if paired:
+            out[f"vs_random_{key}"] = compare.paired_difference(
+                values, [compare.area_under_curve(r["history"], metric) for r in random_runs])
+    return out
+
+
+def fmt(mean_ci: tuple[float, float] | list[float] | None, digits: int = 4) -> str:
+    return "–" if mean_ci is None else f"{mean_ci[0]:.{digits}f} ± {mean_ci[1]:.{digits}f}"
+
+
+def delta(d: dict[str, float] | None) -> str:
+    """A paired difference as `+mean ± se; p=...`, flagged when it is beyond the seed spread."""
+    if d is None:
+        return "–"
+    return f"{d['mean']:+.4f} ± {d['se']:.4f}; p={d['p']:.3f}{' **beyond spread**' if d['beyond_spread'] else ''}"
+
+
+def table(args: argparse.Namespace, summary: dict[str, dict]) -> str:
+    head = ("| arm | Dice, full size | worst-decile Dice, full size | Dice AUC (working size) | Δ AUC vs random "
+            "(paired, ± se; p) | worst-decile AUC | Δ worst AUC vs random | labels to Dice ≥ "
+            f"{args.target} (median; seeds) | edit Dice of proposals | pixels changed | hard share of queries | "
+            "score cv | s / run |\n" + "|---" * 13 + "|")
+    lines = [head]
+    for arm, s in summary.items():
+        reach = ("–" if "labels_to_target" not in s else
+                 f"{s['labels_to_target']:.0f}" if math.isfinite(s["labels_to_target"]) else "not reached")
+        seeds = f" ({s['reached']}/{len(args.seeds)})" if "reached" in s else ""
+        lines.append(
+            f"| {arm} | {fmt(s['final']['dice'])} | {fmt(s['final']['dice_worst_decile'])} | {fmt(s.get('auc'))} | "
+            f"{delta(s.get('vs_random_auc'))} | {fmt(s.get('worst_auc'))} | {delta(s.get('vs_random_worst_auc'))} | "
+            f"{reach}{seeds} | {s['edit_dice']:.3f} | {100 * s['changed_share']:.2f}% | "
+            f"{s.get('hard_share', float('nan')):.2f} | {s['query_cv']:.3f} | {s['seconds']:.0f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     args = parse()
     started = time.perf_counter()
-    tag = f"bench_segmentation_n{args.n}_{args.raw_size}px"
+    tag = f"bench_segmentation_n{args.n}_{args.raw_size}px_hard{args.hard}"
     root = args.root / "data" / tag
-    generate_dataset(root, n=args.n, seed=0, image_size=args.raw_size, workers=args.workers, progress=False)
+    meta = generate_dataset(root, n=args.n, seed=0, image_size=args.raw_size, workers=args.workers, progress=False,
+                            splits=tuple(args.splits), nuisance={"hard_p": args.hard})
+    hard = set(meta.loc[meta["hard"].fillna("").astype(str) != "", "id"].astype(str))
     work = args.root / "work" / tag
     base = bench_config(args, root, work, [])
     seg = configure(base).segment
@@ -167,84 +286,83 @@ def main() -> None:
     torch.set_num_threads(1)
     throughput = scoring_throughput(data, base, args.device)
 
-    names = [*STRATEGIES, BASELINE]
-    settings = {k: v for k, v in vars(args).items() if k not in {"seeds", "workers", "root", "name"}}
+    settings = {k: v for k, v in vars(args).items() if k not in {"seeds", "workers", "root", "name", "arms", "target"}}
 
-    def job(name: str, seed: int) -> tuple:
-        choice = f"segmenter={BASELINE}" if name == BASELINE else f"strategy={name}"
-        cfg = bench_config(args, root, work, [choice, f"seed={seed}", f"al.dir={work / 'al' / f'{name}_seed{seed}'}"])
-        return name, seed, data, masks_dir, cfg, {**settings, "config": OmegaConf.to_container(cfg.segment)}
+    def job(arm: str, seed: int) -> tuple:
+        cfg = bench_config(args, root, work, [*arm_overrides(arm), f"seed={seed}",
+                                              f"al.dir={work / 'al' / f'{arm}_seed{seed}'}"])
+        return arm, seed, data, masks_dir, cfg, {**settings, "arm": arm, "config": OmegaConf.to_container(cfg.segment)}
 
-    jobs = [job(name, seed) for seed in args.seeds for name in names]
+    jobs = [job(arm, seed) for seed in args.seeds for arm in args.arms]
     context = multiprocessing.get_context("spawn" if args.device == "cuda" else None)  # CUDA cannot fork
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
         results = list(pool.map(run_job, jobs))
+    wall = time.perf_counter() - started
 
-    curves: dict[str, list[tuple[float, float, float]]] = {}  # (labelled, mean, sd over seeds) of test Dice
-    iou_curves: dict[str, list[tuple[float, float, float]]] = {}
-    finals: dict[str, dict[str, np.ndarray]] = {}
-    for name in names:
-        runs = [r for r in results if r["name"] == name]
-        for key, out in (("test/dice", curves), ("test/iou", iou_curves)):
-            by_count: dict[float, list[float]] = {}
-            for r in runs:
-                for h in r["history"]:
-                    by_count.setdefault(h["labelled"], []).append(h[key])
-            out[name] = [(k, float(np.mean(v)), float(np.std(v))) for k, v in sorted(by_count.items())]
-        finals[name] = {k: np.array([r["final"][k] for r in runs]) for k in ("test/dice_full", "test/iou_full")}
-        finals[name]["seconds"] = np.array([r["seconds"] for r in runs])
+    def runs_of(arm: str) -> list[dict]:
+        return sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
 
-    png = learning_curve({k: v for k, v in curves.items() if k != BASELINE}, BENCH_DIR / f"{args.name}_curve.png",
-                         metric=f"held-out Dice ({args.size} px, committee mean)",
-                         references={"U-Net, random labels (final)": curves[BASELINE][-1][1],
-                                     "coarse Otsu (full size)": coarse_scores["dice"]})
-
-    def stat(name: str, key: str) -> str:
-        v = finals[name][key]
-        return f"{v.mean():.4f} ± {v.std():.4f}"
+    summary = {arm: summarise(arm, runs_of(arm), runs_of(RANDOM), hard, args.target) for arm in args.arms}
+    shown = [a for a in CURVE_ARMS if a in summary]
+    png = learning_curve({a: summary[a]["curve"] for a in shown}, BENCH_DIR / f"{args.name}_curve.png",
+                         metric=f"held-out Dice ({args.size} px), mean and 95% CI over {len(args.seeds)} seeds",
+                         references={"coarse Otsu (full size)": coarse_scores["dice"]})
+    worst_png = learning_curve({a: summary[a]["worst_curve"] for a in shown}, BENCH_DIR / f"{args.name}_worst_curve.png",
+                               metric="held-out worst-decile Dice, mean and 95% CI")
 
     rows = []
-    rand = finals["random"]["test/dice_full"].mean()
-    for name in names:
-        dice = finals[name]["test/dice_full"]
-        iou = finals[name]["test/iou_full"]
+    rand = summary[RANDOM]["final"]["dice"][0]
+    for arm, s in summary.items():
         rows.append(BenchRow(
-            figure=f"{name}: held-out Dice at {args.budget} labels (full size, mean of {len(dice)} seeds)",
-            value=float(dice.mean()), unit="Dice", baseline="random queries, same budget", baseline_value=float(rand),
-            extra={"dice_sd": float(dice.std()), "iou_mean": float(iou.mean()), "iou_sd": float(iou.std()),
-                   "curve": curves[name], "iou_curve": iou_curves[name], "seconds_mean": float(finals[name]["seconds"].mean())}))
-    rows.append(BenchRow(figure=f"qbc committee vs coarse Otsu: held-out Dice at {args.budget} labels",
-                         value=float(finals["qbc"]["test/dice_full"].mean()), unit="Dice",
-                         baseline="coarse Otsu + largest component", baseline_value=coarse_scores["dice"],
-                         extra={"coarse_iou": coarse_scores["iou"]}))
+            figure=f"{arm}: held-out Dice at {args.budget} labels (full size, mean of {len(args.seeds)} seeds)",
+            value=s["final"]["dice"][0], unit="Dice", baseline="random queries, same budget", baseline_value=rand,
+            extra=s))
+    yards = {key: summary[ORACLE].get(f"vs_random_{key}") for key in ("auc", "worst_auc")}
+    for key, what in (("auc", "Dice"), ("worst_auc", "worst-decile Dice")):
+        rows.append(BenchRow(figure=f"yardstick: oracle upper bound vs random, {what} AUC over the query rounds",
+                             value=summary[ORACLE][key][0], unit="Dice", baseline="random queries",
+                             baseline_value=summary[RANDOM][key][0], extra={"paired": yards[key]}))
     for label, what in (("fp32_channels_last", "fp32 + channels_last"), ("bf16_channels_last", "bf16 autocast + "
                                                                                      "channels_last")):
         rows.append(BenchRow(figure=f"pool scoring throughput, {what} (3 members, qbc, {args.device})",
                              value=throughput[label], unit="img/s", baseline="fp32, contiguous",
                              baseline_value=throughput["fp32"]))
-    table = "\n".join(
-        f"| {name} | {stat(name, 'test/dice_full')} | {stat(name, 'test/iou_full')} | "
-        + " ".join(f"{int(k)}:{m:.3f}" for k, m, _ in curves[name]) + " | "
-        + " ".join(f"{int(k)}:{m:.3f}" for k, m, _ in iou_curves[name]) + " |"
-        for name in names
-    )
+    counts = meta.groupby("split")["hard"].apply(lambda h: int((h.fillna("").astype(str) != "").sum()))
+    sizes = meta["split"].value_counts()
+
+    def verdict(key: str, what: str) -> str:
+        d = yards[key]
+        if d is None:
+            return f"{what}: needs >= 2 seeds"
+        spread = np.std([compare.area_under_curve(r["history"], DICE if key == "auc" else WORST)
+                         for r in runs_of(RANDOM)], ddof=1)
+        return (f"{what}: the oracle {'beats' if d['beyond_spread'] else 'does NOT beat'} random beyond the seed "
+                f"spread (paired difference {d['mean']:+.4f} ± {d['se']:.4f} se, p={d['p']:.3g}; random's sd over "
+                f"seeds {spread:.4f})")
     notes = (
-        f"Phantoms: n={args.n} at {args.raw_size} px (train {len(data.where('train'))}, val "
-        f"{len(data.where('val'))}, test {len(test_ids)}); working size {args.size} px; {args.initial} initial labels, "
-        f"+{args.per_round} per round, budget {args.budget}; {args.steps} steps/round, batch {args.batch_size}; "
-        f"lr {args.lr}; device {args.device}; 3-member FC-DenseNet committee {dict(base.segment.net)}; "
-        f"U-Net {dict(base.segment.unet)} on {args.budget} random labels with the same total steps "
-        "(conf/segment.yaml with these overrides, run through medal.segment.experiment.build_learner). "
-        f"Seeds {args.seeds}. The {len(results)} runs took {sum(r['seconds'] for r in results):.0f} s of compute "
-        f"({args.workers} at a time; runs finished earlier with the same settings are reused); this invocation "
-        f"{time.perf_counter() - started:.0f} s.\n\n"
-        "| model | held-out Dice (full size) | IoU | Dice by labelled count (working size) | IoU by labelled count "
-        "|\n|---|---|---|---|---|\n"
-        f"{table}\n| coarse Otsu | {coarse_scores['dice']:.4f} | {coarse_scores['iou']:.4f} | - | - |\n\n"
-        f"Learning curve: {png}."
+        f"Phantoms: n={args.n} at {args.raw_size} px, {args.hard:.0%} hard acquisitions (pool {sizes['train']} with "
+        f"{counts['train']} hard, val {sizes['val']}, test {sizes['test']} with {counts['test']} hard); working size "
+        f"{args.size} px; {args.initial} initial labels, +{args.per_round} per round, budget {args.budget}; "
+        f"{args.steps} steps/round, batch {args.batch_size}; lr {args.lr}; device {args.device}; 3-member FC-DenseNet "
+        f"committee {dict(base.segment.net)}; U-Net {dict(base.segment.unet)} on {args.budget} random labels with "
+        "the same total steps (conf/segment.yaml with these overrides, run through "
+        f"medal.segment.experiment.build_learner). Seeds {args.seeds}. The {len(results)} runs took "
+        f"{sum(r['seconds'] for r in results):.0f} s of compute ({args.workers} at a time; runs finished earlier "
+        f"with the same settings are reused); this invocation took {wall:.0f} s ({wall / 60:.1f} min) wall-clock.\n\n"
+        f"**Yardstick** (oracle upper bound vs random, area under the learning curve). {verdict('auc', 'Dice')}. "
+        f"{verdict('worst_auc', 'Worst-decile Dice')}.\n\n"
+        "AUC = mean held-out Dice over the query rounds (the learning curve as one number); Δ vs random is paired "
+        "by seed (same initial draw and initialisation), one-sided t-test; 'beyond spread' = mean difference above "
+        "both 2 se and random's sd over seeds. Edit Dice / pixels changed: the proposal a person would be shown "
+        "(the folder oracle's <id>_start.png) against the truth, mean over the query rounds. Hard share: hard "
+        f"acquisitions among the queried images (the pool has {counts['train'] / sizes['train']:.2f}). Score cv: "
+        "coefficient of variation of the strategy's pool scores (random ~0.58, a degenerate score ~0).\n\n"
+        f"{table(args, summary)}\n| coarse Otsu | {coarse_scores['dice']:.4f} | "
+        f"{coarse_scores['dice_worst_decile']:.4f} | – | – | – | – | – | – | – | – | – | – |\n\n"
+        f"Learning curves: {png}, {worst_png}."
     )
     path = write_bench(args.name, rows, notes)
-    print((path.with_suffix(".md")).read_text())
+    print(path.with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT_TASKS = {"figure12": "boneage", "backbones": "boneage", "enhancers": "enhance",
                     "al_strategies": "segment", "demo": "pipeline",
                     "smoke": "pipeline", "pretrain_tiny": "pretrain", "boneage_cpu": "boneage"}
-SWEEP_SIZES = {"figure12": 36, "backbones": 9, "enhancers": 4, "al_strategies": 9, "demo": None, "smoke": None,
+SWEEP_SIZES = {"figure12": 36, "backbones": 9, "enhancers": 4, "al_strategies": 60, "demo": None, "smoke": None,
                "pretrain_tiny": None, "boneage_cpu": None}  # None: no sweep
 
 

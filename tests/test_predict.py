@@ -11,6 +11,8 @@ import hashlib
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +213,24 @@ def test_shards_cover_the_input_once_and_merge_into_the_whole_run(bundle: Path, 
     with pytest.raises(MedalError, match=r"shard\(s\) \[1\] of 3 missing"):
         predict(bundle, source, tmp_path, tmp_path / "merged2", "predict.merge=true",
                 f"predict.parts={tmp_path / 'sweep'}")
+
+
+@pytest.mark.slow
+def test_ddp_over_two_processes_predicts_every_image_once_like_one_process(bundle: Path, tiny_phantoms: Path,
+                                                                            tmp_path: Path) -> None:
+    """`medal predict trainer=ddp trainer.devices=2` (gloo on the CPU): the console script starts its second rank,
+    rank 0 gathers both parts after a barrier, and the worker rank leaves rank 0's metrics alone."""
+    source = _csv(tiny_phantoms, tmp_path / "in.csv")
+    predict(bundle, source, tmp_path, tmp_path / "one")
+    medal = Path(sys.executable).with_name("medal")
+    done = subprocess.run([str(medal), "predict", f"bundle={bundle}", f"input={source}", "trainer=ddp",
+                           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+                           "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'ddp'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "MEMBER: 2/2" in done.stderr + done.stdout
+    ddp = read_rows(tmp_path / "ddp" / PREDICTIONS)
+    assert len(ddp) == 64 and ddp["id"].is_unique and not (tmp_path / "ddp" / "parts").exists()
+    one = read_rows(tmp_path / "one" / PREDICTIONS).set_index("id").sort_index()
+    np.testing.assert_allclose(ddp.set_index("id").sort_index()["boneage"], one["boneage"], atol=1e-4)
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["predict/ok"] == 64

@@ -43,8 +43,8 @@ def _ctx(data: SegData) -> QueryContext:
 
 def _al(tmp: Path, **over) -> ALConfig:
     values = dict(dir=str(tmp / "al"), initial=4, per_round=3, budget=10, patience=9, min_delta=0.0,
-                  reset_weights=False, committee_size=3, val_limit=None, score_batch_size=8, fast_scoring=False,
-                  seed=0)
+                  reset_weights=False, committee_size=3, member_init="independent", member_data="shared",
+                  val_limit=None, score_batch_size=8, fast_scoring=False, seed=0)
     return ALConfig(**{**values, **over})
 
 
@@ -77,7 +77,7 @@ class ToyModel:
 
 
 def _learner(tmp: Path, data: SegData, oracle, fit=None, settings=None, **al) -> ActiveLearner:
-    return ActiveLearner(data, lambda: ToyModel(fit), QBC(name="qbc"), oracle, _ctx(data), _al(tmp, **al),
+    return ActiveLearner(data, lambda: ToyModel(fit), QBC("qbc", "bottleneck", 4), oracle, _ctx(data), _al(tmp, **al),
                          lambda model: {}, settings or {"run": 1})
 
 
@@ -144,7 +144,7 @@ def _answer(folder: Path, image_id: str, mask: np.ndarray) -> Path:
 
 def test_folder_oracle_round_trip_through_the_loop(tmp_path: Path) -> None:
     data, masks = _data()
-    oracle = FolderOracle("folder", tmp_path / "al")
+    oracle = FolderOracle("folder", tmp_path / "al", None)
     first = _learner(tmp_path, data, oracle, _no_training, budget=7).run()
     assert first.waiting is not None and "_bin.png" in first.waiting and "round_00" in first.waiting
     folder = tmp_path / "al" / "round_00"
@@ -187,7 +187,7 @@ def _bad_unreadable(folder: Path, image_id: str) -> None:
 )
 def test_folder_oracle_rejects_bad_answer_files_with_one_line(tmp_path: Path, make_bad, words: str) -> None:
     data, masks = _data()
-    oracle = FolderOracle("folder", tmp_path)
+    oracle = FolderOracle("folder", tmp_path, None)
     ids = ["000", "001"]
     with pytest.raises(OracleWaiting):
         oracle.answer(0, ids, _ctx(data))
@@ -202,7 +202,7 @@ def test_folder_oracle_rejects_bad_answer_files_with_one_line(tmp_path: Path, ma
 
 def test_folder_oracle_accepts_0_1_masks_and_simulated_oracle_reads_masks(tmp_path: Path) -> None:
     data, masks = _data()
-    oracle = FolderOracle("folder", tmp_path)
+    oracle = FolderOracle("folder", tmp_path, None)
     with pytest.raises(OracleWaiting):
         oracle.answer(0, ["002"], _ctx(data))
     Image.fromarray(masks[2].astype(np.uint8)).save(oracle.round_dir(0) / "002_bin.png")  # values 0/1
@@ -236,12 +236,12 @@ def test_committee_goes_back_to_the_run_device_after_every_fit(tmp_path: Path) -
 
     def make_model() -> CommitteeModel:
         committee = Tracked(net=NET, size=3, seed=0, lr=1e-3, weight_decay=0.0, augment=AUGMENT_OFF,
-                            channels_last=False, arch="fc_densenet")
-        training = NoTraining(1, 2, lambda: None, data.images[:0], data.images[:0])
+                            channels_last=False, arch="fc_densenet", shared_init=False)
+        training = NoTraining(1, 2, lambda: None, data.images[:0], data.images[:0], False, 0)
         return CommitteeModel(committee, training, device="cpu", fast=False, batch_size=8)
 
-    learner = ActiveLearner(data, make_model, CountingQBC(name="qbc"), SimulatedOracleFor(masks, data), _ctx(data),
-                            _al(tmp_path), lambda model: {}, {"run": 1})
+    learner = ActiveLearner(data, make_model, CountingQBC("qbc", "bottleneck", 4), SimulatedOracleFor(masks, data),
+                            _ctx(data), _al(tmp_path), lambda model: {}, {"run": 1})
     learner.run()
     assert events.count("fit") == 3 and events.count("score") == 2
     for i, event in enumerate(events):
@@ -252,8 +252,8 @@ def test_committee_goes_back_to_the_run_device_after_every_fit(tmp_path: Path) -
 def test_committee_model_predicts_members_first_in_batches() -> None:
     data, _ = _data()
     committee = Committee(net=NET, size=3, seed=0, lr=1e-3, weight_decay=0.0, augment=AUGMENT_OFF,
-                          channels_last=False, arch="fc_densenet")
-    model = CommitteeModel(committee, RoundTraining(1, 2, lambda: None, data.images[:0], data.images[:0]),
+                          channels_last=False, arch="fc_densenet", shared_init=False)
+    model = CommitteeModel(committee, RoundTraining(1, 2, lambda: None, data.images[:0], data.images[:0], False, 0),
                            device="cpu", fast=False, batch_size=5)
     probs, features = model.predict_probs(data.images[:7]), model.features(data.images[:7])
     assert probs.shape == (3, 7, S, S) and probs.dtype == torch.float32
@@ -313,3 +313,88 @@ def test_inference_device_rejects_an_unknown_setting_naming_the_key() -> None:
 
     with pytest.raises(MedalError, match=r"^cam.device='tpu': medal predicts on cpu, gpu \(cuda\), mps or auto"):
         inference_device("tpu", "cam.device")
+
+
+@pytest.mark.parametrize(("value", "words"), [(0.0, "the mask is empty"), (1.0, "the mask is all white")])
+def test_folder_oracle_refuses_an_empty_or_all_white_answer_naming_the_file(tmp_path: Path, value: float,
+                                                                           words: str) -> None:
+    data, masks = _data()
+    oracle = FolderOracle("folder", tmp_path, 0.5)
+    with pytest.raises(OracleWaiting):
+        oracle.answer(0, ["000"], _ctx(data))
+    write_png(oracle.round_dir(0) / "000_bin.png", np.full((S, S), value, np.float32))
+    with pytest.raises(MedalError) as err:
+        oracle.answer(0, ["000"], _ctx(data))
+    message = str(err.value)
+    assert "\n" not in message and words in message and str(oracle.round_dir(0) / "000_bin.png") in message
+
+
+def test_folder_oracle_cuts_an_anti_aliased_answer_at_its_threshold(tmp_path: Path) -> None:
+    data, masks = _data()
+    soft = masks[5].astype(np.float32) * 0.9
+    soft[1:-1, 1:-1] += 0.05 * (masks[5][2:, 1:-1] ^ masks[5][:-2, 1:-1])  # grey edge pixels, as a brush leaves
+    oracle = FolderOracle("folder", tmp_path, 0.5)
+    with pytest.raises(OracleWaiting):
+        oracle.answer(0, ["005"], _ctx(data))
+    write_png(oracle.round_dir(0) / "005_bin.png", soft)
+    assert np.array_equal(oracle.answer(0, ["005"], _ctx(data))["005"], soft > 0.5)
+    with pytest.raises(MedalError, match="not binary"):  # threshold null: refused as before
+        FolderOracle("folder", tmp_path, None).answer(0, ["005"], _ctx(data))
+    with pytest.raises(MedalError, match=r"^oracle.threshold=1.5: a share of white in \(0, 1\), or null$"):
+        FolderOracle("folder", tmp_path, 1.5)
+
+
+def test_loop_records_the_score_spread_and_the_editing_effort_of_every_round(tmp_path: Path) -> None:
+    data, masks = _data()
+    pool = _learner(tmp_path, data, SimulatedOracleFor(masks, data), _no_training).run().pool
+    assert [h["labelled"] for h in pool.history] == [4, 7, 10]
+    for record in pool.history[:-1]:  # every round that was followed by a query
+        assert record["query/cv"] > 0 and record["query/top_k_over_median"] >= 1
+    assert "query/cv" not in pool.history[-1]  # the budget was reached: nothing scored after it
+    for record in pool.history:  # the toy proposal (image > 0.4) against the true disc
+        assert 0 < record["oracle/edit_dice"] <= 1 and 0 <= record["oracle/changed_share"] < 1
+    answered = [i for i, r in pool.labelled.items() if r == 1]
+    proposal = data.images[[data.rows[i] for i in answered]] > 0.4
+    truth = masks[[data.rows[i] for i in answered]]
+    assert pool.history[1]["oracle/changed_share"] == pytest.approx(float((proposal != truth).mean()))
+    saved = json.loads((tmp_path / "al" / "pool.json").read_text())
+    assert set(saved["edits"]) == set(pool.labelled)  # per answer, kept across a restart
+
+
+def test_shared_members_start_equal_and_bootstrap_members_draw_their_own_images() -> None:
+    from medal.segment.train import member_draws
+
+    def weights(shared: bool) -> list[torch.Tensor]:
+        committee = Committee(net=NET, size=3, seed=0, lr=1e-3, weight_decay=0.0, augment=AUGMENT_OFF,
+                              channels_last=False, arch="fc_densenet", shared_init=shared)
+        return [next(iter(m.parameters())).detach() for m in committee.members]
+
+    shared, independent = weights(True), weights(False)
+    assert all(torch.equal(shared[0], w) for w in shared[1:])
+    assert not torch.equal(independent[0], independent[1])
+    assert torch.equal(independent[0], shared[0])  # member 0 is seed's network either way
+    draws = member_draws(20, 400, 3, bootstrap=True, seed=0)
+    assert draws.shape == (400, 3) and np.array_equal(draws, member_draws(20, 400, 3, bootstrap=True, seed=0))
+    unique = [set(col.tolist()) for col in draws.T]
+    assert all(len(u) < 20 for u in unique) and len({frozenset(u) for u in unique}) == 3  # bootstrap resamples
+    assert member_draws(20, 400, 1, bootstrap=True, seed=0).shape == (400, 1)  # one network: no resampling
+
+
+def test_mc_dropout_samples_one_member_reproducibly_and_needs_dropout() -> None:
+    data, _ = _data()
+
+    def model(dropout: float) -> CommitteeModel:
+        committee = Committee(net={**NET, "dropout": dropout}, size=3, seed=0, lr=1e-3, weight_decay=0.0,
+                              augment=AUGMENT_OFF, channels_last=False, arch="fc_densenet", shared_init=False)
+        return CommitteeModel(committee, RoundTraining(1, 2, lambda: None, data.images[:0], data.images[:0],
+                                                       False, 0), device="cpu", fast=False, batch_size=5)
+
+    sampler = model(0.3)
+    sampler.committee.eval()
+    samples = sampler.mc_probs(data.images[:7], 4, seed=1)
+    assert samples.shape == (4, 7, S, S)
+    assert not torch.allclose(samples[0], samples[1])  # each sample its own dropout mask
+    assert torch.equal(samples, sampler.mc_probs(data.images[:7], 4, seed=1))
+    assert not any(m.training for m in sampler.committee.modules())  # every layer back in the mode it was in
+    with pytest.raises(MedalError, match=r"^strategy=bald source=mc_dropout: the network has no dropout"):
+        model(0.0).mc_probs(data.images[:2], 4, seed=1)

@@ -113,7 +113,7 @@ def test_data_containers_refuse_mismatched_lengths(tmp_path) -> None:
     from medal.segment.data import SegData, load_seg_data
 
     with pytest.raises(MedalError, match="candidates: 2 ids but 3 images"):
-        Candidates(["a", "b"], np.zeros((3, 4, 4)), 2)
+        Candidates(["a", "b"], np.zeros((3, 4, 4)), 2, np.zeros((0, 4, 4)), 1, 0)
     with pytest.raises(MedalError, match="segmentation data: 2 ids but 2 images, 1 paths"):
         SegData(["a", "b"], np.array(["train", "val"]), np.zeros((2, 4, 4)), ["a.png"], np.zeros(2, bool), False)
     index = pd.DataFrame({"id": ["a", "b"], "path": ["a.png", "b.png"], "split": ["train", "val"]})

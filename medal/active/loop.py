@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from medal.active.model import SegModel
-from medal.active.oracles import Oracle, OracleWaiting, QueryContext
+from medal.active.oracles import Oracle, OracleWaiting, QueryContext, edit_effort
 from medal.active.pool import ActivePool
-from medal.active.scoring import Candidates, Strategy, select
+from medal.active.scoring import Candidates, Strategy, one_of, select
+from medal.active.strategies import score_spread
 from medal.atomic import atomic_path
 from medal.data.images import read_image, resize, write_png
 from medal.errors import MedalError
@@ -39,6 +40,8 @@ log = logging.getLogger("medal.active")
 
 CHECKPOINT = "committee.pt"  # the latest trained model's weights and the labelled count they were fitted on
 POOL_STATE = "pool.json"
+MEMBER_INIT = ("shared", "independent")
+MEMBER_DATA = ("bootstrap", "shared")
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,8 @@ class ALConfig:
     """`al.*` (conf/segment.yaml is where the values live) and the run's seed.
 
     The loop reads the schedule, the stopping rule and the scoring batch; `committee_size`, `val_limit` and
-    `fast_scoring` are read by the segmentation builder, but belong to this node, so a misspelt key in it is
-    refused rather than ignored.
+    `fast_scoring` and the members' `member_init` / `member_data` are read by the segmentation builder, but belong
+    to this node, so a misspelt key in it is refused rather than ignored.
     """
 
     dir: str  # pool.json, the model checkpoint, labels/, round_XX/ (the folder oracle's)
@@ -58,6 +61,8 @@ class ALConfig:
     min_delta: float
     reset_weights: bool  # true: every round trains a fresh model; false: continue from the last round's
     committee_size: int
+    member_init: str  # shared: every member starts from the same weights; independent: from seeds seed+k
+    member_data: str  # bootstrap: each member trains on its own resample of the labelled set; shared: one
     val_limit: int | None  # validation images (with masks) for the stopping rule; null = all
     score_batch_size: int  # images per forward pass while scoring and predicting
     fast_scoring: bool | str  # bf16 autocast while scoring: true, false or auto
@@ -73,6 +78,8 @@ class ALConfig:
             raise MedalError(f"al.patience={self.patience}: must be >= 1")
         if self.score_batch_size < 1:
             raise MedalError(f"al.score_batch_size={self.score_batch_size}: must be >= 1")
+        one_of("al.member_init", self.member_init, MEMBER_INIT)
+        one_of("al.member_data", self.member_data, MEMBER_DATA)
 
 
 class PoolData(Protocol):
@@ -160,12 +167,15 @@ class ActiveLearner:
             torch.save({"state_dict": model.state_dict(), "labelled": len(self.pool.labelled)}, tmp)
 
     def _import_answers(self) -> None:
+        """Store every pending answer, with how far it is from the proposal a person would have been shown (the
+        folder oracle's `<id>_start.png`: the coarse mask in round 0, the latest model's after)."""
         answers = self.oracle.answer(self.pool.round, list(self.pool.pending), self.ctx)
         for image_id in list(self.pool.pending):
             mask = answers[image_id]
             path = write_png(self.dir / "labels" / f"{image_id}.png", mask)
             self.labels[image_id] = lowres(mask, self.data.size)
-            self.pool.label(image_id, path)
+            proposal = self.ctx.start_mask_of(image_id)
+            self.pool.label(image_id, path, edit_effort(proposal, mask) if proposal is not None else None)
 
     def _train(self, model: SegModel) -> dict[str, float]:
         ids = sorted(self.pool.labelled, key=self.data.rows.__getitem__)
@@ -175,14 +185,20 @@ class ActiveLearner:
         return model.fit(images, masks)
 
     def _query(self, model: SegModel) -> None:
+        """Score the unlabelled pool, take the top k; the scores' spread (`query/cv`, `query/top_k_over_median`)
+        joins the round's history record, so a score that cannot tell images apart shows."""
         free = self.pool.unlabelled
         k = min(self.cfg.per_round, self.cfg.budget - len(self.pool.labelled), len(free))
         images = self.data.images[[self.data.rows[i] for i in free]]
+        labelled = self.data.images[sorted(self.data.rows[i] for i in self.pool.labelled)]
         generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.pool.round)
-        scores = self.strategy.score(model, Candidates(free, images, self.cfg.score_batch_size), generator)
+        candidates = Candidates(free, images, self.cfg.score_batch_size, labelled, k, self.pool.round)
+        scores = self.strategy.score(model, candidates, generator)
         chosen = [free[j] for j in select(scores, k)]
-        log.info("round %d: querying %d images (%s)", self.pool.round, len(chosen), self.strategy.name)
-        self.pool.query(chosen, dict(zip(free, scores.tolist(), strict=True)))
+        spread = {f"query/{name}": value for name, value in score_spread(scores, k).items()}
+        log.info("round %d: querying %d images (%s; score cv %.3g, top-k / median %.3g)", self.pool.round,
+                 len(chosen), self.strategy.name, spread["query/cv"], spread["query/top_k_over_median"])
+        self.pool.query(chosen, dict(zip(free, scores.tolist(), strict=True)), spread)
         if self.hooks.on_query is not None:
             self.hooks.on_query(self.pool, model, chosen)
 

@@ -41,6 +41,16 @@ class SegModel(Protocol):
         ...
 
 
+@runtime_checkable
+class MCDropoutModel(Protocol):
+    """A model that can also sample one network's predictions with dropout active (BALD with MC dropout)."""
+
+    def mc_probs(self, images: np.ndarray, samples: int, seed: int) -> torch.Tensor:
+        """Foreground probabilities (samples, N, S, S) float32 of one network, dropout on (a fresh mask per
+        sample, drawn from `seed`), normalisation layers as in inference."""
+        ...
+
+
 def in_chunks(fn: Callable[[np.ndarray], torch.Tensor], images: np.ndarray, size: int, dim: int = 0,
               desc: str = "scoring") -> torch.Tensor:
     """`fn` over chunks of `size` rows of `images` (N, ...), results concatenated along `dim`.
@@ -56,5 +66,6 @@ def in_chunks(fn: Callable[[np.ndarray], torch.Tensor], images: np.ndarray, size
     if size < 1:
         raise ValueError(f"chunk size {size}: must be >= 1")
     out = [fn(images[start:start + size])
-           for start in tqdm(range(0, n, size), desc=desc, unit="batch", leave=False, disable=n <= size)]
+           for start in tqdm(range(0, n, size), desc=desc, unit="batch", leave=False,
+                             disable=True if n <= size else None)]  # None: no bar where stderr is not a terminal
     return torch.cat(out, dim=dim) if out else torch.empty(0)

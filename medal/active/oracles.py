@@ -50,8 +50,11 @@ class Oracle(Protocol):
     def answer(self, round_no: int, ids: Sequence[str], ctx: QueryContext) -> dict[str, np.ndarray]: ...
 
 
-def binary_mask(path: Path, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a mask file: must decode, be binary (0 and one other value) and, if given, have the shape."""
+def binary_mask(path: Path, expected_shape: tuple[int, int] | None = None,
+                threshold: float | None = None) -> np.ndarray:
+    """Read a mask file: must decode and, if given, have the shape. Two values (0 and one other, e.g. 0/255 or
+    0/1) are a binary mask; more grey levels (an anti-aliased mask) are cut at `threshold` of white (0 to 1),
+    or refused when `threshold` is None."""
     arr = read_image(path)
     if expected_shape is not None and arr.shape != tuple(expected_shape):
         raise MedalError(
@@ -59,11 +62,41 @@ def binary_mask(path: Path, expected_shape: tuple[int, int] | None = None) -> np
             f"{expected_shape[1]}x{expected_shape[0]}; save it at the image's size"
         )
     values = np.unique(arr)
-    if values.size > 2 or (values.size == 2 and values[0] != 0.0):
+    if values.size <= 2 and values[0] == 0.0:
+        return arr > 0
+    if threshold is None:
         raise MedalError(
             f"{path}: mask is not binary ({values.size} grey levels); save it with only black (0) and white (255)"
         )
-    return arr > 0
+    return arr > threshold
+
+
+def answer_mask(path: Path, expected_shape: tuple[int, int] | None, threshold: float | None) -> np.ndarray:
+    """A person's answer (`binary_mask`), refused when it marks nothing or everything: a hand covers part of the
+    image, so an empty or all-white mask is a wrong file (a blank canvas, an inverted export), not a label."""
+    mask = binary_mask(path, expected_shape, threshold)
+    if not mask.any():
+        raise MedalError(f"{path}: the mask is empty (no white pixel); paint the hand white on black")
+    if mask.all():
+        raise MedalError(f"{path}: the mask is all white; paint the hand white on a black background")
+    return mask
+
+
+def edit_effort(proposal: np.ndarray, answer: np.ndarray) -> dict[str, float]:
+    """How much an annotator changed a proposed mask to reach the answer, both boolean (H, W): `edit_dice` (Dice
+    of proposal and answer: 1 = accepted as shown) and `changed_share` (share of the image's pixels flipped).
+
+    Examples:
+        >>> answer = np.zeros((4, 4), bool); answer[:2] = True
+        >>> proposal = np.zeros((4, 4), bool); proposal[:1] = True
+        >>> edit_effort(proposal, answer)  # 4 of 8 hand pixels proposed, 4 of 16 pixels painted
+        {'edit_dice': 0.6666666666666666, 'changed_share': 0.25}
+    """
+    if proposal.shape != answer.shape:
+        raise MedalError(f"edit effort: proposal {proposal.shape} and answer {answer.shape} differ in size")
+    both = int(proposal.sum()) + int(answer.sum())
+    dice = 2.0 * int((proposal & answer).sum()) / both if both else 1.0
+    return {"edit_dice": dice, "changed_share": float((proposal != answer).mean())}
 
 
 @dataclass
@@ -85,13 +118,17 @@ class SimulatedOracle:
 @dataclass
 class FolderOracle:
     """A person answers through `<root>/round_XX/` (root: the run's `al.dir`): images + starting masks out,
-    `<id>_bin.png` back."""
+    `<id>_bin.png` back. Anti-aliased answers (grey edges) are cut at `threshold` of white; null refuses any mask
+    that is not two-valued. An empty or all-white answer is refused (`answer_mask`)."""
 
     name: str
     root: Path
+    threshold: float | None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise MedalError(f"oracle.threshold={self.threshold}: a share of white in (0, 1), or null")
 
     def round_dir(self, round_no: int) -> Path:
         return self.root / f"round_{round_no:02d}"
@@ -132,7 +169,7 @@ class FolderOracle:
             if i in missing:
                 continue
             try:
-                answers[i] = binary_mask(folder / f"{i}{ANSWER_SUFFIX}", shapes.get(i))
+                answers[i] = answer_mask(folder / f"{i}{ANSWER_SUFFIX}", shapes.get(i), self.threshold)
             except MedalError as err:
                 problems.append(str(err))
         if problems:

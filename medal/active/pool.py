@@ -55,6 +55,7 @@ class ActivePool:
         self.answers: dict[str, str] = {}  # id -> where the stored answer mask lives
         self.scores: dict[int, dict[str, float]] = {}  # round -> id -> strategy score at query time
         self.history: list[dict[str, float]] = []  # per finished round: labelled count, val dice, ...
+        self.edits: dict[str, dict[str, float]] = {}  # id -> how far the oracle's answer is from its proposal
         self.best_dice = float("-inf")
         self.rounds_since_best = 0
         self.stopped: str | None = None  # why the loop ended, once it has
@@ -66,8 +67,10 @@ class ActivePool:
         taken = set(self.labelled) | set(self.pending)
         return [i for i in self.ids if i not in taken]
 
-    def query(self, ids: Iterable[str], scores: dict[str, float] | None = None) -> None:
-        """Ask the oracle for `ids` in the current round (they become pending); save."""
+    def query(self, ids: Iterable[str], scores: dict[str, float] | None = None,
+              stats: dict[str, float] | None = None) -> None:
+        """Ask the oracle for `ids` in the current round (they become pending); save. `stats` (e.g. the spread of
+        the scores) join the last finished round's history record: the model of that round did the scoring."""
         ids = [str(i) for i in ids]
         if self.pending:
             raise MedalError(f"active pool: round {self.round} still waits for {len(self.pending)} answers")
@@ -81,24 +84,34 @@ class ActivePool:
         self.pending = ids
         if scores is not None:
             self.scores[self.round] = {str(k): float(v) for k, v in scores.items()}
+        if stats and self.history:
+            self.history[-1].update({k: float(v) for k, v in stats.items()})
         self.save()
 
-    def label(self, image_id: str, answer: str | Path) -> None:
-        """Record the oracle's answer for one pending id (the stored mask's path); save."""
+    def label(self, image_id: str, answer: str | Path, edit: dict[str, float] | None = None) -> None:
+        """Record the oracle's answer for one pending id (the stored mask's path) and, when the oracle was shown a
+        proposal, how far the answer is from it (`edit`, see `medal.active.oracles.edit_effort`); save."""
         if image_id not in self.pending:
             raise MedalError(f"active pool: answer for {image_id}, which was not queried in round {self.round}")
         self.pending.remove(image_id)
         self.labelled[image_id] = self.round
         self.answers[image_id] = str(answer)
+        if edit is not None:
+            self.edits[image_id] = {k: float(v) for k, v in edit.items()}
         self.save()
 
+    def round_edits(self) -> dict[str, float]:
+        """The mean of each edit measure over the answers of the current round (`oracle/<measure>`); {} if none."""
+        rows = [self.edits[i] for i, r in self.labelled.items() if r == self.round and i in self.edits]
+        return {f"oracle/{k}": sum(row[k] for row in rows) / len(rows) for k in (rows[0] if rows else {})}
+
     def end_round(self, metrics: dict[str, float], min_delta: float) -> None:
-        """Close the round with its metrics; save.
+        """Close the round with its metrics and the mean editing effort of its answers (`round_edits`); save.
 
         `metrics["val/dice"]` (if present) is the stopping rule's signal: a round that does not improve on the
         best validation Dice by more than `min_delta` counts towards `rounds_since_best` (see `stop_reason`).
         """
-        record = {"round": float(self.round), "labelled": float(len(self.labelled)), **metrics}
+        record = {"round": float(self.round), "labelled": float(len(self.labelled)), **self.round_edits(), **metrics}
         self.history.append(record)
         dice = metrics.get("val/dice")  # absent when the data set has no validation masks
         if dice is not None:
@@ -129,6 +142,7 @@ class ActivePool:
             "answers": self.answers,
             "scores": {str(k): v for k, v in self.scores.items()},
             "history": self.history,
+            "edits": self.edits,
             "best_dice": self.best_dice if self.best_dice != float("-inf") else None,
             "rounds_since_best": self.rounds_since_best,
             "stopped": self.stopped,
@@ -147,6 +161,7 @@ class ActivePool:
         self.answers = {str(k): str(v) for k, v in state["answers"].items()}
         self.scores = {int(k): v for k, v in state["scores"].items()}
         self.history = list(state["history"])
+        self.edits = {str(k): dict(v) for k, v in state.get("edits", {}).items()}  # absent in pools saved before
         best = state.get("best_dice")
         self.best_dice = float(best) if best is not None else float("-inf")
         self.rounds_since_best = int(state["rounds_since_best"])

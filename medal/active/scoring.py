@@ -1,31 +1,46 @@
 """Pool scoring: a strategy (the `strategy=` config group) scores the unlabelled candidates with the current
 model; `select` takes the top k. The loop calls both, once per round.
 
-A strategy sees the model only through `medal.active.model.SegModel` and the candidates' ids and images, so
-one that needs more (ground truth for an oracle upper bound, the labelled set for diversity) is a new class
-with the same `score` method and a YAML file naming it.
+A strategy sees the model only through `medal.active.model.SegModel` (and `MCDropoutModel` for BALD with MC
+dropout) and the `Candidates`: the unlabelled images, the labelled ones (diversity needs them), how many the loop
+will take and the round. Every strategy returns (N,) scores, higher = query first; a batch strategy (core-set,
+the hybrid) returns scores whose top k is its batch, so `select` stays the one place that picks. One that needs
+more (ground truth for the benchmark's oracle upper bound) is a new class with the same `score` method and a
+YAML file naming it.
+
+Options that wrap another strategy (`Power.base`, `Hybrid.uncertainty`) hold its config node, built here through
+`medal.config.build_from`, so a typo in the nested node fails in one line too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from medal.active import strategies
-from medal.active.model import SegModel, in_chunks
+from medal.active.model import MCDropoutModel, SegModel, in_chunks
+from medal.config import build_from
 from medal.errors import MedalError
+
+QBC_DESCRIPTORS = ("bottleneck", "probs")
+BALD_SOURCES = ("committee", "mc_dropout")
 
 
 @dataclass(frozen=True)
 class Candidates:
-    """The pool images a strategy scores: ids (N) and images (N, S, S), predicted `chunk` rows at a time."""
+    """The pool images a strategy scores: ids (N) and images (N, S, S), predicted `chunk` rows at a time; the
+    labelled images (L, S, S) (diversity strategies measure distance to them); `k`, how many the loop takes
+    this round; `round_no`, for strategies whose behaviour follows a schedule."""
 
     ids: list[str]
     images: np.ndarray
     chunk: int
+    labelled: np.ndarray
+    k: int
+    round_no: int
 
     def __post_init__(self) -> None:
         if len(self.ids) != len(self.images):
@@ -40,6 +55,27 @@ class Strategy(Protocol):
     def score(self, model: SegModel, candidates: Candidates, generator: torch.Generator) -> torch.Tensor: ...
 
 
+def one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """Refuse an option value outside `choices`, in one line naming the key.
+
+    Examples:
+        >>> one_of("strategy.source", "ensemble", BALD_SOURCES)
+        Traceback (most recent call last):
+        ...
+        medal.errors.MedalError: strategy.source='ensemble': use one of committee, mc_dropout
+    """
+    if value not in choices:
+        raise MedalError(f"{key}={value!r}: use one of {', '.join(choices)}")
+
+
+def _strategy(node: Any, key: str) -> Strategy:
+    """A nested strategy option (a dict with `_target_`), built and checked."""
+    built = node if not isinstance(node, dict) else build_from(node, key)
+    if not callable(getattr(built, "score", None)):
+        raise MedalError(f"{key}: {type(built).__name__} has no score() method, so it is not a strategy")
+    return built
+
+
 @dataclass(frozen=True)
 class PerImage:
     """A strategy whose score of an image depends on that image alone: scored a chunk of candidates at a time,
@@ -48,27 +84,82 @@ class PerImage:
     name: str
 
     def score(self, model: SegModel, candidates: Candidates, generator: torch.Generator) -> torch.Tensor:
-        return in_chunks(lambda images: self.score_chunk(model, images), candidates.images, candidates.chunk)
+        return in_chunks(lambda images: self.score_chunk(model, images, generator), candidates.images,
+                         candidates.chunk)
 
-    def score_chunk(self, model: SegModel, images: np.ndarray) -> torch.Tensor:
+    def score_chunk(self, model: SegModel, images: np.ndarray, generator: torch.Generator) -> torch.Tensor:
         """(b,) scores of images (b, S, S)."""
         raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class QBC(PerImage):
-    """Query-by-committee (paper eq. 5-7): the images whose members' feature vectors disagree most."""
+    """Query-by-committee (paper eq. 5-7): the images whose members' vectors disagree most (`pairwise_sine`).
 
-    def score_chunk(self, model: SegModel, images: np.ndarray) -> torch.Tensor:
-        return strategies.pairwise_sine(model.features(images))
+    `descriptor`: `probs` is each member's probability map pooled to `grid` x `grid`, a space every member
+    shares whatever its weights; `bottleneck` is the paper's flattened middle feature map. Members keep their own
+    channel bases (unrelated after independent initialisations, and drifting apart even from a shared one,
+    `al.member_init=shared`), so bottleneck vectors of two members look near-orthogonal for every image and
+    every image scores close to M(M-1)/2: on small phantom committees the pool's coefficient of variation was
+    ~0.005 (0.02 with a shared start), against ~0.4 for `probs` (tests/test_segment_strategies.py measures it).
+    """
+
+    descriptor: str
+    grid: int
+
+    def __post_init__(self) -> None:
+        one_of("strategy.descriptor", self.descriptor, QBC_DESCRIPTORS)
+        if self.grid < 1:
+            raise MedalError(f"strategy.grid={self.grid}: must be >= 1")
+
+    def score_chunk(self, model: SegModel, images: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        if self.descriptor == "probs":
+            return strategies.pairwise_sine(strategies.probability_descriptor(model.predict_probs(images), self.grid))
+        features = model.features(images)
+        if features.shape[-1] == 0:
+            raise MedalError("strategy=qbc descriptor=bottleneck: the segmenter has no feature vector; "
+                             "use strategy.descriptor=probs")
+        return strategies.pairwise_sine(features)
 
 
 @dataclass(frozen=True)
 class Entropy(PerImage):
     """Uncertainty sampling: the images whose members' mean mask has the highest mean pixel entropy."""
 
-    def score_chunk(self, model: SegModel, images: np.ndarray) -> torch.Tensor:
+    def score_chunk(self, model: SegModel, images: np.ndarray, generator: torch.Generator) -> torch.Tensor:
         return strategies.mean_entropy(model.predict_probs(images))
+
+
+@dataclass(frozen=True)
+class VoteEntropy(PerImage):
+    """Vote (consensus) entropy of the members' masks (members vote foreground above `threshold`)."""
+
+    threshold: float
+
+    def score_chunk(self, model: SegModel, images: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        return strategies.vote_entropy(model.predict_probs(images), self.threshold)
+
+
+@dataclass(frozen=True)
+class BALD(PerImage):
+    """BALD: `source=committee` treats the members as samples of the posterior (an ensemble); `mc_dropout` draws
+    `samples` dropout passes of the first member (the model must be an `MCDropoutModel` with dropout > 0)."""
+
+    source: str
+    samples: int
+
+    def __post_init__(self) -> None:
+        one_of("strategy.source", self.source, BALD_SOURCES)
+        if self.samples < 2:
+            raise MedalError(f"strategy.samples={self.samples}: MC dropout needs >= 2 samples")
+
+    def score_chunk(self, model: SegModel, images: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        if self.source == "committee":
+            return strategies.bald(model.predict_probs(images))
+        if not isinstance(model, MCDropoutModel):
+            raise MedalError(f"strategy=bald source=mc_dropout: {type(model).__name__} cannot sample with dropout")
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        return strategies.bald(model.mc_probs(images, self.samples, seed))
 
 
 @dataclass(frozen=True)
@@ -79,6 +170,98 @@ class Random:
 
     def score(self, model: SegModel, candidates: Candidates, generator: torch.Generator) -> torch.Tensor:
         return strategies.uniform(len(candidates.ids), generator)
+
+
+@dataclass(frozen=True)
+class Baseline(Random):
+    """`strategy=unet_random`: the paper's baseline (no active learning) as a strategy choice, so a sweep over
+    strategies covers it. Its YAML selects `segmenter=unet_random`, which draws every label at random at once;
+    `medal.segment.experiment.configure` refuses it beside a segmenter that queries."""
+
+
+@dataclass(frozen=True)
+class StratifiedRandom:
+    """Random queries stratified by the predicted hand size (a foreground-aware random baseline, after nnActive):
+    the pool is cut into `strata` quantile bins of the committee-mean mask's foreground share (probability >
+    0.5), and each bin gives labels in proportion to its size, so small hands and failed segmentations (too
+    little or too much foreground) are not left to chance."""
+
+    name: str
+    strata: int
+
+    def score(self, model: SegModel, candidates: Candidates, generator: torch.Generator) -> torch.Tensor:
+        share = in_chunks(lambda x: (model.predict_probs(x).mean(0) > 0.5).flatten(1).float().mean(1),
+                          candidates.images, candidates.chunk)
+        return strategies.stratified_uniform(strategies.quantile_strata(share, self.strata), generator)
+
+
+def diversity_features(model: SegModel, images: np.ndarray, chunk: int) -> torch.Tensor:
+    """Feature vectors (N, M*D) for distances between images: every member's vector, each member scaled by its
+    mean norm over `images` so each counts equally, concatenated. Members need no common basis here: a distance
+    compares two images within one member's own space."""
+    features = in_chunks(model.features, images, chunk, dim=1, desc="features")  # (M, N, D)
+    if features.shape[-1] == 0:
+        raise MedalError("diversity strategies (coreset, hybrid) need feature vectors; this segmenter has none")
+    scale = features.double().norm(dim=-1).mean(1).clamp(min=1e-12)  # (M,)
+    return (features.double() / scale[:, None, None]).permute(1, 0, 2).flatten(1)
+
+
+def _pool_and_labelled(model: SegModel, candidates: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
+    n = len(candidates.images)
+    both = np.concatenate([np.asarray(candidates.images), np.asarray(candidates.labelled)])
+    features = diversity_features(model, both, candidates.chunk)
+    return features[:n], features[n:]
+
+
+@dataclass(frozen=True)
+class CoreSet:
+    """Core-set (k-centre greedy, Sener & Savarese 2018) on the members' bottleneck features: each pick is the
+    pool image farthest from the labelled set and the earlier picks."""
+
+    name: str
+
+    def score(self, model: SegModel, candidates: Candidates, generator: torch.Generator) -> torch.Tensor:
+        pool, labelled = _pool_and_labelled(model, candidates)
+        return strategies.k_center_greedy(pool, labelled, candidates.k)
+
+
+@dataclass(frozen=True)
+class Hybrid:
+    """Uncertainty, then diversity: the `shortlist` x k candidates the `uncertainty` strategy ranks highest, then
+    k-centre greedy among them (`strategies.uncertain_then_diverse`)."""
+
+    name: str
+    uncertainty: Any  # a strategy's config node (`_target_`, name, its options), built in __post_init__
+    shortlist: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uncertainty", _strategy(self.uncertainty, "strategy.uncertainty"))
+
+    def score(self, model: SegModel, candidates: Candidates, generator: torch.Generator) -> torch.Tensor:
+        uncertainty = self.uncertainty.score(model, candidates, generator)
+        pool, labelled = _pool_and_labelled(model, candidates)
+        return strategies.uncertain_then_diverse(uncertainty, pool, labelled, candidates.k, self.shortlist)
+
+
+@dataclass(frozen=True)
+class Power:
+    """The stochastic power variant of a score (`strategies.power`): k images drawn with probability proportional
+    to score^beta_r, beta_r = beta * (1 + growth)^round. growth = 0 is Kirsch et al.'s power sampling; growth > 0
+    makes early rounds diverse and later ones greedy (the schedule of ClaSP PE, Lüth et al. 2026)."""
+
+    name: str
+    base: Any  # a strategy's config node, built in __post_init__; its scores must be >= 0
+    beta: float
+    growth: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base", _strategy(self.base, "strategy.base"))
+        if self.beta < 0 or self.growth < 0:
+            raise MedalError(f"strategy.beta={self.beta}, strategy.growth={self.growth}: both must be >= 0")
+
+    def score(self, model: SegModel, candidates: Candidates, generator: torch.Generator) -> torch.Tensor:
+        scores = self.base.score(model, candidates, generator)
+        return strategies.power(scores, self.beta * (1.0 + self.growth) ** candidates.round_no, generator)
 
 
 def select(scores: torch.Tensor, k: int) -> list[int]:

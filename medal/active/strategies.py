@@ -2,15 +2,31 @@
 
 Higher means "more informative: label first". Scores only; the round loop selects the top k once
 (`medal.active.scoring.select`), so every strategy is comparable and its scores can be stored and plotted.
-Shape contract: members first, images second — probabilities (M members, N images, H, W), features
-(M, N, D). A single model is M = 1.
+Shape contract: members first, images second — probabilities (M members or MC samples, N images, H, W),
+features (M, N, D). A single model is M = 1.
+
+The uncertainty heuristics for probability maps (predictive entropy, BALD, vote entropy) are baal's
+(`baal.active.heuristics`), given per-pixel two-class distributions and reduced to one score per image with
+baal's `mean` reduction. They are called through `compute_score` and the reduction, not baal's
+`get_uncertainties`: that one silently replaces a non-finite score by 10000 or 0, whereas medal's `select`
+refuses it. Batch strategies that need the whole pool at once (k-centre greedy, the two-stage hybrid) are
+written here in the same `(N,) scores, top k = the batch` form: baal has no core-set, and its stochastic
+`PowerSampling` draws indices itself from NumPy's global random state (unseeded, and not scores), so its power
+distribution is sampled here by the equivalent Gumbel top-k trick with the round's generator.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
+from baal.active.heuristics import BALD, Entropy
 
 from medal.errors import MedalError
+
+_ENTROPY = Entropy(reduction="mean")
+_BALD = BALD(reduction="mean")
 
 
 def pairwise_sine(features: torch.Tensor) -> torch.Tensor:
@@ -41,11 +57,42 @@ def pairwise_sine(features: torch.Tensor) -> torch.Tensor:
     return score.float()
 
 
+def probability_descriptor(probs: torch.Tensor, grid: int) -> torch.Tensor:
+    """Each member's probability map average-pooled to grid x grid and flattened: probs (M, N, H, W) ->
+    (M, N, grid²). A descriptor in a space every member shares (pixels of the image), so eq. 5's angle between
+    two members' vectors measures how differently they segment the image, whatever their weights look like.
+
+    Examples:
+        >>> probability_descriptor(torch.ones(3, 2, 8, 8), 4).shape
+        torch.Size([3, 2, 16])
+        >>> probability_descriptor(torch.ones(2, 8, 8), 4)
+        Traceback (most recent call last):
+        ...
+        medal.errors.MedalError: qbc probs shape (2, 8, 8): expected (members, images, H, W)
+    """
+    if probs.dim() != 4:
+        raise MedalError(f"qbc probs shape {tuple(probs.shape)}: expected (members, images, H, W)")
+    m, n = probs.shape[:2]
+    pooled = torch.nn.functional.adaptive_avg_pool2d(probs.float().flatten(0, 1)[:, None], grid)
+    return pooled.reshape(m, n, grid * grid)
+
+
+def _two_class(probs: torch.Tensor, what: str) -> np.ndarray:
+    """Foreground probabilities (M, N, H, W...) as baal's (N, 2 classes, H*W..., M iterations) float64."""
+    if probs.dim() < 3:
+        raise MedalError(f"{what} probs shape {tuple(probs.shape)}: expected (members, images, H, W...)")
+    p = probs.detach().double().cpu().flatten(2).permute(1, 2, 0).numpy()  # (N, P, M)
+    return np.stack([1.0 - p, p], axis=1)
+
+
+def _per_image(heuristic: BALD | Entropy, two_class: np.ndarray) -> torch.Tensor:
+    """baal's per-pixel score reduced by its `mean` (over pixels) -> (N,) float32."""
+    return torch.from_numpy(np.asarray(heuristic.reduction(heuristic.compute_score(two_class)))).float()
+
+
 def mean_entropy(probs: torch.Tensor) -> torch.Tensor:
     """Uncertainty: the mean pixelwise binary entropy (nats) of the members' mean foreground probability,
-    probs (M members, N images, H, W...) -> (N,). Pass `probs[None]` for one model's maps.
-
-    Probabilities are clamped to [1e-6, 1 - 1e-6] so a confident pixel contributes ~0, not NaN.
+    probs (M members, N images, H, W...) -> (N,). Pass `probs[None]` for one model's maps. (baal's `Entropy`.)
 
     Examples:
         >>> p = torch.full((2, 2, 4, 4), 0.01); p[:, 1] = 0.5
@@ -56,10 +103,161 @@ def mean_entropy(probs: torch.Tensor) -> torch.Tensor:
         ...
         medal.errors.MedalError: entropy probs shape (4, 8): expected (members, images, H, W...)
     """
-    if probs.dim() < 3:
-        raise MedalError(f"entropy probs shape {tuple(probs.shape)}: expected (members, images, H, W...)")
-    p = probs.float().mean(0).clamp(1e-6, 1 - 1e-6).flatten(1)
-    return -(p * p.log() + (1 - p) * (1 - p).log()).mean(1)
+    return _per_image(_ENTROPY, _two_class(probs, "entropy"))
+
+
+def bald(probs: torch.Tensor) -> torch.Tensor:
+    """BALD (mutual information between a pixel's label and the model): entropy of the mean minus the mean of
+    the entropies over samples, averaged over pixels; probs (T samples or members, N, H, W...) -> (N,) >= 0.
+    Samples are MC-dropout passes of one network or the members of a committee (an ensemble). (baal's `BALD`.)
+
+    Examples:
+        >>> same = torch.full((4, 1, 2, 2), 0.3)  # identical samples: nothing to learn about the model
+        >>> abs(bald(same).item()) < 1e-9
+        True
+        >>> split = torch.stack([torch.full((1, 2, 2), 0.01), torch.full((1, 2, 2), 0.99)])
+        >>> round(bald(split).item(), 3)  # confident and contradictory: ln 2 - H(0.01)
+        0.637
+    """
+    return _per_image(_BALD, _two_class(probs, "bald"))
+
+
+def vote_entropy(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Vote (consensus) entropy of the members' masks: each member votes foreground where its probability
+    exceeds `threshold`; the entropy of the vote shares, averaged over pixels. probs (M, N, H, W...) -> (N,).
+    Unlike `mean_entropy`, members that agree on a mask score 0 however unsure each of them is.
+    (baal's `Entropy` on one-hot votes: its mean over iterations is the vote share.)
+
+    Examples:
+        >>> p = torch.tensor([[[[0.9, 0.2]]], [[[0.6, 0.4]]], [[[0.1, 0.3]]]])  # 3 members, 1 image, 2 pixels
+        >>> round(vote_entropy(p).item(), 4)  # pixel 1: votes 2 of 3 (H = 0.6365); pixel 2: 0 of 3
+        0.3183
+    """
+    votes = (probs > threshold).to(torch.float64)
+    return _per_image(_ENTROPY, _two_class(votes, "vote entropy"))
+
+
+def k_center_greedy(pool: torch.Tensor, labelled: torch.Tensor, k: int) -> torch.Tensor:
+    """Core-set (Sener & Savarese 2018): greedy k-centre over pool features (N, D) given the labelled ones
+    (L, D); scores (N,) whose top k are the greedy picks.
+
+    Each pick is the pool image farthest from every centre so far (the labelled images, then the picks); its
+    score is that distance. The distances to the nearest centre only shrink as centres are added, so the picks'
+    scores never increase and every image left out scores its final distance, no more than the last pick's:
+    `select(scores, k)` returns the greedy batch. With no labelled image the first centre is the image farthest
+    from the pool's mean.
+
+    Examples:
+        >>> near = torch.tensor([[0.0, 0.1], [0.2, 0.0], [0.0, -0.1]]); far = torch.tensor([[5.0, 5.0], [5.1, 5.0]])
+        >>> scores = k_center_greedy(torch.cat([near, far]), torch.zeros(1, 2), k=2)
+        >>> torch.topk(scores, 2).indices.tolist()  # one image of the far cluster, then the one farthest out near
+        [4, 1]
+    """
+    if pool.dim() != 2 or labelled.dim() != 2 or (len(labelled) and labelled.shape[1] != pool.shape[1]):
+        raise MedalError(f"core-set features: pool {tuple(pool.shape)} and labelled {tuple(labelled.shape)} "
+                         "must be (images, dim) with one dim")
+    x = pool.double()
+    centres = labelled.double() if len(labelled) else x.mean(0, keepdim=True)
+    nearest = torch.cdist(x, centres).min(1).values
+    scores = nearest.clone()
+    for _ in range(min(k, len(x))):
+        pick = int(nearest.argmax())
+        scores[pick] = nearest[pick]
+        nearest = torch.minimum(nearest, torch.cdist(x, x[pick:pick + 1])[:, 0])
+        nearest[pick] = -1.0  # picked: never again
+    left = nearest >= 0
+    scores[left] = nearest[left]
+    return scores.float()
+
+
+def uncertain_then_diverse(uncertainty: torch.Tensor, pool: torch.Tensor, labelled: torch.Tensor, k: int,
+                           shortlist: float) -> torch.Tensor:
+    """Two stages: the `ceil(shortlist * k)` most uncertain images, then k-centre greedy (`k_center_greedy`)
+    within them, so a batch is uncertain *and* not k near-copies of one hard case. uncertainty (N,), pool
+    features (N, D), labelled features (L, D) -> (N,) scores whose top k are the picks.
+
+    Scores are ranks: in [1, 2) inside the shortlist, ordered by the k-centre pass; in [0, 1) outside it,
+    ordered by uncertainty.
+
+    Examples:
+        >>> u = torch.tensor([0.9, 0.8, 0.7, 0.1])  # images 0 and 1 are near-copies, 3 is certain
+        >>> f = torch.tensor([[0.0, 0.0], [0.0, 0.01], [3.0, 0.0], [9.0, 9.0]])
+        >>> picks = torch.topk(uncertain_then_diverse(u, f, torch.zeros(0, 2), k=2, shortlist=1.5), 2).indices
+        >>> sorted(picks.tolist())  # the shortlist is 0, 1, 2: image 2 and one of the near-copies, never 3
+        [1, 2]
+    """
+    n = len(uncertainty)
+    if shortlist < 1:
+        raise MedalError(f"strategy.shortlist={shortlist}: must be >= 1 (a multiple of the query size)")
+    size = min(n, max(k, math.ceil(shortlist * k)))
+    rank = torch.argsort(torch.argsort(uncertainty)).double() / max(n, 1)
+    scores = rank.clone()
+    if size == 0:
+        return scores.float()
+    top = torch.topk(uncertainty, size).indices
+    diverse = k_center_greedy(pool[top], labelled, k)
+    scores[top] = 1.0 + torch.argsort(torch.argsort(diverse)).double() / size
+    return scores.float()
+
+
+def power(scores: torch.Tensor, beta: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stochastic power acquisition (Kirsch et al. 2023, baal's PowerSampling): top k of the returned scores is a
+    draw of k images without replacement with probability proportional to score^beta (Gumbel top-k:
+    beta * log(score) + Gumbel noise). beta -> infinity is the greedy top k; beta = 0 is uniform. Scores must be
+    >= 0; a zero score is never drawn before a positive one.
+
+    Examples:
+        >>> s = torch.tensor([1.0, 2.0, 4.0, 0.0])
+        >>> noisy = power(s, beta=1.0, generator=torch.Generator().manual_seed(0))
+        >>> noisy.shape, bool(torch.isfinite(noisy).all()), int(noisy.argmin())
+        (torch.Size([4]), True, 3)
+        >>> torch.topk(power(s, beta=1e6, generator=torch.Generator().manual_seed(0)), 2).indices.tolist()
+        [2, 1]
+    """
+    if beta < 0:
+        raise MedalError(f"strategy.beta={beta}: must be >= 0")
+    if bool((scores < -1e-6).any()):
+        raise MedalError(f"power sampling: scores must be >= 0 (min {float(scores.min()):.3g})")
+    u = torch.rand(scores.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    gumbel = -torch.log(-torch.log(u))
+    floor = math.log(1e-300)  # log 0: below every positive score's log, finite so `select` can rank it
+    logs = torch.log(scores.double().clamp(min=0.0)).clamp(min=floor)
+    return (beta * logs + gumbel - (logs <= floor).double() * 1e6).float()
+
+
+def stratified_uniform(strata: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stratified random sampling: scores (N,) whose top k takes every stratum in proportion to its size
+    (systematic sampling: within stratum s of n_s images, a random order r and one random offset u_s give
+    1 - (r + u_s) / n_s). strata (N,) integer labels.
+
+    Examples:
+        >>> strata = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+        >>> picks = torch.topk(stratified_uniform(strata, torch.Generator().manual_seed(0)), 2).indices
+        >>> sorted(strata[picks].tolist())  # one from each stratum
+        [0, 1]
+    """
+    scores = torch.empty(len(strata), dtype=torch.float64)
+    for s in torch.unique(strata):
+        rows = torch.nonzero(strata == s)[:, 0]
+        order = torch.randperm(len(rows), generator=generator).double()
+        offset = torch.rand(1, generator=generator, dtype=torch.float64)
+        scores[rows] = 1.0 - (order + offset) / len(rows)
+    return scores.float()
+
+
+def quantile_strata(values: torch.Tensor, strata: int) -> torch.Tensor:
+    """(N,) stratum labels 0..strata-1 of `values` (N,) cut at its quantiles (ties may leave strata empty).
+
+    Examples:
+        >>> quantile_strata(torch.tensor([0.1, 0.9, 0.5, 0.3]), 2).tolist()
+        [0, 1, 1, 0]
+    """
+    if strata < 1:
+        raise MedalError(f"strategy.strata={strata}: must be >= 1")
+    if strata == 1 or len(values) == 0:
+        return torch.zeros(len(values), dtype=torch.long)
+    cuts = torch.quantile(values.double(), torch.linspace(0, 1, strata + 1, dtype=torch.float64)[1:-1])
+    return torch.bucketize(values.double(), cuts)  # a value equal to a cut joins the lower stratum
 
 
 def uniform(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -71,3 +269,26 @@ def uniform(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         (True, torch.Size([5]))
     """
     return torch.rand(n, generator=generator)
+
+
+def score_spread(scores: torch.Tensor, k: int) -> dict[str, float]:
+    """How well a round's scores separate the pool: `cv` (sd / |mean|) and `top_k_over_median` (mean of the
+    k best / median). A degenerate score has cv near 0 and a ratio near 1: the top k are then a coin toss.
+
+    Examples:
+        >>> flat = torch.tensor([2.8684, 2.8682, 2.8671, 2.8658, 2.8601])  # the paper's QBC, independent members
+        >>> {k: round(v, 4) for k, v in score_spread(flat, 2).items()}
+        {'cv': 0.0011, 'top_k_over_median': 1.0004}
+        >>> {k: round(v, 3) for k, v in score_spread(torch.tensor([0.0, 0.0, 0.0]), 1).items()}
+        {'cv': 0.0, 'top_k_over_median': 1.0}
+    """
+    s = scores.double()
+    if s.numel() == 0:
+        return {"cv": 0.0, "top_k_over_median": 1.0}
+    tiny = 1e-12
+    mean, sd = float(s.mean()), float(s.std(unbiased=False))
+    top = float(torch.topk(s, max(1, min(k, s.numel()))).values.mean())
+    median = float(s.median())
+    ratio = top / median if abs(median) > tiny else (1.0 if abs(top) <= tiny else float("inf"))
+    return {"cv": sd / abs(mean) if abs(mean) > tiny else 0.0 if sd <= tiny else float("inf"),
+            "top_k_over_median": ratio}

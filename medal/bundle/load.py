@@ -65,7 +65,8 @@ class Bundle:
         if seg is None:
             raise MedalError(f"bundle={self.root}: has no segmenter (its regressors read raw radiographs)")
         committee = Committee(net=seg.net, size=seg.members, seed=0, lr=0.0, weight_decay=0.0,
-                              augment={"enabled": False}, channels_last=seg.channels_last, arch=seg.arch)
+                              augment={"enabled": False}, channels_last=seg.channels_last, arch=seg.arch,
+                              shared_init=False)  # the initialisation is overwritten by the weights
         return self._weights(seg.weights, committee)
 
     def generator(self) -> nn.Module:

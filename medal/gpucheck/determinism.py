@@ -37,11 +37,12 @@ def _committee_step(ctx: Context) -> None:
     seg = setup.segment
     committee = Committee(net=setup.segmenter.net, size=setup.segmenter.members, seed=0, lr=seg.lr,
                           weight_decay=seg.weight_decay, augment=seg.augment, channels_last=seg.channels_last,
-                          arch=setup.segmenter.arch).to(ctx.device).train()
+                          arch=setup.segmenter.arch, shared_init=setup.al.member_init == "shared")
+    committee = committee.to(ctx.device).train()
     image = torch.rand(2, 1, seg.image_size, seg.image_size, device=ctx.device)
     with ctx.autocast(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log without a trainer
-        loss = committee.training_step((image, (image > 0.5).float()), 0)
+        loss = committee.training_step((image[:, None], (image[:, None] > 0.5).float()), 0)  # (B, K=1, 1, H, W)
     loss.backward()
 
 

@@ -1,10 +1,14 @@
-"""The query-by-committee segmenter: `size` FC-DenseNets from different seeds, one labelled set.
+"""The query-by-committee segmenter: `size` FC-DenseNets, one labelled set.
 
-All members see the same batches and are optimised by one optimiser on the sum of their losses:
-their parameters are disjoint, so this is exactly `size` independent trainings in one pass over the
-data (and one Lightning loop). Validation logs every member's Dice and the committee-mean's Dice,
-both on Otsu-binarised probabilities (the paper's metric). The paper's U-Net baseline is a committee of one
-`UNetMember`. Active learning sees it through `medal.segment.model.CommitteeModel`.
+Members start from seeds seed, seed+1, ... (`shared=False`, the paper's "different random seeds") or all from
+`seed` (`shared=True`), and train on the same batches or each on its own (`RoundTraining` with
+`member_data=bootstrap`: a batch is then (B, size, 1, H, W), member k reading column k). Members from unrelated
+random weights keep unrelated channel bases, so their bottleneck vectors are near-orthogonal for every image and
+QBC's eq. 5 cannot rank anything; a shared start keeps the bases aligned and lets the data make them differ.
+They are optimised by one optimiser on the sum of their losses: their parameters are disjoint, so this is
+exactly `size` independent trainings in one pass (and one Lightning loop). Validation logs every member's Dice
+and the committee-mean's Dice, both on Otsu-binarised probabilities (the paper's metric). The paper's U-Net
+baseline is a committee of one `UNetMember`. Active learning sees it through `medal.segment.model.CommitteeModel`.
 """
 
 from __future__ import annotations
@@ -64,21 +68,23 @@ def check_net(arch: str, net: Mapping[str, Any]) -> None:
                          f"known: {', '.join(sorted(known))}")
 
 
-def build_members(size: int, seed: int, net: Mapping[str, Any], arch: str) -> nn.ModuleList:
-    """`size` networks initialised from seeds seed, seed+1, ... without touching the global RNG."""
+def build_members(size: int, seed: int, net: Mapping[str, Any], arch: str, shared: bool) -> nn.ModuleList:
+    """`size` networks initialised from seeds seed, seed+1, ... (or all from `seed` when `shared`) without
+    touching the global RNG."""
     check_net(arch, net)
     if size < 1:
         raise MedalError(f"segmenter.members={size}: must be >= 1 (al.committee_size for the committee)")
     members = []
     for k in range(size):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + k)
+            torch.manual_seed(seed if shared else seed + k)
             members.append(ARCHS[arch](**dict(net)))
     return nn.ModuleList(members)
 
 
 class Committee(pl.LightningModule):
-    """Batches are (image (B,1,H,W) in [0,1], mask (B,1,H,W) in {0,1})."""
+    """Training batches are (image, mask) of (B, K, 1, H, W), K = 1 (every member reads the same images) or K =
+    `size` (member k reads column k); validation batches (B, 1, H, W). Images in [0, 1], masks in {0, 1}."""
 
     def __init__(
         self,
@@ -91,11 +97,13 @@ class Committee(pl.LightningModule):
         augment: Mapping[str, Any],
         channels_last: bool,
         arch: str,
+        shared_init: bool,
     ) -> None:
-        """`augment` is `segment.augment` (its `enabled` switches it off); the others as in conf/segment.yaml."""
+        """`augment` is `segment.augment` (its `enabled` switches it off); `shared_init` is `al.member_init`;
+        the others as in conf/segment.yaml."""
         super().__init__()
         self.save_hyperparameters()
-        self.members = build_members(size, seed, net, arch)
+        self.members = build_members(size, seed, net, arch, shared_init)
         self.augmentation = build_augmentation(options_from(AugmentOptions, augment, "segment.augment"))
         self.channels_last = channels_last
         if channels_last:
@@ -103,20 +111,33 @@ class Committee(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (M, B, 1, H, W) and feature vectors (M, B, D) of every member."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        outs = [member(x) for member in self.members]
+        outs = [self.run_member(member, x) for member in self.members]
         return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        image, mask = batch
-        if self.augmentation is not None:
+        image, mask = batch  # (B, K, 1, H, W)
+        b, k = image.shape[:2]
+        if k not in (1, len(self.members)):
+            raise MedalError(f"committee batch with {k} columns for {len(self.members)} members: need 1 or one each")
+        image, mask = image.flatten(0, 1), mask.flatten(0, 1)
+        if self.augmentation is not None:  # every image its own draw; image and mask the same one
             image, mask = augment(self.augmentation, image, mask)
             mask = (mask > 0.5).float()
-        logits, _ = self(image)
-        losses = torch.stack([bce_dice_loss(member_logits, mask) for member_logits in logits])
-        self.log("train/loss", losses.mean(), prog_bar=True, batch_size=image.shape[0])
+        image, mask = image.unflatten(0, (b, k)), mask.unflatten(0, (b, k))
+        if k == 1:
+            logits = self(image[:, 0])[0]
+            losses = torch.stack([bce_dice_loss(member_logits, mask[:, 0]) for member_logits in logits])
+        else:
+            losses = torch.stack([bce_dice_loss(self.run_member(m, image[:, i])[0], mask[:, i])
+                                  for i, m in enumerate(self.members)])
+        self.log("train/loss", losses.mean(), prog_bar=True, batch_size=b)
         return losses.sum()
+
+    def run_member(self, member: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One member on its own batch (B, 1, H, W)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return member(x)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         image, mask = batch

@@ -16,7 +16,7 @@ from medal.active.model import SegModel, in_chunks
 from medal.data.images import read_image, resize
 from medal.preprocess.masks import binarise
 from medal.segment.data import SegData
-from medal.segment.metrics import dice_iou, mean_mask_scores
+from medal.segment.metrics import dice_iou, mean_mask_scores, summary_scores
 
 
 def mean_probs(model: SegModel, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -24,20 +24,25 @@ def mean_probs(model: SegModel, images: np.ndarray, batch_size: int) -> np.ndarr
     return in_chunks(lambda x: model.predict_probs(x).mean(0), images, batch_size, desc="predicting").numpy()
 
 
+def per_image_dice(model: SegModel, images: np.ndarray, masks: np.ndarray, batch_size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice and IoU (N,) of the members' mean probability (Otsu-binarised) against masks (N, S, S)."""
+    probs = torch.from_numpy(mean_probs(model, images, batch_size))[:, None]
+    return dice_iou(probs, torch.from_numpy(np.asarray(masks, dtype=np.float32))[:, None])
+
+
 def split_scores(model: SegModel, data: SegData, idx: np.ndarray, prefix: str, batch_size: int) -> dict[str, float]:
-    """`<prefix>/dice` and `<prefix>/iou` of the mean probability (Otsu-binarised) on rows `idx` at working
-    resolution; {} when there are no such rows or no held-out masks."""
+    """`<prefix>/dice`, `<prefix>/iou` and `<prefix>/dice_worst_decile` of the mean probability (Otsu-binarised)
+    on rows `idx` at working resolution; {} when there are no such rows or no held-out masks."""
     if len(idx) == 0 or data.eval_masks is None:
         return {}
-    probs = torch.from_numpy(mean_probs(model, data.images[idx], batch_size))[:, None]
-    gold = torch.from_numpy(np.asarray(data.eval_masks[idx], dtype=np.float32))[:, None]
-    dice, iou = dice_iou(probs, gold)
-    return {f"{prefix}/dice": float(dice.mean()), f"{prefix}/iou": float(iou.mean())}
+    dice, iou = per_image_dice(model, data.images[idx], data.eval_masks[idx], batch_size)
+    return {f"{prefix}/{k}": v for k, v in summary_scores(dice.numpy(), iou.numpy()).items()}
 
 
 def held_out_scores(model: SegModel, images: np.ndarray, ids: Sequence[str], masks_dir: Path, postprocess: bool,
                     batch_size: int) -> dict[str, float]:
-    """Mean Dice and IoU of full-size masks made as `write_final` makes them (mean probability upsampled to
+    """Mean Dice and IoU (and the worst decile's Dice) of full-size masks made as `write_final` makes them (mean probability upsampled to
     the reference mask's size, Otsu, largest component), against `<masks_dir>/<id>.png`; writes nothing."""
     probs = mean_probs(model, images, batch_size)
 

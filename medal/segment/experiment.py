@@ -16,6 +16,7 @@ the folder oracle waits), the last round's `val/*` and `test/*_lowres` (working 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from medal.active.loop import ActiveLearner, ALConfig, LoopResult, RoundHooks
 from medal.active.model import SegModel
 from medal.active.oracles import Oracle, QueryContext
 from medal.active.pool import ActivePool
-from medal.active.scoring import Strategy
+from medal.active.scoring import Baseline, Strategy
 from medal.config import build_from, options_from, to_plain
 from medal.data.augment import AugmentOptions
 from medal.data.images import read_image, resize
@@ -132,15 +133,18 @@ def configure(cfg: DictConfig) -> SegmentSetup:
     segmenter = build_from(cfg.segmenter, "segmenter")
     if not isinstance(segmenter, Segmenter):
         raise MedalError(f"segmenter._target_={cfg.segmenter._target_}: not a medal.segment.segmenter.Segmenter")
+    strategy = _group(cfg.strategy, "strategy", "score")
+    if isinstance(strategy, Baseline) and segmenter.queries:
+        raise MedalError(f"strategy={strategy.name} is the paper's no-AL baseline and selects segmenter=unet_random; "
+                         f"drop segmenter={segmenter.name}, or choose another strategy")
     trainer = cfg.trainer
 
     def make_trainer():
         return instantiate(trainer, max_epochs=1, logger=False, enable_checkpointing=False)
 
-    return SegmentSetup(segment=segment_options(cfg.segment), al=al, segmenter=segmenter,
-                        strategy=_group(cfg.strategy, "strategy", "score"), oracle=_group(cfg.oracle, "oracle", "answer"),
-                        work_dir=Path(cfg.data.work_dir), device=device, fast=use_bf16(al.fast_scoring, device),
-                        make_trainer=make_trainer)
+    return SegmentSetup(segment=segment_options(cfg.segment), al=al, segmenter=segmenter, strategy=strategy,
+                        oracle=_group(cfg.oracle, "oracle", "answer"), work_dir=Path(cfg.data.work_dir),
+                        device=device, fast=use_bf16(al.fast_scoring, device), make_trainer=make_trainer)
 
 
 def run_settings(setup: SegmentSetup, al: ALConfig, steps: int) -> dict[str, Any]:
@@ -154,7 +158,8 @@ def run_settings(setup: SegmentSetup, al: ALConfig, steps: int) -> dict[str, Any
         "segment": {"image_size": seg.image_size, "steps_per_round": seg.steps_per_round,
                     "batch_size": seg.batch_size, "lr": seg.lr, "weight_decay": seg.weight_decay,
                     "augment": seg.augment},
-        "al": {"initial": setup.al.initial, "reset_weights": setup.al.reset_weights},
+        "al": {"initial": setup.al.initial, "reset_weights": setup.al.reset_weights,
+               "member_init": setup.al.member_init, "member_data": setup.al.member_data},
         "schedule": {"initial": al.initial, "steps": steps},
         "seed": setup.al.seed,
     }
@@ -169,12 +174,14 @@ def build_learner(setup: SegmentSetup, data: SegData, hooks: RoundHooks = RoundH
     val_masks = (np.asarray(data.eval_masks[val_idx], dtype=np.float32) if data.eval_masks is not None
                  else np.zeros((0, data.size, data.size), np.float32))
     training = RoundTraining(steps, seg.batch_size, setup.make_trainer,
-                             np.asarray(data.images[val_idx], dtype=np.float32), val_masks)
+                             np.asarray(data.images[val_idx], dtype=np.float32), val_masks,
+                             bootstrap=al.member_data == "bootstrap", seed=al.seed)
 
     def make_model() -> SegModel:
         return setup.segmenter.build(seed=al.seed, lr=seg.lr, weight_decay=seg.weight_decay, augment=seg.augment,
-                                     channels_last=seg.channels_last, training=training, device=setup.device,
-                                     fast=setup.fast, batch_size=al.score_batch_size)
+                                     channels_last=seg.channels_last, shared_init=al.member_init == "shared",
+                                     training=training, device=setup.device, fast=setup.fast,
+                                     batch_size=al.score_batch_size)
 
     def evaluate(model: SegModel) -> dict[str, float]:
         return {**split_scores(model, data, val_idx, "val", al.score_batch_size),
@@ -197,7 +204,15 @@ def round_hooks(setup: SegmentSetup, data: SegData, out_dir: Path, loggers: list
     """Query figures (paper Figure 8: each member's mask on the queried images) and one logged point per round
     at its labelled count (the learning curve)."""
 
+    def log_record(pool: ActivePool, keep: Callable[[str], bool]) -> None:
+        record = pool.history[-1]
+        for logger in loggers:
+            logger.log_metrics({k: v for k, v in record.items() if keep(k)}, step=int(record["labelled"]))
+            logger.save()
+
     def on_query(pool: ActivePool, model: SegModel, ids: list[str]) -> None:
+        if pool.history:  # the scores' spread (query/*) joined the scoring round's record
+            log_record(pool, lambda key: key.startswith("query/"))
         if not setup.segment.figures or not ids:
             return
         shown = ids[:QUERY_FIGURE_ROWS]
@@ -211,10 +226,7 @@ def round_hooks(setup: SegmentSetup, data: SegData, out_dir: Path, loggers: list
         log_figure(loggers, "segment/queried", png, step=pool.round)
 
     def on_round(pool: ActivePool) -> None:
-        record = pool.history[-1]
-        for logger in loggers:
-            logger.log_metrics({k: v for k, v in record.items() if "/" in k}, step=int(record["labelled"]))
-            logger.save()
+        log_record(pool, lambda key: "/" in key)
 
     return RoundHooks(on_query=on_query, on_round=on_round)
 

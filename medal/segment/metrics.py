@@ -7,8 +7,9 @@ Both masks empty counts as perfect agreement (Dice and IoU 1).
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,21 +54,50 @@ def dice_iou(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
     return dice, iou.float()
 
 
+def worst_share_mean(values: np.ndarray | Sequence[float], share: float = 0.1) -> float:
+    """Mean of the worst `share` of per-image scores (at least one image): the worst-decile Dice by default, the
+    hard cases that annotation should fix and a mean hides.
+
+    Examples:
+        >>> worst_share_mean([0.99, 0.98, 0.97, 0.5, 0.96, 0.95, 0.94, 0.93, 0.92, 0.6], 0.2)  # 2 of 10
+        0.55
+        >>> worst_share_mean([0.9, 0.8])  # two images: the worst one
+        0.8
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    if v.size == 0:
+        raise MedalError("worst share of no scores: need at least one image")
+    return float(v[: max(1, math.ceil(share * v.size - 1e-9))].mean())
+
+
+def summary_scores(dice: np.ndarray | Sequence[float], iou: np.ndarray | Sequence[float]) -> dict[str, float]:
+    """`dice`, `iou` (means over images) and `dice_worst_decile` of per-image scores; {} when there are none.
+
+    Examples:
+        >>> {k: round(v, 3) for k, v in summary_scores([1.0, 0.5, 0.9], [1.0, 0.33, 0.8]).items()}
+        {'dice': 0.8, 'iou': 0.71, 'dice_worst_decile': 0.5}
+    """
+    if len(dice) == 0:
+        return {}
+    return {"dice": float(np.mean(dice)), "iou": float(np.mean(iou)), "dice_worst_decile": worst_share_mean(dice)}
+
+
 def mean_mask_scores(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Mean Dice and IoU over (predicted, reference) boolean full-size mask pairs; {} when there are none.
+    """Mean Dice and IoU (and the worst decile's Dice) over (predicted, reference) boolean full-size mask pairs;
+    {} when there are none.
 
     Examples:
         >>> a = np.zeros((4, 4), bool); a[:2] = True
         >>> b = np.zeros((4, 4), bool); b[:1] = True
         >>> {k: round(v, 4) for k, v in mean_mask_scores([(a, a), (a, b)]).items()}  # Dice 1 and 2/3, IoU 1 and 1/2
-        {'dice': 0.8333, 'iou': 0.75}
+        {'dice': 0.8333, 'iou': 0.75, 'dice_worst_decile': 0.6667}
     """
     dices, ious = [], []
     for pred, gold in pairs:
         dice, iou = dice_iou(torch.from_numpy(pred).float()[None, None], torch.from_numpy(gold).float()[None, None])
         dices.append(float(dice))
         ious.append(float(iou))
-    return {"dice": float(np.mean(dices)), "iou": float(np.mean(ious))} if dices else {}
+    return summary_scores(dices, ious)
 
 
 def mask_scores(pred_dir: Path, gold_dir: Path, ids: list[str]) -> dict[str, float]:

@@ -3,7 +3,8 @@
 `CommitteeModel` owns a `Committee` (N FC-DenseNets, or the baseline's one U-Net), how a round trains it
 (`RoundTraining`), and where and how it predicts: on `device` (it starts there, and Lightning hands a fitted
 module back on the CPU, so every fit and every checkpoint load moves it back), in batches of `batch_size` under
-`inference_mode`, with bf16 autocast when `fast`. Outputs come back as float32 CPU tensors.
+`inference_mode`, with bf16 autocast when `fast`. Outputs come back as float32 CPU tensors. It is also an
+`MCDropoutModel`: `mc_probs` samples the first member with its dropout layers on (BALD with MC dropout).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from medal.active.model import in_chunks
+from medal.errors import MedalError
 from medal.segment.committee import Committee
 from medal.segment.train import RoundTraining
 
@@ -64,6 +66,34 @@ class CommitteeModel:
 
     def features(self, images: np.ndarray) -> torch.Tensor:
         return in_chunks(lambda x: self._forward(x)[1], images, self.batch_size, dim=1, desc="features")
+
+    @torch.inference_mode()
+    def mc_probs(self, images: np.ndarray, samples: int, seed: int) -> torch.Tensor:
+        """(samples, N, S, S) probabilities of the first member with dropout on and BatchNorm in eval mode; each
+        batch is replicated `samples` times in one forward pass (Dropout2d draws a mask per copy)."""
+        member = self.committee.members[0]
+        dropouts = [m for m in member.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
+        if not dropouts:
+            raise MedalError("strategy=bald source=mc_dropout: the network has no dropout; set segment.net.dropout "
+                             "(or segment.unet.dropout) > 0, or use strategy.source=committee")
+        device = torch.device(self.device)
+
+        def sample(x: np.ndarray) -> torch.Tensor:
+            batch = torch.from_numpy(np.asarray(x, dtype=np.float32))[:, None].to(device)
+            with self._autocast():
+                logits = self.committee.run_member(member, batch.repeat(samples, 1, 1, 1))[0]
+            return torch.sigmoid(logits.float()).reshape(samples, len(x), *batch.shape[-2:]).cpu()
+
+        was_training = self.committee.training
+        self.committee.eval()
+        for layer in dropouts:
+            layer.train()
+        try:
+            with torch.random.fork_rng(devices=[] if device.type != "cuda" else None):
+                torch.manual_seed(seed)
+                return in_chunks(sample, images, self.batch_size, dim=1, desc="MC dropout")
+        finally:
+            self.committee.train(was_training)
 
     def state_dict(self) -> Mapping[str, Any]:
         return self.committee.state_dict()

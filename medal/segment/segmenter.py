@@ -37,10 +37,11 @@ class Segmenter:
         return al, steps_per_round
 
     def build(self, *, seed: int, lr: float, weight_decay: float, augment: dict[str, Any], channels_last: bool,
-              training: RoundTraining, device: str, fast: bool, batch_size: int) -> CommitteeModel:
-        """A fresh, untrained model behind the `SegModel` protocol."""
+              shared_init: bool, training: RoundTraining, device: str, fast: bool,
+              batch_size: int) -> CommitteeModel:
+        """A fresh, untrained model behind the `SegModel` protocol (`shared_init`: every member from `seed`)."""
         committee = Committee(net=self.net, size=self.members, seed=seed, lr=lr, weight_decay=weight_decay,
-                              augment=augment, channels_last=channels_last, arch=self.arch)
+                              augment=augment, channels_last=channels_last, arch=self.arch, shared_init=shared_init)
         return CommitteeModel(committee, training, device, fast, batch_size)
 
 
@@ -57,8 +58,8 @@ class RandomLabelsBaseline(Segmenter):
 
         Examples:
             >>> al = ALConfig(dir="al", initial=100, per_round=100, budget=400, patience=2, min_delta=0.001,
-            ...               reset_weights=False, committee_size=3, val_limit=None, score_batch_size=16,
-            ...               fast_scoring=False, seed=0)
+            ...               reset_weights=False, committee_size=3, member_init="shared", member_data="bootstrap",
+            ...               val_limit=None, score_batch_size=16, fast_scoring=False, seed=0)
             >>> single, steps = RandomLabelsBaseline("unet_random", "unet", 1, {}).schedule(al, 300)
             >>> single.initial, single.per_round, steps  # the committee's 4 rounds x 300 steps
             (400, 400, 1200)

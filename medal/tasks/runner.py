@@ -30,8 +30,14 @@ TaskFn = Callable[[DictConfig], dict[str, Any] | None]
 
 
 def _is_worker_rank() -> bool:
-    """A DDP process other than global rank 0: it must not overwrite rank 0's metrics.json."""
-    return os.environ.get("RANK", "0") != "0"
+    """A DDP process other than global rank 0: it must not overwrite rank 0's metrics.json.
+
+    Lightning's own launcher sets only LOCAL_RANK / NODE_RANK in the ranks it starts (torchrun and SLURM set
+    RANK); the strategy records the global rank in `rank_zero_only.rank` once it has set up, so that is read.
+    """
+    from pytorch_lightning.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or os.environ.get("RANK", "0")) != 0
 
 
 def _in_multirun() -> bool:

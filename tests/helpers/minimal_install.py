@@ -12,8 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: what `medal[wandb]`, `medal[launchers]` and `medal[optuna]` add (the top-level modules)
-OPTIONAL_MODULES = ("wandb", "optuna", "joblib", "submitit", "sqlalchemy", "alembic", "cliff", "cmaes",
+#: what `medal[wandb]`, `medal[launchers]` and `medal[optuna]` add (the top-level modules); not joblib, which a
+#: minimal install has too (scikit-learn, which baal needs, depends on it)
+OPTIONAL_MODULES = ("wandb", "optuna", "submitit", "sqlalchemy", "alembic", "cliff", "cmaes",
                     "hydra_plugins.hydra_joblib_launcher", "hydra_plugins.hydra_submitit_launcher",
                     "hydra_plugins.hydra_optuna_sweeper")
 BLOCK = f"import sys\nfor _name in {OPTIONAL_MODULES!r}:\n    sys.modules[_name] = None\n"

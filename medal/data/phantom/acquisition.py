@@ -4,11 +4,16 @@ Exposure and detector response (gain, background level, heel-effect gradient, ga
 collimator frames, burned-in side markers, white-background (inverted) files and 8/16-bit depth, with
 strengths set by `Nuisance`. Pose (rotation, scale, shift) and image size are drawn here too, but
 applied by the renderer to the geometry so that mask and gold stay pixel-aligned with the raw image.
+
+`Nuisance.hard_p` makes a minority of acquisitions hard, as in real archives (`HARD_KINDS`: one or two of low
+contrast, wide collimator frames, a white background behind a frame, strong rotation, a small child's hand):
+pools of uneven difficulty, on which choosing what to label can matter. At 0 (the default) nothing extra is
+drawn, so the images of every existing seed stay as they were.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -39,10 +44,11 @@ class Nuisance:
     noise: tuple[float, float] = (0.004, 0.035)
     marker_p: float = 0.75  # burned-in side letter
     frame_p: float = 0.25  # collimator frame on one or more sides
+    hard_p: float = 0.0  # share of hard acquisitions (one or two of HARD_KINDS on top of the above)
 
     def validate(self) -> None:
         """Raise MedalError naming the first setting that cannot be drawn from."""
-        for name in ("inverted_p", "bits16_p", "marker_p", "frame_p"):
+        for name in ("inverted_p", "bits16_p", "marker_p", "frame_p", "hard_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise MedalError(f"phantoms.nuisance.{name}={getattr(self, name)}: a probability in [0, 1]")
         for name in ("fill", "aspect", "gain", "background", "contrast", "noise"):
@@ -92,6 +98,34 @@ class Acquisition:
     noise: float
     marker: bool
     frame: tuple[float, float, float, float] | None  # fraction cut from top, bottom, left, right
+    hard: tuple[str, ...] = ()  # the HARD_KINDS this acquisition was given (empty: an ordinary one)
+
+
+HARD_KINDS = ("low_contrast", "framed", "inverted_framed", "rotated", "small_hand")
+
+
+def _harden(acq: Acquisition, rng: np.random.Generator) -> Acquisition:
+    """One or two hard kinds on top of an ordinary acquisition: what makes a radiograph hard to segment."""
+    kinds = tuple(sorted(rng.choice(HARD_KINDS, size=int(rng.integers(1, 3)), replace=False).tolist()))
+    changes: dict = {"hard": kinds}
+    pose = acq.pose
+    for kind in kinds:
+        if kind == "low_contrast":  # under-exposed, washed out, noisy
+            changes.update(contrast=float(rng.uniform(0.12, 0.3)), gain=float(rng.uniform(0.5, 0.9)),
+                           noise=float(rng.uniform(0.03, 0.06)))
+        elif kind in ("framed", "inverted_framed"):  # wide bright shutters on 2-4 sides
+            sides = rng.permutation(4)[: int(rng.integers(2, 5))]
+            frame = np.zeros(4)
+            frame[sides] = rng.uniform(0.08, 0.2, size=len(sides))
+            changes["frame"] = tuple(float(v) for v in frame)
+            if kind == "inverted_framed":
+                changes["inverted"] = True
+        elif kind == "rotated":
+            angle = float(rng.uniform(35.0, 80.0)) * (1 if rng.random() < 0.5 else -1)
+            pose = replace(pose, angle_deg=angle)
+        elif kind == "small_hand":  # a young child's hand on an adult-sized detector
+            pose = replace(pose, fill=float(rng.uniform(0.3, 0.45)))
+    return replace(acq, pose=pose, **changes)
 
 
 def sample_acquisition(rng: np.random.Generator, image_size: int, nz: Nuisance) -> Acquisition:
@@ -106,7 +140,7 @@ def sample_acquisition(rng: np.random.Generator, image_size: int, nz: Nuisance) 
     frame = None
     if rng.random() < nz.frame_p:
         frame = tuple(float(v) for v in rng.uniform(0.0, 0.06, size=4) * (rng.random(4) < 0.6))
-    return Acquisition(
+    acq = Acquisition(
         height=height,
         width=width,
         pose=pose,
@@ -122,6 +156,9 @@ def sample_acquisition(rng: np.random.Generator, image_size: int, nz: Nuisance) 
         marker=bool(rng.random() < nz.marker_p),
         frame=frame,
     )
+    if nz.hard_p > 0 and rng.random() < nz.hard_p:  # drawn last and only when asked: other images unchanged
+        acq = _harden(acq, rng)
+    return acq
 
 
 @lru_cache(maxsize=64)

@@ -211,6 +211,7 @@ def _make_image(job: tuple[Path, PhantomSettings, int, str, str]) -> tuple[dict,
         "maturity_offset": round(individual.maturity_offset, 3),
         "anatomical_age": round(spec.boneage + individual.maturity_offset, 3),
         "anatomy_plateau": round(individual.plateau(), 3),
+        "hard": "+".join(acq.hard),  # empty for an ordinary acquisition (Nuisance.hard_p)
         "path": f"{folder}/{spec.id}.png",
     }
     return row, bool(missing)
