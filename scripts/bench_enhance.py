@@ -3,10 +3,10 @@
     python scripts/bench_enhance.py [--n 150] [--size 256] [--train-size 128] [--minutes 3] [--threads 1]
 
 1. Generates `n` phantoms (resumable) under `<root>/phantoms` (default root outputs/bench_enhance).
-2. Builds (input, gold) RoI pairs the way the segmentation stage does (contract 5): raw image with its
-   polarity normalised, background zeroed by the true mask, cropped by `medal.preprocess.crop` with the
-   same box as the gold image, square, `size` px, read in their stored range and written at 16 bits
-   (`medal.data.images`).
+2. Builds (input, gold) RoI pairs the way the segmentation stage does (contract 5) with the true masks
+   (`medal.data.phantom.rois.true_mask_rois`): raw image with its polarity normalised, background zeroed by
+   the true mask, cropped by `medal.preprocess.crop` with the same box as the gold image, square, `size` px,
+   read in their stored range and written at 16 bits (`medal.data.images`).
 3. Runs the real task body (`run_enhance`) for each method on the same seeded held-out pairs; each GAN
    trains for the same wall-clock budget. Reports PSNR and SSIM mean, std and 5th percentile over the
    held-out images, and every method's PSNR as a ratio to `none`.
@@ -22,19 +22,16 @@ import shutil
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
-from tqdm import tqdm
 
 from medal.bench import BENCH_DIR, BenchRow, write_bench
 from medal.config import CONF_DIR
-from medal.data.images import DERIVED_BITS, read_image, read_radiograph, write_png
 from medal.data.phantom import generate_dataset
-from medal.data.rsna import read_index
+from medal.data.phantom.rois import true_mask_rois
 from medal.enhance.experiment import run_enhance
 from medal.enhance.module import save_sample_grid
 from medal.enhance.pairs import PairDataset, matching_ids, split_ids
@@ -42,28 +39,9 @@ from medal.enhance.run import clahe_method, generator_method
 from medal.enhance.train import load_generator
 from medal.hardware import use_bf16
 from medal.models.unet import UNet
-from medal.preprocess.crop import crop_square, roi_box
 
 log = logging.getLogger("medal.bench")
 METHODS = ("none", "clahe", "gan", "gan_l1")
-
-
-def make_pairs(data_root: Path, work: Path, size: int) -> int:
-    """`work/roi/<id>.png` (polarity-normalised raw x mask, cropped) and `work/roi_gold/<id>.png` (same box)."""
-    index = read_index(data_root, strict=True)
-    inverted = pd.read_csv(data_root / "phantoms.csv", dtype={"id": str}).set_index("id")["inverted"]
-    for row in tqdm(index.itertuples(), total=len(index), desc="RoI pairs"):
-        if (work / "roi_gold" / f"{row.id}.png").is_file():
-            continue
-        raw = read_radiograph(row.path)
-        mask = read_image(data_root / "masks" / f"{row.id}.png") > 0.5
-        gold = read_radiograph(data_root / "gold" / f"{row.id}.png")
-        if bool(inverted[row.id]):
-            raw = 1.0 - raw
-        box = roi_box(mask)
-        write_png(work / "roi" / f"{row.id}.png", crop_square(raw * mask, box, size), bits=DERIVED_BITS)
-        write_png(work / "roi_gold" / f"{row.id}.png", crop_square(gold, box, size), bits=DERIVED_BITS)
-    return len(index)
 
 
 def compose_enhance(method: str, root: Path, overrides: list[str]) -> DictConfig:
@@ -109,7 +87,7 @@ def main() -> None:
 
     started = time.perf_counter()
     generate_dataset(data_root, n=args.n, seed=0, image_size=args.size, workers=2)
-    n_pairs = make_pairs(data_root, work, args.size)
+    n_pairs = len(list(true_mask_rois(data_root, work, args.size).glob("*.png")))
     log.info("data ready: %d pairs in %.0f s", n_pairs, time.perf_counter() - started)
     for stale in (work / "enhancer", work / "enhanced"):  # every bench run trains and enhances afresh
         shutil.rmtree(stale, ignore_errors=True)

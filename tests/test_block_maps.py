@@ -115,3 +115,9 @@ def test_ptl_unfreezes_the_auto_blocks_from_the_top(tmp_path: Path, one_thread) 
     trainer.fit(module, loader(n=16, size=32))
     assert ptl.stage == len(STAGES) - 1 and ptl.transitions == [1, 2, 3, 4]  # exit, middle, entry, stem in turn
     assert not torch.equal(module.model.backbone.conv_stem.weight, stem_before)  # the stem trained last
+
+
+def test_auto_measures_the_backbone_the_timm_kwargs_build() -> None:
+    # a dilated last stage keeps layer3's map size, so with output stride 16 the exit block holds both
+    assert auto_block_map("test_resnet", 1)["exit"] == ["layer4"]
+    assert auto_block_map("test_resnet", 1, {"output_stride": 16})["exit"] == ["layer3", "layer4"]

@@ -16,7 +16,7 @@ from medal.callbacks.finetune import FixedFinetuning
 from medal.callbacks.paced import PacedTransferLearning
 from medal.models.stages import FIXED_MODES, STAGES
 
-DECAY = {"_target_": "medal.boneage.schedulers.inverse_time_decay", "_partial_": True, "decay": 0.05}
+DECAY = {"_target_": "medal.boneage.schedulers.inverse_time_decay", "_partial_": True, "decay": 0.05, "per": "update"}
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -155,6 +155,17 @@ def test_ptl_resume_continues_in_its_stage_with_the_same_groups(tmp_path: Path) 
     head = trainer2.optimizers[0].param_groups[0]
     assert trainer2.global_step == saved_step + 4
     assert head["lr"] == pytest.approx(1e-3 / (1 + 0.05 * trainer2.global_step))
+
+
+@pytest.mark.parametrize(("per", "counts"), [("update", "updates"), ("epoch", "epochs")])
+def test_decay_counts_the_unit_the_config_names(per: str, counts: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = tiny_module(scheduler={**DECAY, "per": per})
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=3, limit_train_batches=4),
+                         callbacks=[FixedFinetuning("all")])
+    trainer.fit(module, train_dataloaders=loader(n=32))
+    t = {"updates": 12, "epochs": 3}[counts]  # 3 epochs of 4 updates
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 / (1 + 0.05 * t))
 
 
 def test_checkpoint_keeps_the_ptl_counters_of_the_epoch_it_saves(tmp_path: Path) -> None:

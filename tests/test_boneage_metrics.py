@@ -12,7 +12,7 @@ import torch
 from medal.boneage.evaluate import mean_predictor_mae
 from medal.boneage.metrics import bootstrap_mae_ci, cohort_metrics
 from medal.boneage.plots import bland_altman, predicted_vs_true
-from medal.boneage.schedulers import InverseTimeDecay
+from medal.boneage.schedulers import InverseTimeDecay, inverse_time_decay
 from medal.boneage.targets import TargetScaler
 from medal.errors import MedalError
 
@@ -74,6 +74,14 @@ def test_inverse_time_decay_matches_keras_and_adopts_new_groups() -> None:
     opt2.step()
     sched2.step()
     assert opt2.param_groups[1]["lr"] == pytest.approx(1e-4 / (1 + 0.05 * 6))
+
+
+def test_decay_unit_must_be_named() -> None:
+    opt = torch.optim.RMSprop([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    assert inverse_time_decay(opt, decay=0.05, per="update")["interval"] == "step"
+    assert inverse_time_decay(opt, decay=0.05, per="epoch")["interval"] == "epoch"
+    with pytest.raises(MedalError, match=r"scheduler.per='batch'"):
+        inverse_time_decay(opt, decay=0.05, per="batch")
 
 
 def test_target_scaling_round_trip_and_errors() -> None:

@@ -41,6 +41,14 @@ def test_tiny_training_run_lowers_val_mae_and_writes_its_artifacts(make_cfg, tin
 
     run = tmp_path / "run"
     predictions = pd.read_csv(run / "predictions.csv", dtype={"id": str})
+    # the noise floor: the sidecar's best reader of each test hand, scored on the same test images
+    sidecar = pd.read_csv(tiny_phantoms / "phantoms.csv", dtype={"id": str}).set_index("id")
+    test = predictions[predictions["split"] == "test"]
+    floor_errors = (sidecar.loc[test["id"], "floor_prediction"].to_numpy() - test["true"].to_numpy())
+    assert metrics["test/mae_floor"] == pytest.approx(np.abs(floor_errors).mean())
+    males = (test["sex"] == "M").to_numpy()
+    assert metrics["test/mae_floor_male"] == pytest.approx(np.abs(floor_errors[males]).mean())
+    assert 0 < metrics["test/mae_floor"] < metrics["test/mae_mean_predictor"]
     assert set(predictions["split"]) == {"val", "test"}
     assert not set(predictions["id"]) & set(datamodule.frames["train"]["id"])  # never training images
     assert (run / "plots" / "bland_altman.png").is_file() and (run / "plots" / "predicted_vs_true.png").is_file()
@@ -61,6 +69,13 @@ def test_tiny_training_run_lowers_val_mae_and_writes_its_artifacts(make_cfg, tin
     assert cam["cam/image_size"] == 64  # the run's data.image_size (a size unlike the model's hint: the test below)
     assert len(list((tmp_path / "cam" / "overlays").glob("*.png"))) == 3
     assert (tmp_path / "cam" / "cam_by_sex.png").is_file()
+    # where the maps lie, against the phantoms' own hand and bone masks (raw images: framed like the cache)
+    regions = pd.read_csv(tmp_path / "cam" / "cam_regions.csv", dtype={"id": str})
+    assert sorted(regions["id"]) == sorted(test["id"])
+    for region in ("hand", "bone", "centre"):
+        assert cam[f"cam/{region}_fraction"] == pytest.approx(regions[f"{region}_fraction"].mean())
+        assert 0.0 <= cam[f"cam/{region}_fraction"] <= 1.0
+    assert 0 < cam["cam/centre_area"] < cam["cam/bone_area"] < cam["cam/hand_area"] < 1
 
 
 def test_early_stopping_ends_the_run_when_val_mae_stalls(make_cfg, tiny_phantoms) -> None:

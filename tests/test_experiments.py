@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Each experiment file belongs to one task; a new experiment file must be registered here to be tested.
 EXPERIMENT_TASKS = {"figure12": "boneage", "backbones": "boneage", "enhancers": "enhance",
                     "al_strategies": "segment", "demo": "pipeline",
-                    "smoke": "pipeline", "pretrain_tiny": "pretrain"}
+                    "smoke": "pipeline", "pretrain_tiny": "pretrain", "boneage_cpu": "boneage"}
 SWEEP_SIZES = {"figure12": 36, "backbones": 9, "enhancers": 4, "al_strategies": 60, "demo": None, "smoke": None,
-               "pretrain_tiny": None}  # None: no sweep
+               "pretrain_tiny": None, "boneage_cpu": None}  # None: no sweep
 
 
 def sweep_jobs(cfg: DictConfig) -> list[list[str]]:

@@ -13,8 +13,11 @@ from PIL import Image
 from skimage.measure import label
 
 from medal.data.images import read_image
-from medal.data.phantom import Individual, Nuisance, describe, generate_dataset, render_hand
+from medal.data.phantom import Individual, Nuisance, describe, generate_dataset, read_bones, render_hand
 from medal.data.phantom.anatomy import CARPALS, STAGES, hand_epiphyses
+from medal.data.phantom.hand import build_hand
+from medal.data.phantom.render import BONE_CLASSES
+from medal.data.phantom.rois import true_mask_rois
 from medal.data.rsna import read_index
 from medal.errors import MedalError
 
@@ -38,7 +41,7 @@ def test_same_seed_same_bytes_whatever_the_worker_count(phantom_set, tmp_path: P
     again = generate_dataset(tmp_path / "w1", n=N, seed=3, image_size=SIZE, workers=1, progress=False)
     pd.testing.assert_frame_equal(meta, again)
     files = _files(root)
-    assert len(files) == 3 * N and files == _files(tmp_path / "w1")
+    assert len(files) == 4 * N and files == _files(tmp_path / "w1")  # raw, masks/, gold/, bones/
     _, mismatch, errors = filecmp.cmpfiles(root, tmp_path / "w1", [str(f) for f in files], shallow=False)
     assert not mismatch and not errors
     assert filecmp.cmp(root / "phantoms.csv", tmp_path / "w1" / "phantoms.csv", shallow=False)
@@ -74,7 +77,11 @@ def test_rsna_layout_and_label_files(phantom_set) -> None:
         "height",
         "width",
         "maturity_offset",
+        "anatomical_age",
+        "anatomy_plateau",
+        "floor_prediction",
     }
+    assert np.allclose(meta.anatomical_age, meta.boneage + meta.maturity_offset, atol=2e-3)
     for folder in ("boneage-validation-dataset-1", "boneage-validation-dataset-2"):
         assert len(list((root / folder).glob("*.png"))) == 2
     modes = set()
@@ -123,6 +130,56 @@ def test_masks_and_gold_are_aligned_with_raw(phantom_set) -> None:
         centre = np.corrcoef(raw[4:-4, 4:-4].ravel(), gold[4:-4, 4:-4].ravel())[0, 1]
         shifted = np.corrcoef(raw[4:-4, 4:-4].ravel(), gold[4:-4, 7:-1].ravel())[0, 1]
         assert centre > 0.75 and centre > shifted + 0.02, row.id
+
+
+def test_bone_maps_are_aligned_with_the_bones_of_the_gold_image(phantom_set) -> None:
+    root, meta = phantom_set
+    for row in meta.itertuples():
+        bones = read_bones(root / "bones" / f"{row.id}.png")
+        mask = read_image(root / "masks" / f"{row.id}.png") > 0.5
+        gold = read_image(root / "gold" / f"{row.id}.png")
+        assert bones.shape == mask.shape and set(np.unique(bones)) <= {0, *BONE_CLASSES.values()}
+        assert mask[bones > 0].all()  # every bone lies in the hand
+        assert 0.05 < (bones > 0).sum() / mask.sum() < 0.8, row.id
+        # bone attenuates more than soft tissue: brighter in the gold image, in every image
+        assert np.median(gold[bones > 0]) > np.median(gold[mask & (bones == 0)]) + 0.05, row.id
+        assert (bones == BONE_CLASSES["shaft"]).any()
+
+
+def test_bone_maps_show_the_centres_that_appear_with_age() -> None:
+    def centre_pixels(age: float) -> dict[int, int]:
+        bones = render_hand(Individual(male=True), age).bones
+        return {value: int((bones == value).sum()) for value in BONE_CLASSES.values()}
+
+    infant, child = centre_pixels(1.0), centre_pixels(110.0)
+    assert infant[BONE_CLASSES["epiphysis"]] == 0 and infant[BONE_CLASSES["round"]] < child[BONE_CLASSES["round"]] / 5
+    assert child[BONE_CLASSES["epiphysis"]] > 0 and child[BONE_CLASSES["round"]] > 0
+
+
+def test_an_older_set_gains_its_bone_maps_without_rewriting_its_images(tmp_path: Path) -> None:
+    generate_dataset(tmp_path, n=4, seed=0, image_size=SIZE, workers=1, progress=False)
+    raw = sorted((tmp_path / "boneage-training-dataset").glob("*.png"))
+    stamps = {p: p.stat().st_mtime_ns for p in raw}
+    bones = {p.name: p.read_bytes() for p in (tmp_path / "bones").glob("*.png")}
+    for path in (tmp_path / "bones").glob("*.png"):  # a set written before bones/ existed
+        path.unlink()
+    again = generate_dataset(tmp_path, n=4, seed=0, image_size=SIZE, workers=1, progress=False)
+    assert again.attrs["generated"] == 4
+    assert {p: p.stat().st_mtime_ns for p in raw} == stamps
+    assert {p.name: p.read_bytes() for p in (tmp_path / "bones").glob("*.png")} == bones
+
+
+def test_anatomy_stops_changing_at_the_plateau_and_not_before() -> None:
+    for person in _individuals(6, seed=2):
+        plateau = person.plateau()
+        assert plateau >= 211.2 - 1e-9  # girls stop growing at 211.2 months, boys at 240
+        after = [build_hand(person, plateau + extra - person.maturity_offset) for extra in (0.0, 9.0)]
+        assert all(np.array_equal(a.centre, b.centre) and np.array_equal(a.axis, b.axis) and a.minor == b.minor
+                   for a, b in zip(after[0].blobs, after[1].blobs, strict=True))
+        assert [r.r1 for r in after[0].rods] == [r.r1 for r in after[1].rods]
+        assert after[0].extent == after[1].extent
+        before = build_hand(person, plateau - 6.0 - person.maturity_offset)
+        assert before.extent != after[0].extent or [r.r1 for r in before.rods] != [r.r1 for r in after[0].rods]
 
 
 def _individuals(count: int, seed: int = 0) -> list[Individual]:
@@ -276,3 +333,23 @@ def test_labels_are_learnable_but_not_exact_from_anatomy() -> None:
         nearest = pool[np.argsort(((x[pool] - x[i]) ** 2).sum(axis=1))[:10]]
         errors.append(abs(y[nearest].mean() - y[i]))
     assert 1.0 < np.mean(errors) < 15.0
+
+
+def test_true_mask_rois_cut_the_hand_and_are_reused_only_for_the_same_request(phantom_set, tmp_path: Path) -> None:
+    root, meta = phantom_set
+    roi = true_mask_rois(root, tmp_path, 64, progress=False)
+    boxes = pd.read_csv(roi / "boxes.csv", dtype={"id": str})
+    assert list(boxes["id"]) == list(read_index(root, strict=True)["id"])
+    first = meta.iloc[0]
+    cut = read_image(roi / f"{first.id}.png")
+    assert cut.shape == (64, 64) and read_image(tmp_path / "roi_gold" / f"{first.id}.png").shape == (64, 64)
+    assert (cut > 0).mean() > 0.2  # the hand fills the box; the background outside the mask is zero
+    stamp = (roi / f"{first.id}.png").stat().st_mtime_ns
+    assert true_mask_rois(root, tmp_path, 64, progress=False) == roi  # same request: reused, nothing rewritten
+    assert (roi / f"{first.id}.png").stat().st_mtime_ns == stamp
+    (tmp_path / "roi_gold" / "stale.png").write_bytes(b"")
+    true_mask_rois(root, tmp_path, 48, progress=False)  # another size: both folders rebuilt
+    assert read_image(roi / f"{first.id}.png").shape == (48, 48)
+    assert not (tmp_path / "roi_gold" / "stale.png").exists()
+    with pytest.raises(MedalError, match="not a finished phantom set"):
+        true_mask_rois(tmp_path / "nothing", tmp_path / "w", 48, progress=False)

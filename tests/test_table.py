@@ -94,6 +94,40 @@ def test_paper_comparison_columns(multirun: Path) -> None:
         build_table(collect_runs(multirun), generic, compare=True)
 
 
+def test_floor_and_mean_predictor_rows_follow_the_modes(multirun: Path) -> None:
+    floors = {"all": 3.25, "male": 3.125, "female": 3.5}  # one test set per cohort: every mode shares it
+    for num, (_, _, cohort) in enumerate(GRID):
+        path = multirun / str(num) / "metrics.json"
+        if num in (FAILED_JOB, MISSING_JOB):
+            continue
+        metrics = json.loads(path.read_text())
+        metrics.update({"test/mae_mean_predictor": 40.0 + len(cohort)})
+        if cohort != "female":  # as if the female runs were on real data: no floor recorded
+            metrics["test/mae_floor"] = floors[cohort]
+        path.write_text(json.dumps(metrics))
+    table = build_table(collect_runs(multirun), FIGURE12)
+    rows = _markdown_cells(table.to_markdown())
+    columns = table.column_values
+    assert list(rows)[-2:] == ["noise floor", "mean predictor"]
+    for column, (_, cohort) in enumerate(columns):
+        assert rows["noise floor"][column] == ("—" if cohort == "female" else f"{floors[cohort]:.3f}")
+        assert rows["mean predictor"][column] == f"{40.0 + len(cohort):.3f}"
+    assert not any(text.startswith("**") for text in rows["noise floor"] + rows["mean predictor"])
+    frame = pd.read_csv(io.StringIO(table.to_csv()), dtype=str).set_index("finetune.name")
+    assert float(frame.loc["noise floor", "enhance.name=gan;cohort.name=male"]) == pytest.approx(3.125)
+    assert frame.loc["noise floor", "enhance.name=none;cohort.name=female"] == "missing"
+    body = table.to_latex().split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+    assert len(body) == 8 and "noise floor" in body[6]
+    assert "noise floor = `test/mae_floor`" in table.to_markdown()
+
+
+def test_no_floor_row_where_no_run_recorded_one(multirun: Path) -> None:
+    rows = _markdown_cells(build_table(collect_runs(multirun), FIGURE12).to_markdown())
+    assert "noise floor" not in rows and "mean predictor" not in rows  # absent, never a row of zeros or dashes
+    with pytest.raises(MedalError, match="baselines"):
+        TableSpec(rows="finetune.name", columns=("metric",), metrics=("test/mae",), baselines={"floor": "x"})
+
+
 def test_seeds_are_averaged_and_metric_axis(tmp_path: Path) -> None:
     for num, seed_shift in enumerate((0.0, 1.0)):
         job = tmp_path / "sweep" / str(num)

@@ -1,7 +1,9 @@
 """`medal cam`: class activation maps of a trained bone age model on the held-out split of its run.
 
 Writes `overlays/<id>.png` (image + normalised map), `average_{male,female}.png` (mean image with the mean
-normalised map of the cohort) and `cam_by_sex.png` (both side by side, as the paper's Figure 13).
+normalised map of the cohort) and `cam_by_sex.png` (both side by side, as the paper's Figure 13). On a
+phantom set, which knows its hands and bones, it also measures where each map's positive mass lies
+(`cam_regions.py`): `cam_regions.csv` per image and `cam/{bone,centre,hand}_{fraction,area}` in the metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from medal.atomic import atomic_path  # noqa: E402
 from medal.boneage.cam import class_activation_map, normalise, overlay  # noqa: E402
+from medal.boneage.cam_regions import RegionTally, region_maps  # noqa: E402
 from medal.boneage.experiment import run_marker  # noqa: E402
 from medal.boneage.module import BoneAgeModule  # noqa: E402
 from medal.config import to_plain  # noqa: E402
@@ -34,6 +37,7 @@ from medal.plotting import save_figure  # noqa: E402
 
 log = logging.getLogger("medal.boneage")
 ARTIFACTS = {"cam_by_sex": "cam_by_sex.png", "average_male": "average_male.png", "average_female": "average_female.png"}  # outputs by name, in the run folder
+REGIONS_FILE = "cam_regions.csv"  # per-image region fractions (phantom sets only)
 
 
 def load_trained(ckpt: str | Path) -> BoneAgeModule:
@@ -139,12 +143,18 @@ def run_cam(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("test")
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
 
+    references = region_maps(data_cfg.data.root, str(data_cfg.data.images), data_cfg.data.work_dir,
+                             int(data_cfg.data.image_size), str(data_cfg.data.fit))
+    tally = RegionTally()
     sums: dict[str, dict[str, Any]] = {s: {"image": 0.0, "map": 0.0, "n": 0} for s in ("male", "female")}
     written, method = 0, "cam"
     for batch in tqdm(loader, desc=f"cam {split}"):
         image = batch["image"].to(device, torch.float32).contiguous(memory_format=module.memory_format)
         result = class_activation_map(module.model, image, batch["male"].to(device))
         method = result.method
+        if references is not None:  # the raw map: its positive part is the evidence that raised the estimate
+            tally.add(list(batch["id"]), ["M" if float(m) >= 0.5 else "F" for m in batch["male"]], result.upsampled,
+                      [references.regions(str(i)) for i in batch["id"]])
         heat = normalise(result.upsampled).cpu().numpy()
         grey = batch["image"][:, 0].numpy()
         for i, ident in enumerate(batch["id"]):
@@ -175,6 +185,13 @@ def run_cam(cfg: DictConfig) -> dict[str, Any]:
     figure = save_figure(fig, out_dir / "cam_by_sex.png")
     log_figure(loggers, "cam/by_sex", figure)
     log.info("%s maps of %d images written to %s", method, sums["male"]["n"] + sums["female"]["n"], out_dir)
-    return {"cam/n_male": sums["male"]["n"], "cam/n_female": sums["female"]["n"],
-            "cam/exact": float(method == "cam"), "cam/overlays": written,
-            "cam/image_size": float(data_cfg.data.image_size)}
+    metrics = {"cam/n_male": sums["male"]["n"], "cam/n_female": sums["female"]["n"],
+               "cam/exact": float(method == "cam"), "cam/overlays": written,
+               "cam/image_size": float(data_cfg.data.image_size)}
+    if tally.rows:
+        tally.write(out_dir / REGIONS_FILE)
+        metrics.update(tally.metrics())
+        log.info("positive CAM mass on the hand %.3f (its area %.3f), on the bones %.3f (area %.3f)",
+                 metrics.get("cam/hand_fraction", float("nan")), metrics["cam/hand_area"],
+                 metrics.get("cam/bone_fraction", float("nan")), metrics["cam/bone_area"])
+    return metrics

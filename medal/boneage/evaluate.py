@@ -1,4 +1,5 @@
-"""Inference of a bone age model over a data loader, and the reference figure of a train-mean predictor."""
+"""Inference of a bone age model over a data loader, and the two reference figures every MAE sits between:
+the train-mean predictor (what a model must beat) and, on phantoms, the noise floor (what no model can beat)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from medal.errors import MedalError
+
+COHORT_ROWS = (("", None), ("_male", "M"), ("_female", "F"))  # metric-name suffix, `sex` value (None = all)
 
 
 def autocast_for(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -53,7 +58,33 @@ def mean_predictor_mae(train_months: np.ndarray, frame: pd.DataFrame, split: str
     """
     mean = float(np.nanmean(np.asarray(train_months, dtype=np.float64)))
     out = {}
-    for suffix, rows in (("", frame), ("_male", frame[frame["sex"] == "M"]), ("_female", frame[frame["sex"] == "F"])):
+    for suffix, sex in COHORT_ROWS:
+        rows = frame if sex is None else frame[frame["sex"] == sex]
         if len(rows):
             out[f"{split}/mae_mean_predictor{suffix}"] = float(np.abs(rows["true"].to_numpy() - mean).mean())
+    return out
+
+
+def floor_mae(floor: pd.Series, frame: pd.DataFrame, split: str) -> dict[str, float]:
+    """MAE of the phantom set's floor predictor on the images of `frame`, by sex: `<split>/mae_floor[_sex]`.
+
+    `floor` holds each image's prediction of the best reader of its anatomy (`phantoms.csv`'s
+    `floor_prediction`, indexed by id; `medal.data.phantom.floor`). An image it lacks means the sidecar
+    belongs to another data set, which is an error, not a smaller floor.
+
+    Examples:
+        >>> frame = pd.DataFrame({"id": ["a", "b", "c"], "true": [100.0, 140.0, 60.0], "sex": ["M", "F", "F"]})
+        >>> floor_mae(pd.Series({"a": 103.0, "b": 139.0, "c": 60.0}), frame, "test")
+        {'test/mae_floor': 1.3333333333333333, 'test/mae_floor_male': 3.0, 'test/mae_floor_female': 0.5}
+    """
+    missing = frame.loc[~frame["id"].isin(floor.index), "id"]
+    if len(missing):
+        raise MedalError(f"phantoms.csv has no floor prediction for image {missing.iloc[0]} ({len(missing)} "
+                         "missing): the sidecar is not this data set's; regenerate it with `medal phantoms`")
+    out = {}
+    for suffix, sex in COHORT_ROWS:
+        rows = frame if sex is None else frame[frame["sex"] == sex]
+        if len(rows):
+            errors = np.abs(floor.loc[rows["id"]].to_numpy(np.float64) - rows["true"].to_numpy(np.float64))
+            out[f"{split}/mae_floor{suffix}"] = float(errors.mean())
     return out

@@ -25,13 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import BaseFinetuning, EarlyStopping
 
 from medal.atomic import atomic_path
-from medal.boneage.evaluate import mean_predictor_mae, predict_frame
+from medal.boneage.evaluate import floor_mae, mean_predictor_mae, predict_frame
 from medal.boneage.metrics import cohort_metrics
 from medal.boneage.module import BoneAgeModule
 from medal.boneage.plots import bland_altman, predicted_vs_true
 from medal.boneage.targets import TargetScaler
 from medal.callbacks.checkpoints import LAST, best_and_last
 from medal.config import to_plain
+from medal.data.phantom.floor import read_floor
 from medal.errors import MedalError
 from medal.hardware import use_bf16
 from medal.loggers import build_loggers, log_figure
@@ -118,6 +119,7 @@ def evaluate_splits(module: BoneAgeModule, datamodule: Any, out_dir: Path, cfg: 
         predictions.to_csv(tmp, index=False)
 
     metrics: dict[str, float] = {}
+    floor = read_floor(cfg.data.root)  # phantoms only: real data has no floor, and no key for it
     for split, frame in frames.items():
         if frame.empty:
             continue
@@ -125,6 +127,8 @@ def evaluate_splits(module: BoneAgeModule, datamodule: Any, out_dir: Path, cfg: 
                                       (frame["sex"] == "M").to_numpy(), split,
                                       n_resamples=int(ev.bootstrap), seed=int(cfg.seed)))
         metrics.update(mean_predictor_mae(datamodule.frames["train"]["boneage"].to_numpy(), frame, split))
+        if floor is not None:
+            metrics.update(floor_mae(floor, frame, split))
     test = frames["test"]
     if ev.plots and not test.empty:
         male = (test["sex"] == "M").to_numpy()
@@ -200,7 +204,9 @@ def run_boneage(cfg: DictConfig) -> dict[str, float]:
     if checkpoint.best_model_score is not None:
         metrics["val/mae_best_epoch"] = float(checkpoint.best_model_score)
     metrics["train/epochs"] = float(trainer.current_epoch)
-    log.info("test MAE %.2f months (train-mean predictor %.2f); val MAE %.2f", metrics.get("test/mae", float("nan")),
-             metrics.get("test/mae_mean_predictor", float("nan")), metrics.get("val/mae", float("nan")))
+    log.info("test MAE %.2f months (train-mean predictor %.2f, noise floor %s); val MAE %.2f",
+             metrics.get("test/mae", float("nan")), metrics.get("test/mae_mean_predictor", float("nan")),
+             f"{metrics['test/mae_floor']:.2f}" if "test/mae_floor" in metrics else "unknown: not phantoms",
+             metrics.get("val/mae", float("nan")))
     marker.finish(settings, metrics=metrics)
     return metrics

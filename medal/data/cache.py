@@ -36,23 +36,25 @@ PROGRESS_EVERY = 256  # images between progress records of a build (what a kille
 FITS = ("pad", "stretch")
 
 
-def fit_square(image: np.ndarray, size: int, fit: str = "pad") -> np.ndarray:
+def fit_square(image: np.ndarray, size: int, fit: str = "pad", fill: float | None = None) -> np.ndarray:
     """Resize HxW float [0, 1] to (size, size) float32.
 
-    `pad` keeps the aspect ratio: the long side is resized to `size` and the short side padded with the
-    median of the image border, so a white-background (inverted) radiograph gets white bars and a normal
-    one black bars; `stretch` resizes directly. PIL's bilinear filter widens its support when shrinking
-    (antialiased). Padding after resizing touches size x size pixels, not the full-resolution square.
+    `pad` keeps the aspect ratio: the long side is resized to `size` and the short side padded with
+    `fill`, by default the median of the image border, so a white-background (inverted) radiograph gets
+    white bars and a normal one black bars (a mask mapped into the same frame passes `fill=0`); `stretch`
+    resizes directly. PIL's bilinear filter widens its support when shrinking (antialiased). Padding after
+    resizing touches size x size pixels, not the full-resolution square.
     """
     if fit not in FITS:
         raise MedalError(f"data.fit={fit!r}: choose one of {', '.join(FITS)}")
     h, w = image.shape
     if fit == "stretch" or h == w:
         return np.clip(image_io.resize(image, (size, size)), 0.0, 1.0)
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    if fill is None:
+        fill = float(np.median(np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])))
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    out = np.full((size, size), float(np.median(border)), dtype=np.float32)
+    out = np.full((size, size), fill, dtype=np.float32)
     y0, x0 = (size - nh) // 2, (size - nw) // 2
     out[y0:y0 + nh, x0:x0 + nw] = image_io.resize(image, (nh, nw))
     return np.clip(out, 0.0, 1.0)

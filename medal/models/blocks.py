@@ -24,6 +24,7 @@ the middle block where the paper's map keeps it in the entry flow. The explicit 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -129,8 +130,10 @@ def _output_sizes(backbone: nn.Module, units: Sequence[str], size: tuple[int, in
     return sizes
 
 
-def auto_block_map(timm_name: str, in_chans: int) -> dict[str, list[str]]:
+def auto_block_map(timm_name: str, in_chans: int, extra: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
     """The block map of timm model `timm_name` by its stage reductions (see the module docstring).
+
+    `extra` are the `model.timm_kwargs` the regressor builds it with (an `output_stride` changes the sizes).
 
     Every block is non-empty and every parameter is in exactly one block. A backbone whose feature maps
     take fewer than four sizes (nothing to cut into four blocks), or whose sizes grow again, is refused in
@@ -139,7 +142,7 @@ def auto_block_map(timm_name: str, in_chans: int) -> dict[str, list[str]]:
     from medal.models.regressor import create_backbone
 
     with torch.device("meta"):  # names and shapes only: no weight initialisation, no arithmetic
-        backbone = create_backbone(timm_name, in_chans, pretrained=False)
+        backbone = create_backbone(timm_name, in_chans, pretrained=False, extra=extra)
     stage_modules = [str(info["module"]) for info in getattr(backbone, "feature_info", None) or []]
     if not stage_modules:
         raise MedalError(f"model.blocks=auto: {timm_name} has no timm feature_info; write model.blocks by hand")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import timm
@@ -101,10 +101,16 @@ class BoneAgeRegressor(nn.Module):
         return self
 
 
-def create_backbone(name: str, in_chans: int, pretrained: bool) -> nn.Module:
-    """timm feature extractor (no classifier, no pooling); a failed download becomes a clear MedalError."""
+def create_backbone(name: str, in_chans: int, pretrained: bool, extra: Mapping[str, Any] | None = None) -> nn.Module:
+    """timm feature extractor (no classifier, no pooling); a failed download becomes a clear MedalError.
+
+    `extra` are further `timm.create_model` arguments (`model.timm_kwargs`, e.g. `output_stride: 16`).
+    """
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans)
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans,
+                                 **dict(extra or {}))
+    except TypeError as err:
+        raise MedalError(f"model.timm_kwargs={dict(extra or {})}: {name} does not take them ({err})") from None
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise MedalError(f"model.timm_name={name!r}: timm has no such model (see timm.list_models())") from None
@@ -147,6 +153,9 @@ class ModelOptions:
     image_size: int  # the input size the architecture was designed for (a hint for data.image_size)
     head: dict[str, Any]
     blocks: dict[str, list[str]] | str  # module prefixes per block, or "auto" (derived, medal.models.blocks)
+    # Further `timm.create_model` arguments, e.g. {output_stride: 16} for a CAM twice as fine. The one key a
+    # model YAML may leave out: most architectures need none.
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def block_map_of(opts: ModelOptions) -> dict[str, list[str]]:
@@ -154,7 +163,7 @@ def block_map_of(opts: ModelOptions) -> dict[str, list[str]]:
     if isinstance(opts.blocks, str):
         if opts.blocks != AUTO:
             raise MedalError(f"model.blocks={opts.blocks!r}: give a map of module prefixes per block or {AUTO!r}")
-        derived = auto_block_map(opts.timm_name, int(opts.in_chans))
+        derived = auto_block_map(opts.timm_name, int(opts.in_chans), opts.timm_kwargs)
         log.info("model.blocks=auto for %s: %s", opts.timm_name,
                  "; ".join(f"{block}: {', '.join(units)}" for block, units in derived.items()))
         return derived
@@ -165,7 +174,7 @@ def build_regressor(model_cfg: DictConfig | Mapping[str, Any]) -> BoneAgeRegress
     """The regressor of a `model=` config: backbone, validated block map, head, optional local weights."""
     opts = options_from(ModelOptions, model_cfg, "model")
     head_opts = options_from(HeadOptions, opts.head, "model.head")
-    backbone = create_backbone(opts.timm_name, int(opts.in_chans), bool(opts.pretrained))
+    backbone = create_backbone(opts.timm_name, int(opts.in_chans), bool(opts.pretrained), opts.timm_kwargs)
     block_map = block_map_of(opts)
     resolve_block_map(backbone, block_map, opts.timm_name)
     head = RegressionHead(backbone.num_features, hidden=list(head_opts.hidden), dropout=float(head_opts.dropout),

@@ -92,16 +92,18 @@ def override_list(value: Any, key: str) -> list[str]:
 
 def applies(cfg: DictConfig, override: str) -> bool:
     """Whether stage override `override` concerns `cfg`: `key=v`, `++key=v` and `~key` where the key or group
-    exists; `+key=v`, which adds a key, to every stage it is given for.
+    exists; `+key=v`, which adds a key, and `experiment=<name>`, which selects an experiment file of the task
+    (e.g. the bone age recipe `experiment=boneage_cpu`; a task without experiments refuses it when composed),
+    to every stage it is given for.
 
     Examples:
         >>> cfg = OmegaConf.create({"trainer": {"max_epochs": 3}})
         >>> [applies(cfg, o) for o in ("trainer.max_epochs=1", "++trainer.max_epochs=1", "enhance.epochs=1",
-        ...                            "+trainer.fast_dev_run=true")]
-        [True, True, False, True]
+        ...                            "+trainer.fast_dev_run=true", "experiment=boneage_cpu")]
+        [True, True, False, True, True]
     """
     key = override.split("=", 1)[0]
-    if key.startswith("+") and not key.startswith("++"):
+    if (key.startswith("+") and not key.startswith("++")) or key == "experiment":
         return True
     return OmegaConf.select(cfg, key.lstrip("+~"), default=_MISSING) is not _MISSING
 

@@ -90,7 +90,7 @@ def boneage_section(runs: dict[str, StageResult]) -> Section:
                 continue
             rows.append([cohort, sex.strip("_") or "all", _fmt(m.get(f"test/mae{sex}")), _fmt(m.get(f"test/rmse{sex}")),
                          _fmt(m.get(f"test/bias{sex}")), _fmt(m.get(f"test/within12{sex}"), 3),
-                         _fmt(m.get(f"test/mae_mean_predictor{sex}"))])
+                         _fmt(m.get(f"test/mae_floor{sex}")), _fmt(m.get(f"test/mae_mean_predictor{sex}"))])
     figs: list[Figure] = []
     for cohort, result in runs.items():
         m = result.metrics
@@ -99,18 +99,31 @@ def boneage_section(runs: dict[str, StageResult]) -> Section:
                         f"{_fmt(m.get('test/mae'))}, 95% CI {_fmt(ci[0])}–{_fmt(ci[1])})")
         figs += _latest(result, "bland_altman", f"{cohort} model: Bland–Altman")
     return Section("Bone age",
-                   ["Test split, months. The mean predictor always answers the training cohort's mean age."]
+                   ["Test split, months. The mean predictor always answers the training cohort's mean age; the "
+                    "noise floor (phantoms only, — on real data) is the MAE of the best reader of each hand's "
+                    "anatomy, which no model can beat (`medal.data.phantom.floor`)."]
                    + _missing(figs, "bone age"),
-                   [Table(["model cohort", "test sex", "MAE", "RMSE", "bias", "within 12 mo", "mean predictor MAE"],
-                          rows)], figs)
+                   [Table(["model cohort", "test sex", "MAE", "RMSE", "bias", "within 12 mo", "noise floor MAE",
+                           "mean predictor MAE"], rows)], figs)
+
+
+CAM_REGIONS = (("hand", "hand"), ("bone", "bones"), ("centre", "ossification centres (carpals, epiphyses)"))
 
 
 def cam_section(result: StageResult) -> Section:
     figs = (_latest(result, "cam_by_sex", "Average class activation maps, male and female test images")
             + _latest(result, "average_male", "Average CAM, male")
             + _latest(result, "average_female", "Average CAM, female"))
-    return Section("Class activation maps", ["Which regions drove the estimate (Zhou et al. CAM)."]
-                   + _missing(figs, "CAM"), figures=figs)
+    m = result.metrics
+    rows = [[label, _fmt(m.get(f"cam/{key}_fraction"), 3), _fmt(m.get(f"cam/{key}_area"), 3)]
+            for key, label in CAM_REGIONS if f"cam/{key}_area" in m]
+    text = ["Which regions drove the estimate (Zhou et al. CAM)."]
+    if rows:
+        text.append("Share of each test map's positive mass inside a region of the phantom's own masks, averaged "
+                    "over images, beside the region's share of the image (what an evenly spread map scores).")
+    return Section("Class activation maps", text + _missing(figs, "CAM"),
+                   [Table(["region", "share of positive CAM mass", "share of image area"], rows)] if rows else [],
+                   figs)
 
 
 def use_section(export: StageResult, predict: StageResult | None) -> Section:

@@ -14,7 +14,7 @@ from medal.errors import MedalError
 from medal.plotting import save_figure
 from medal.tables.curves import plot_loss_curves
 from medal.tables.folder_runs import RunResult, collect_runs
-from medal.tables.table import PRESETS, Table, TableSpec, build_table
+from medal.tables.table import METRIC_AXIS, PRESETS, Table, TableSpec, build_table
 from medal.tables.wandb_runs import collect_disk_runs, collect_online_runs
 
 log = logging.getLogger("medal.table")
@@ -58,6 +58,8 @@ def table_spec(tcfg: DictConfig) -> TableSpec:
         changes["decimals"] = int(tcfg.decimals)
     if tcfg.best is not None:
         changes["best"] = str(tcfg.best)
+    if tcfg.baselines is not None:
+        changes["baselines"] = {str(k): str(v) for k, v in tcfg.baselines.items()}
     if tcfg.preset is None:
         if not changes.get("rows") or not changes.get("columns"):
             raise MedalError("table.preset=null needs table.rows=KEY and table.columns=[KEY,...]")
@@ -65,6 +67,8 @@ def table_spec(tcfg: DictConfig) -> TableSpec:
     preset = PRESETS[tcfg.preset]
     if {"rows", "columns"} & changes.keys():  # another layout: the preset's fixed orders/reference no longer fit
         changes.setdefault("reference", None)
+        if METRIC_AXIS in (changes.get("rows"), *changes.get("columns", ())):  # no single metric per cell
+            changes.setdefault("baselines", {})
     return dataclasses.replace(preset, **changes)
 
 

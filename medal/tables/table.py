@@ -5,6 +5,9 @@ Figure 12 of the paper is the preset `figure12`: rows = fine-tune mode, columns 
 all failed as 'failed' — never as 0, so a broken sweep can't pass for a result.
 The pseudo key `metric` puts several metrics on an axis (e.g. one model scored per sex:
 `columns=[metric]`, `metrics=[test/mae, test/mae_male, test/mae_female]`).
+Baseline rows (`baselines`: label -> metric) follow the table's rows: per column, the mean of a reference
+metric over that column's runs, e.g. the phantoms' noise floor and the train-mean predictor beside Figure 12's
+MAEs. A baseline no run recorded (the floor on real data) gets no row.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class TableSpec:
     best: str | None = None  # "min" or "max": bold the best value of each column
     reference: Mapping[tuple[str, ...], float] | None = None
     reference_name: str = "paper"
+    baselines: Mapping[str, str] = field(default_factory=dict)  # row label -> metric, per column (not with `metric` axes)
 
     def __post_init__(self) -> None:
         axes = (self.rows, *self.columns)
@@ -65,6 +69,8 @@ class TableSpec:
             raise MedalError("table.metric is not set; name the metric of a cell, e.g. table.metric=test/mae")
         if self.best not in (None, "min", "max"):
             raise MedalError(f"table.best={self.best!r}: use min, max or null")
+        if self.baselines and METRIC_AXIS in axes:
+            raise MedalError("table.baselines: baseline rows need one metric per cell; drop them or the `metric` axis")
 
 
 FIGURE12 = TableSpec(
@@ -79,6 +85,7 @@ FIGURE12 = TableSpec(
     title="Figure 12: test MAE (months) by fine-tune mode, with/without enhancement, per cohort",
     best="min",
     reference=FIGURE12_PAPER,
+    baselines={"noise floor": "test/mae_floor", "mean predictor": "test/mae_mean_predictor"},
 )
 PRESETS: dict[str, TableSpec] = {"figure12": FIGURE12}
 
@@ -112,6 +119,13 @@ class Table:
     column_values: list[tuple[Any, ...]]
     cells: dict[tuple[Any, tuple[Any, ...]], Cell]
     compare: bool = False
+    baseline_cells: dict[tuple[str, tuple[Any, ...]], Cell] = field(default_factory=dict)
+
+    @property
+    def baseline_rows(self) -> list[str]:
+        """The baselines some run recorded, in the spec's order."""
+        return [label for label in self.spec.baselines
+                if any(self.baseline_cells.get((label, c), Cell()).values for c in self.column_values)]
 
     def cell(self, row: Any, column: Sequence[Any]) -> Cell:
         return self.cells.get((row, tuple(column)), Cell())
@@ -168,6 +182,14 @@ class Table:
                     ref = self._reference(row, column)
                     line.append((MISSING_MARK if ref is None else f"{ref:.{self.spec.decimals}f}", False))
             lines.append(line)
+        for label in self.baseline_rows:
+            line = [(label, False)]
+            for column in self.column_values:  # the same test images give every run the same value: no spread
+                mean = self.baseline_cells.get((label, column), Cell()).mean
+                line.append((MISSING_MARK if mean is None else f"{mean:.{self.spec.decimals}f}", False))
+            if self.compare:
+                line += [(MISSING_MARK, False)] * len(self.column_values)
+            lines.append(line)
         return lines
 
     def headers(self) -> list[str]:
@@ -188,6 +210,9 @@ class Table:
         note += f"; bold = best ({self.spec.best}) per column." if self.spec.best else "."
         if self.compare:
             note += f" `{self.spec.reference_name}:` columns are the published numbers, for comparison."
+        if self.baseline_rows:
+            note += " Last rows: " + "; ".join(f"{label} = `{self.spec.baselines[label]}`" for label in
+                                              self.baseline_rows) + ", averaged over the column's runs."
         return title + "\n".join(lines) + note + "\n"
 
     def to_csv(self) -> str:
@@ -200,8 +225,10 @@ class Table:
         if self.compare:
             header += [f"{self.spec.reference_name}[{n}]" for n in names]
         writer.writerow(header)
-        for row in self.row_values:
-            cells = [self.cell(row, c) for c in self.column_values]
+        rows = [(row, [self.cell(row, c) for c in self.column_values]) for row in self.row_values]
+        rows += [(label, [self.baseline_cells.get((label, c), Cell()) for c in self.column_values])
+                 for label in self.baseline_rows]
+        for row, cells in rows:
             line = [row] + [repr(c.mean) if c.mean is not None else c.state for c in cells]
             line += [len(c.values) for c in cells]
             if self.compare:
@@ -273,6 +300,7 @@ def build_table(runs: Sequence[RunResult], spec: TableSpec, compare: bool = Fals
     axes = (spec.rows, *spec.columns)
     metrics = spec.metrics if METRIC_AXIS in axes else (spec.metric,)
     cells: dict[tuple[Any, tuple[Any, ...]], Cell] = {}
+    baseline_cells: dict[tuple[str, tuple[Any, ...]], Cell] = {}
     seen: dict[str, list[Any]] = {key: [] for key in axes}
     for run in runs:
         for metric in metrics:
@@ -287,10 +315,15 @@ def build_table(runs: Sequence[RunResult], spec: TableSpec, compare: bool = Fals
                 cell.values.append(value)
             elif run.status == "failed":
                 cell.failed += 1
+            for label, baseline in spec.baselines.items():
+                reference = run.metrics.get(baseline) if run.ok else None
+                if reference is not None:
+                    baseline_cells.setdefault((label, tuple(values[1:])), Cell()).values.append(reference)
     orders = {key: spec.orders.get(key) or (metrics if key == METRIC_AXIS else None) for key in axes}
     row_values = _ordered(seen[spec.rows], orders[spec.rows])
     column_values = _product([_ordered(seen[k], orders[k]) for k in spec.columns])
-    return Table(spec=spec, row_values=row_values, column_values=column_values, cells=cells, compare=compare)
+    return Table(spec=spec, row_values=row_values, column_values=column_values, cells=cells, compare=compare,
+                 baseline_cells=baseline_cells)
 
 
 def _product(levels: list[list[Any]]) -> list[tuple[Any, ...]]:

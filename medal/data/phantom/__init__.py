@@ -1,16 +1,26 @@
 """Synthetic left-hand radiographs whose anatomy follows bone age, in the official RSNA layout.
 
 `anatomy` (maturity timings) -> `hand` (geometry) -> `render` (clean projection, mask, gold)
--> `acquisition` (nuisances) -> `dataset` (parallel, seeded, resumable writer) and `sheet` (contact sheet).
+-> `acquisition` (nuisances) -> `dataset` (parallel, seeded, resumable writer) and `sheet` (contact sheet);
+`floor` computes the noise floor of bone age from what the generator drew.
 """
 
 from medal.data.phantom.acquisition import Nuisance
 from medal.data.phantom.anatomy import CentreState, Individual, describe
-from medal.data.phantom.dataset import PhantomSettings, generate_dataset, render_spec, sample_spec
+from medal.data.phantom.dataset import (
+    BONES_DIR,
+    PhantomSettings,
+    generate_dataset,
+    read_bones,
+    render_spec,
+    sample_spec,
+)
+from medal.data.phantom.floor import read_floor
 from medal.data.phantom.render import Layers, Pose, render_hand
 from medal.data.phantom.sheet import write_contact_sheet
 
 __all__ = [
+    "BONES_DIR",
     "CentreState",
     "Individual",
     "Layers",
@@ -19,6 +29,8 @@ __all__ = [
     "Pose",
     "describe",
     "generate_dataset",
+    "read_bones",
+    "read_floor",
     "render_hand",
     "render_spec",
     "sample_spec",

@@ -44,6 +44,16 @@ FOREARM = {  # centre: (appear, widen, cap, fuse), each (girls, boys)
 CARPAL_MATURE = (170.0, 200.0)
 FUSION_MONTHS = 15.0  # growth plate narrows to nothing over this many months before the fusion age
 STAGES = ("absent", "appeared", "widened", "capped", "fused")
+# Hand length as a fraction of adult length at these ages (boys; girls run on an age axis scaled by
+# GIRLS_GROWTH_CLOCK, so they finish earlier). After the last knot nothing grows any more.
+GROWTH_KNOTS = (0.0, 12.0, 36.0, 60.0, 96.0, 132.0, 168.0, 204.0, 240.0)
+GROWTH_FRACTION = (0.33, 0.42, 0.52, 0.60, 0.70, 0.78, 0.90, 0.99, 1.0)
+GIRLS_GROWTH_CLOCK = 0.88
+# The bone-age label distribution (`sample_boneage`): a share drawn uniformly over the age range (the
+# extremes), the rest from a normal with the RSNA training set's mean by sex and SD, clipped to the range.
+LABEL_UNIFORM_SHARE = 0.25
+LABEL_MEAN = (117.9, 135.3)  # (girls, boys), months
+LABEL_SD = 41.2
 
 
 def hand_epiphyses() -> list[str]:
@@ -104,10 +114,8 @@ def population_timings(male: bool) -> dict[str, Timing]:
 
 def growth_fraction(age: float, male: bool) -> float:
     """Hand length as a fraction of adult length: a smooth curve, girls finishing earlier."""
-    knots = np.array([0.0, 12, 36, 60, 96, 132, 168, 204, 240])
-    frac = np.array([0.33, 0.42, 0.52, 0.60, 0.70, 0.78, 0.90, 0.99, 1.0])
-    scale = 1.0 if male else 0.88
-    return float(np.interp(age, knots * scale, frac))
+    scale = 1.0 if male else GIRLS_GROWTH_CLOCK
+    return float(np.interp(age, np.array(GROWTH_KNOTS) * scale, GROWTH_FRACTION))
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,22 @@ class Individual:
             out[name] = Timing(appear, widen, cap, fuse)
         return out
 
+    def plateau(self) -> float:
+        """The maturity age (months, label + offset) from which this hand's anatomy no longer changes.
+
+        The last of: growth (the growth curve's last knot), each epiphysis' fusion (its size and width are
+        final once it caps, its growth plate closes at fusion) and each round bone reaching adult size. Two
+        ages past the plateau render the same geometry, so no reader of the image can tell them apart; the
+        noise floor (`medal.data.phantom.floor`) needs it.
+        """
+        growth_end = GROWTH_KNOTS[-1] * (1.0 if self.male else GIRLS_GROWTH_CLOCK)
+        mature = CARPAL_MATURE[int(self.male)]
+        ends = [growth_end]
+        for name, t in self.timings().items():
+            round_bone = name in CARPALS or name == "sesamoid"
+            ends.append(t.appear + max(mature - t.appear, 12.0) if round_bone else t.fuse)
+        return float(max(ends))
+
 
 def describe(individual: Individual, boneage: float) -> dict[str, CentreState]:
     """State of every ossification centre of `individual` when its bone-age label is `boneage`."""
@@ -182,7 +206,6 @@ def describe(individual: Individual, boneage: float) -> dict[str, CentreState]:
 def sample_boneage(rng: np.random.Generator, male: bool, age_range: tuple[float, float]) -> float:
     """A bone-age label: mostly the RSNA-like distribution by sex, a quarter uniform to cover the extremes."""
     lo, hi = age_range
-    if rng.random() < 0.25:
+    if rng.random() < LABEL_UNIFORM_SHARE:
         return float(rng.uniform(lo, hi))
-    mean = 135.3 if male else 117.9
-    return float(np.clip(rng.normal(mean, 41.2), lo, hi))
+    return float(np.clip(rng.normal(LABEL_MEAN[int(male)], LABEL_SD), lo, hi))

@@ -5,6 +5,12 @@ Every image's randomness comes from `SeedSequence([seed, index])`, so an image d
 Image files are written atomically; a rerun with the same settings skips every finished image. The
 settings are the parts of the folder's `medal.resume.Marker` (`<out>/.medal/phantoms.json`, policy refuse):
 a different request cannot mix into the folder, and nothing in it is deleted.
+
+Beside each raw image the set holds, under the same `<id>.png`: `masks/` (the hand), `gold/` (the
+enhancer's target) and `bones/` (a label map of the rendered bones: `BONE_CLASSES`, stored as grey levels
+`class * 85` so the file is viewable; `read_bones` decodes it). `phantoms.csv` records per image what was
+drawn, including the facts behind the noise floor (`anatomical_age`, `anatomy_plateau`, `floor_prediction`,
+see `floor.py`); none of it is ever a model input.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from medal.data.images import write_png
+from medal.data.images import read_image, write_png
 from medal.data.phantom.acquisition import Acquisition, Nuisance, acquire, sample_acquisition
 from medal.data.phantom.anatomy import Individual, sample_boneage
+from medal.data.phantom.floor import FLOOR_COLUMN, SIDECAR, floor_predictions
 from medal.data.phantom.hand import HandShape, build_hand
-from medal.data.phantom.render import gold_image, render_layers
+from medal.data.phantom.render import BONE_CLASSES, Layers, gold_image, render_layers
 from medal.errors import MedalError
 from medal.resume import Marker
 
@@ -40,6 +47,8 @@ SPLIT_DIRS = {
     "test": ("Test Set Images",),
 }
 FIRST_ID = 1000
+BONES_DIR = "bones"  # <out>/bones/<id>.png: the bone label map, aligned with the raw image
+BONE_LEVEL_STEP = 85  # grey level of class k is k * 85 (0, 85, 170, 255)
 
 
 @dataclass(frozen=True)
@@ -127,33 +136,69 @@ def sample_spec(settings: PhantomSettings, index: int, split: str, folder: str) 
     return ImageSpec(index, str(FIRST_ID + index), split, folder, boneage, individual, shape, acq)
 
 
-def render_spec(spec: ImageSpec, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(raw, mask, gold) of one spec: raw float in [0, 1], mask bool, gold float in [0, 1]."""
+def render_spec_layers(spec: ImageSpec, seed: int) -> tuple[np.ndarray, Layers]:
+    """The raw image (float in [0, 1]) of one spec and the clean layers it was acquired from."""
     acq = spec.acquisition
     geo = build_hand(spec.individual, spec.boneage, spec.shape)
     texture = np.random.default_rng(np.random.SeedSequence([seed, spec.index, 2]))
     layers = render_layers(geo, acq.pose, acq.height, acq.width, texture=texture)
     noise_rng = np.random.default_rng(np.random.SeedSequence([seed, spec.index, 1]))
-    return acquire(layers, acq, noise_rng), layers.mask, gold_image(layers)
+    return acquire(layers, acq, noise_rng), layers
 
 
-def _paths(out_dir: Path, spec: ImageSpec) -> tuple[Path, Path, Path]:
+def render_spec(spec: ImageSpec, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(raw, mask, gold) of one spec: raw float in [0, 1], mask bool, gold float in [0, 1]."""
+    raw, layers = render_spec_layers(spec, seed)
+    return raw, layers.mask, gold_image(layers)
+
+
+def encode_bones(labels: np.ndarray) -> np.ndarray:
+    """A bone label map (uint8 classes) as the [0, 1] grey image `write_png` stores (class k -> k * 85)."""
+    return labels.astype(np.float32) * (BONE_LEVEL_STEP / 255.0)
+
+
+def read_bones(path: str | Path) -> np.ndarray:
+    """The uint8 bone label map (`BONE_CLASSES` values, 0 = no bone) of a `bones/<id>.png` file.
+
+    Examples:
+        >>> import tempfile
+        >>> labels = np.array([[0, 1], [2, 3]], np.uint8)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = write_png(Path(tmp) / "b.png", encode_bones(labels))
+        ...     read_bones(Path(tmp) / "b.png").tolist()
+        [[0, 1], [2, 3]]
+    """
+    labels = np.rint(read_image(path) * (255.0 / BONE_LEVEL_STEP)).astype(np.uint8)
+    if labels.max(initial=0) > max(BONE_CLASSES.values()):
+        raise MedalError(f"{path}: not a bone label map (grey levels must be multiples of {BONE_LEVEL_STEP})")
+    return labels
+
+
+def _paths(out_dir: Path, spec: ImageSpec) -> dict[str, Path]:
+    """Every file of one image; the raw image is written last, so its presence marks the image done."""
     name = f"{spec.id}.png"
-    return out_dir / spec.folder / name, out_dir / "masks" / name, out_dir / "gold" / name
+    return {"gold": out_dir / "gold" / name, "mask": out_dir / "masks" / name,
+            "bones": out_dir / BONES_DIR / name, "raw": out_dir / spec.folder / name}
 
 
 def _make_image(job: tuple[Path, PhantomSettings, int, str, str]) -> tuple[dict, bool]:
-    """Render and write one image unless all its files exist; return its metadata row and whether made."""
+    """Render and write the files of one image that are missing; return its metadata row and whether made.
+
+    A set made before `bones/` existed gains its bone maps on a rerun; the files it has are not rewritten.
+    """
     out_dir, settings, index, split, folder = job
     spec = sample_spec(settings, index, split, folder)
-    raw_path, mask_path, gold_path = _paths(out_dir, spec)
-    made = not (raw_path.exists() and mask_path.exists() and gold_path.exists())
-    if made:
-        raw, mask, gold = render_spec(spec, settings.seed)
-        write_png(gold_path, gold, bits=8, compress_level=1)
-        write_png(mask_path, mask, bits=8, compress_level=1)
-        write_png(raw_path, raw, bits=spec.acquisition.bits, compress_level=1)  # written last: its presence marks "done"
+    paths = _paths(out_dir, spec)
+    missing = [kind for kind, path in paths.items() if not path.exists()]
+    if missing:
+        raw, layers = render_spec_layers(spec, settings.seed)
+        images = {"gold": (gold_image(layers), 8), "mask": (layers.mask, 8),
+                  "bones": (encode_bones(layers.bones), 8), "raw": (raw, spec.acquisition.bits)}
+        for kind in missing:  # in `_paths` order: the raw image last
+            image, bits = images[kind]
+            write_png(paths[kind], image, bits=bits, compress_level=1)
     acq = spec.acquisition
+    individual = spec.individual
     row = {
         "id": spec.id,
         "split": split,
@@ -163,11 +208,13 @@ def _make_image(job: tuple[Path, PhantomSettings, int, str, str]) -> tuple[dict,
         "bits": acq.bits,
         "height": acq.height,
         "width": acq.width,
-        "maturity_offset": round(spec.individual.maturity_offset, 3),
+        "maturity_offset": round(individual.maturity_offset, 3),
+        "anatomical_age": round(spec.boneage + individual.maturity_offset, 3),
+        "anatomy_plateau": round(individual.plateau(), 3),
         "hard": "+".join(acq.hard),  # empty for an ordinary acquisition (Nuisance.hard_p)
         "path": f"{folder}/{spec.id}.png",
     }
-    return row, made
+    return row, bool(missing)
 
 
 def _begin_folder(out_dir: Path, settings: PhantomSettings) -> Marker:
@@ -220,7 +267,7 @@ def _write_labels(out_dir: Path, meta: pd.DataFrame) -> None:
             }
         ).to_excel(p, index=False, engine="openpyxl"),
     )
-    atomic(out_dir / "phantoms.csv", lambda p: meta.to_csv(p, index=False))
+    atomic(out_dir / SIDECAR, lambda p: meta.to_csv(p, index=False))
 
 
 def generate_dataset(
@@ -300,6 +347,7 @@ def generate_dataset(
             pool.join()
     seconds = time.perf_counter() - started
     meta = pd.DataFrame(rows)
+    meta[FLOOR_COLUMN] = floor_predictions(meta, settings.age_range, settings.maturity_sd).round(3)
     _write_labels(out_dir, meta)
     marker.finish(settings.to_json(), images=len(meta))
     meta.attrs.update(generated=made, seconds=seconds)

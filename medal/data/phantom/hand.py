@@ -46,6 +46,7 @@ class Blob:
     minor: float
     wobble: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # amp2, phase2, amp3, phase3
     taper: float = 0.0  # > 0: thicker towards the tip of `axis` (a wedge, like the distal radial epiphysis)
+    kind: str = "round"  # "round" (a carpal or the sesamoid) or "epiphysis": the class in the bone label map
 
 
 @dataclass
@@ -179,7 +180,7 @@ def _long_bone(
         # The epiphysis grows from the joint side; fused ones touch (and slightly overlap) the shaft.
         shaft_face = epi_end + towards_shaft * (epi_len - 0.3 * (1 - epi.gap))
         centre = shaft_face - towards_shaft * half_len
-        geo.blobs.append(Blob(centre, _perp(direction) * r_meta * epi.width_ratio, half_len))
+        geo.blobs.append(Blob(centre, _perp(direction) * r_meta * epi.width_ratio, half_len, kind="epiphysis"))
     return tip
 
 
@@ -225,7 +226,7 @@ def build_hand(individual: Individual, boneage: float, shape: HandShape | None =
             hh = half_h * scale * (0.45 + 0.55 * st.size)
             centre = pt(axis_x, top) + np.array([0.0, hh - 0.3 * (1 - st.gap)])
             # The radial epiphysis starts as an oval and becomes a wedge, thick on the thumb side.
-            geo.blobs.append(Blob(centre, _unit(90 - tilt) * hw, hh, taper=taper * st.size))
+            geo.blobs.append(Blob(centre, _unit(90 - tilt) * hw, hh, taper=taper * st.size, kind="epiphysis"))
 
     for i, name in enumerate(CARPALS):
         st = states[name]

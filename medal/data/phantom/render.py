@@ -24,6 +24,9 @@ MASK_THICKNESS_MM = 0.5  # soft tissue thinner than this is background
 GOLD_GAIN = 1.2  # the gold standard's fixed window: 1 - exp(-gain * mu), then gamma
 GOLD_GAMMA = 0.8
 TEXTURE_AMPLITUDE = 0.1  # relative SD of the bone grain
+# Classes of the bone label map (`Layers.bones`); where solids overlap the higher class wins, so an
+# epiphysis touching its shaft stays an epiphysis.
+BONE_CLASSES = {"shaft": 1, "round": 2, "epiphysis": 3}  # long-bone shafts; carpals + sesamoid; epiphyses
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,16 @@ class Pose:
 
 @dataclass
 class Layers:
-    """The noiseless picture of one hand: attenuation of bone and soft tissue, and the hand mask."""
+    """The noiseless picture of one hand: attenuation of bone and soft tissue, the hand mask and the bones.
+
+    `bones` is a uint8 label map (0 = no bone, else a `BONE_CLASSES` value): exactly the pixels where a
+    bone's projected path length is positive, so it is aligned with the raw image like the hand mask.
+    """
 
     bone: np.ndarray
     soft: np.ndarray
     mask: np.ndarray
+    bones: np.ndarray
 
     @property
     def attenuation(self) -> np.ndarray:
@@ -88,7 +96,15 @@ def _chord(q: np.ndarray, radius: np.ndarray | float) -> np.ndarray:
     return 2.0 * radius * np.sqrt(np.maximum(1.0 - q, 0.0))
 
 
-def _add_rod(canvas: np.ndarray, p0: np.ndarray, p1: np.ndarray, rod: Rod, scale: float) -> None:
+def _label(labels: np.ndarray, rs: slice, cs: slice, inside: np.ndarray, value: int) -> None:
+    """Mark the pixels `inside` a solid with class `value` (the higher class wins where solids overlap)."""
+    window = labels[rs, cs]
+    window[inside] = np.maximum(window[inside], value)
+
+
+def _add_rod(
+    canvas: np.ndarray, labels: np.ndarray, p0: np.ndarray, p1: np.ndarray, rod: Rod, scale: float
+) -> None:
     r0, r1, rmid = float(rod.r0 * scale), float(rod.r1 * scale), float(rod.rmid * scale)
     length = float(np.linalg.norm(p1 - p0))
     if length < 1e-3:
@@ -113,9 +129,12 @@ def _add_rod(canvas: np.ndarray, p0: np.ndarray, p1: np.ndarray, rod: Rod, scale
     inner_chord = _chord(q / (inner * inner), radius * inner)
     marrow = 0.22 + 0.18 * ends
     canvas[rs, cs] += rod.flat * BONE_DENSITY * (outer_chord - inner_chord + marrow * inner_chord) / scale
+    _label(labels, rs, cs, outer_chord > 0, BONE_CLASSES["shaft"])
 
 
-def _add_blob(canvas: np.ndarray, centre: np.ndarray, axis: np.ndarray, blob: Blob, scale: float) -> None:
+def _add_blob(
+    canvas: np.ndarray, labels: np.ndarray, centre: np.ndarray, axis: np.ndarray, blob: Blob, scale: float
+) -> None:
     a = float(np.linalg.norm(axis))
     b = float(blob.minor * scale)
     if a < 0.3 or b < 0.3:
@@ -142,6 +161,7 @@ def _add_blob(canvas: np.ndarray, centre: np.ndarray, axis: np.ndarray, blob: Bl
     outer_chord = _chord(q, depth)
     inner_chord = _chord(q / (inner * inner), depth * inner)
     canvas[rs, cs] += 1.2 * BONE_DENSITY * (outer_chord - inner_chord + 0.3 * inner_chord) / scale
+    _label(labels, rs, cs, outer_chord > 0, BONE_CLASSES[blob.kind])
 
 
 def _add_capsule(canvas: np.ndarray, p0: np.ndarray, p1: np.ndarray, radius: float, flat: float) -> None:
@@ -180,10 +200,11 @@ def render_layers(
         return matrix @ p + offset
 
     bone = np.zeros((height, width), np.float32)
+    bones = np.zeros((height, width), np.uint8)
     for rod in geo.rods:
-        _add_rod(bone, px(rod.p0), px(rod.p1), rod, scale)
+        _add_rod(bone, bones, px(rod.p0), px(rod.p1), rod, scale)
     for blob in geo.blobs:
-        _add_blob(bone, px(blob.centre), matrix @ blob.axis, blob, scale)
+        _add_blob(bone, bones, px(blob.centre), matrix @ blob.axis, blob, scale)
     if texture is not None:
         bone *= 1.0 + TEXTURE_AMPLITUDE * _trabecular_texture(texture, bone.shape, scale)
         np.maximum(bone, 0.0, out=bone)
@@ -193,7 +214,7 @@ def render_layers(
     thickness /= scale  # mm
     mask = (thickness > MASK_THICKNESS_MM) | (bone > 0)
     soft = np.where(mask, SOFT_DENSITY * thickness, 0.0).astype(np.float32)
-    return Layers(bone=bone, soft=soft, mask=mask)
+    return Layers(bone=bone, soft=soft, mask=mask, bones=bones)
 
 
 def render_hand(

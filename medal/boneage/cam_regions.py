@@ -1,0 +1,167 @@
+"""Where a class activation map's mass lies: inside the bones, the ossification centres, the hand.
+
+A pointing-game style measure of what the regressor looks at (issue 12): for each image, the share of the
+map's positive mass that falls inside a region, beside that region's share of the image area (what a map
+spread evenly would score); the energy-based pointing game of Score-CAM (Wang et al., CVPR-W 2020) on the
+raw, unnormalised map. A regressor's CAM is signed: its positive part is the evidence that raised the
+estimate (older than the head's bias), its negative part the evidence that lowered it. Only the positive
+part is counted, as the issue defines the measure, so for a young child, whose bones mostly argue
+"younger", the fraction describes fewer pixels; `cam_regions.csv` keeps every image's value, and a map
+with no positive mass at all is counted apart (`cam/no_positive_mass`), not scored.
+
+On phantoms the regions are known exactly: the hand mask (`masks/`) and the bone label map (`bones/`,
+`medal.data.phantom.render.BONE_CLASSES`: every bone; the centres = carpals, sesamoid and epiphyses, which
+carry bone age). They are mapped into the network's input frame the way the image was: a RoI through its
+box (`boxes.csv` of the segmentation, `medal.preprocess.crop.crop_square`), a raw image through
+`medal.data.cache.fit_square` with zero padding. Maps are compared at the input's resolution; a pixel
+belongs to a region when the region covers at least half of it (the mask resized bilinearly, then cut at
+0.5), so a map lying exactly on a region scores 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medal.atomic import atomic_path
+from medal.data.cache import fit_square
+from medal.data.images import read_image
+from medal.data.phantom.dataset import BONES_DIR, read_bones
+from medal.data.phantom.render import BONE_CLASSES
+from medal.errors import MedalError
+from medal.preprocess.crop import Box, crop_square
+from medal.segment.infer import BOXES_FILE
+
+log = logging.getLogger("medal.boneage")
+
+REGIONS = ("bone", "centre", "hand")  # every bone; carpals + sesamoid + epiphyses; the whole hand
+CENTRE_CLASSES = (BONE_CLASSES["round"], BONE_CLASSES["epiphysis"])
+
+
+def mass_fraction(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Share of each map's positive mass inside its region: sum(relu(map) * region) / sum(relu(map)).
+
+    Args:
+        maps: (B, H, W) class activation maps (any sign; negative evidence is not counted).
+        regions: (B, H, W) in [0, 1]: 1 inside the region, 0 outside (fractions weight a pixel partly).
+
+    Returns:
+        (B,) float64 in [0, 1]; NaN for a map with no positive mass (it points nowhere).
+
+    Raises:
+        ValueError: when the shapes differ.
+
+    Examples:
+        >>> region = torch.zeros(1, 4, 4); region[0, :2] = 1.0          # the top half
+        >>> inside = torch.zeros(1, 4, 4); inside[0, 0, 1] = 5.0         # all mass in the region
+        >>> even = torch.ones(1, 4, 4)                                   # spread evenly: the area share
+        >>> mass_fraction(torch.cat([inside, even, -even]), region.expand(3, 4, 4)).tolist()
+        [1.0, 0.5, nan]
+    """
+    if maps.shape != regions.shape or maps.dim() != 3:
+        raise ValueError(f"maps {tuple(maps.shape)} and regions {tuple(regions.shape)} must both be (B, H, W)")
+    positive = maps.double().clamp_min(0.0)
+    total = positive.sum(dim=(1, 2))
+    inside = (positive * regions.double()).sum(dim=(1, 2))
+    return torch.where(total > 0, inside / total.clamp_min(1e-300), torch.full_like(total, float("nan")))
+
+
+def read_boxes(path: Path) -> dict[str, Box]:
+    """The RoI box (y0, x0, y1, x1) of every id in a segmentation's `boxes.csv`."""
+    try:
+        with path.open(newline="") as fh:
+            return {row["id"]: (int(row["y0"]), int(row["x0"]), int(row["y1"]), int(row["x1"]))
+                    for row in csv.DictReader(fh)}
+    except (KeyError, ValueError) as err:
+        raise MedalError(f"{path}: not a boxes file of `medal segment` ({type(err).__name__}: {err}); "
+                         "rerun the segmentation to rewrite it") from None
+
+
+@dataclass(frozen=True)
+class RegionMaps:
+    """Where a data set's reference masks are and how its images were framed for the network.
+
+    `boxes` is None for raw images (framed by `fit_square`), else the RoI box of every id.
+    """
+
+    root: Path
+    size: int
+    fit: str
+    boxes: dict[str, Box] | None
+
+    def _frame(self, image: np.ndarray, ident: str) -> np.ndarray:
+        if self.boxes is None:
+            return fit_square(image, self.size, self.fit, fill=0.0)
+        if ident not in self.boxes:
+            raise MedalError(f"{BOXES_FILE} has no box for image {ident}; rerun `medal segment` for this data set")
+        return np.clip(crop_square(image, self.boxes[ident], self.size), 0.0, 1.0)
+
+    def regions(self, ident: str) -> dict[str, np.ndarray]:
+        """Each region of `REGIONS` as a (size, size) float 0/1 mask in the network input's frame."""
+        labels = read_bones(self.root / BONES_DIR / f"{ident}.png")
+        hand = read_image(self.root / "masks" / f"{ident}.png") > 0.5
+        full = {"bone": labels > 0, "centre": np.isin(labels, CENTRE_CLASSES), "hand": hand}
+        return {name: (self._frame(mask.astype(np.float32), ident) >= 0.5).astype(np.float32)
+                for name, mask in full.items()}
+
+
+def region_maps(root: str | Path, images: str, work_dir: str | Path, size: int, fit: str) -> RegionMaps | None:
+    """The reference masks of a data set in its images' frame, or None where it has none (real data).
+
+    Phantom sets carry `masks/` and `bones/`; RoI folders are framed by the segmentation's `boxes.csv`
+    (beside the RoIs, or in `<work_dir>/roi/` for enhanced copies of them).
+    """
+    root = Path(root)
+    if not ((root / BONES_DIR).is_dir() and (root / "masks").is_dir()):
+        log.info("%s has no bones/ and masks/ (phantom sets have): CAM region fractions are not computed", root)
+        return None
+    if images == "raw":
+        return RegionMaps(root, size, fit, None)
+    for folder in (Path(images), Path(work_dir) / "roi"):
+        if (folder / BOXES_FILE).is_file():
+            return RegionMaps(root, size, fit, read_boxes(folder / BOXES_FILE))
+    log.warning("no %s beside %s or in %s: the RoIs cannot be mapped back to the masks, so CAM region fractions "
+                "are not computed", BOXES_FILE, images, Path(work_dir) / "roi")
+    return None
+
+
+class RegionTally:
+    """Per-image fractions and areas of every region, and their means for `metrics.json` (`cam/...`)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float | str]] = []
+
+    def add(self, ids: list[str], sexes: list[str], maps: torch.Tensor, regions: list[dict[str, np.ndarray]]) -> None:
+        """Score one batch: `maps` (B, H, W) at the input's size, `regions[i]` the masks of `ids[i]`."""
+        rows = [{"id": i, "sex": s} for i, s in zip(ids, sexes, strict=True)]
+        for name in REGIONS:
+            stacked = torch.from_numpy(np.stack([r[name] for r in regions]))
+            fractions = mass_fraction(maps.detach().cpu(), stacked).tolist()
+            areas = stacked.double().mean(dim=(1, 2)).tolist()
+            for row, fraction, area in zip(rows, fractions, areas, strict=True):
+                row[f"{name}_fraction"], row[f"{name}_area"] = fraction, area
+        self.rows += rows
+
+    def metrics(self) -> dict[str, float]:
+        """Means over images (a map with no positive mass is left out of its fractions, and counted)."""
+        out: dict[str, float] = {}
+        for name in REGIONS:
+            for what in ("fraction", "area"):
+                values = np.array([row[f"{name}_{what}"] for row in self.rows], dtype=np.float64)
+                if np.isfinite(values).any():
+                    out[f"cam/{name}_{what}"] = float(np.nanmean(values))
+        out["cam/no_positive_mass"] = float(sum(not np.isfinite(row["hand_fraction"]) for row in self.rows))
+        return out
+
+    def write(self, path: Path) -> None:
+        """`cam_regions.csv`: id, sex, then each region's fraction and area."""
+        columns = ["id", "sex"] + [f"{n}_{w}" for n in REGIONS for w in ("fraction", "area")]
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
