@@ -3,8 +3,17 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN := $(UV) run --locked
 PYTEST_WORKERS ?= 2
+# `make wheels`: the target machine of an offline install (README "Air-gapped install")
+PY ?= 3.12
+PLATFORM ?= manylinux_2_28_x86_64
+WHEELS ?= wheels
+EXTRAS ?=
+EXCLUDE_INSTALLED_FROM ?=
+# `make gpu-check`: the Python that runs it (on an offline GPU server: GPU_PYTHON=python3) and its arguments
+GPU_PYTHON ?= $(RUN) python
+GPU_CHECK_ARGS ?=
 
-.PHONY: setup browser demo test test-full bench figure12-smoke lint clean
+.PHONY: setup browser demo test test-full bench figure12-smoke lint clean wheels gpu-check
 
 setup:  ## install uv if missing, then the locked environment
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --user --quiet uv
@@ -31,6 +40,13 @@ bench: setup  ## every benchmark -> outputs/bench/*.json, *.md and summary.md
 
 figure12-smoke: setup  ## Figure 12 (36 runs) on phantoms, tiny model; tables from the folder and offline W&B must match
 	$(RUN) python scripts/figure12_smoke.py --root outputs/figure12_smoke --n 96 --epochs 3
+
+wheels: setup  ## wheels for an offline install: make wheels PY=3.12 PLATFORM=manylinux_2_28_x86_64 [EXCLUDE_INSTALLED_FROM=base-freeze.txt] [EXTRAS=wandb,launchers,optuna]
+	$(RUN) python scripts/make_wheels.py --python $(PY) --platform $(PLATFORM) --out $(WHEELS) \
+	  $(if $(EXCLUDE_INSTALLED_FROM),--exclude-installed-from $(EXCLUDE_INSTALLED_FROM)) $(if $(EXTRAS),--extras $(EXTRAS))
+
+gpu-check:  ## medal at the paper's sizes on one GPU in <= 8 min -> outputs/bench/gpu/ (GPU_CHECK_ARGS="--device cpu --tiny" on a CPU)
+	$(GPU_PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint: setup
 	$(RUN) ruff check medal tests scripts

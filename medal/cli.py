@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from medal.errors import MedalError
+from medal.extras import check_overrides
 from medal.overrides import override_problem, stage_override_args
 from medal.tasks import TASKS
 
@@ -31,8 +32,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"medal: unknown task {task!r}; choose one of: {', '.join(TASKS)} (see `medal --help`)",
               file=sys.stderr)
         raise SystemExit(2)
-    try:  # stage-override lists typed the natural way -> Hydra's quoted form (medal.overrides)
-        rest = stage_override_args(rest)
+    try:  # stage-override lists typed the natural way -> Hydra's quoted form (medal.overrides); an optional
+        rest = stage_override_args(rest)  # part this install lacks (W&B, a launcher, Optuna): one line, up front
+        check_overrides(rest)
     except MedalError as err:
         print(f"medal {task}: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -14,7 +14,21 @@ from medal.errors import MedalError
 
 T = TypeVar("T")
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def find_conf_dir(package_dir: Path) -> Path:
+    """Where the Hydra configs are: `medal/conf` inside an installed wheel (pyproject force-includes them
+    there), else `conf/` at the root of a checkout (`uv sync` installs the package editable, from the source).
+
+    Examples:
+        >>> find_conf_dir(Path("/nowhere/medal")).as_posix()
+        '/nowhere/conf'
+    """
+    packaged = package_dir / "conf"
+    return packaged if packaged.is_dir() else package_dir.parent / "conf"
+
+
+CONF_DIR = str(find_conf_dir(Path(__file__).resolve().parent))
 
 
 def to_plain(node: Any) -> Any:
@@ -95,6 +109,13 @@ def fast_precision(accelerator: str = "cpu") -> str:
     return pick(accelerator)
 
 
+def loader_workers(accelerator: str = "cpu") -> int:
+    """`${loader_workers:${trainer.accelerator}}`: 0 on a CPU, a few on a GPU (see medal.hardware)."""
+    from medal.hardware import loader_workers as pick
+
+    return pick(accelerator)
+
+
 def launch_dir() -> str:
     """`${launch_dir:}`: the directory medal was started from (Hydra's runtime.cwd once a job runs).
 
@@ -107,13 +128,16 @@ def launch_dir() -> str:
 
 
 def register_resolvers() -> None:
-    """Register `${path_id:...}`, `${fast_precision:...}` and `${launch_dir:}`; safe to call more than once."""
+    """Register `${path_id:...}`, `${fast_precision:...}`, `${loader_workers:...}` and `${launch_dir:}`; safe to
+    call more than once."""
     if not OmegaConf.has_resolver("launch_dir"):
         OmegaConf.register_new_resolver("launch_dir", launch_dir)
     if not OmegaConf.has_resolver("path_id"):
         OmegaConf.register_new_resolver("path_id", path_id)
     if not OmegaConf.has_resolver("fast_precision"):
         OmegaConf.register_new_resolver("fast_precision", fast_precision)
+    if not OmegaConf.has_resolver("loader_workers"):
+        OmegaConf.register_new_resolver("loader_workers", loader_workers)
 
 
 register_resolvers()

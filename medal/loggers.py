@@ -23,6 +23,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from medal.errors import MedalError
+from medal.extras import WANDB, require
 
 log = logging.getLogger("medal.loggers")
 
@@ -122,6 +123,7 @@ def wandb_logger(
     `tags` are the run's Hydra overrides (`finetune=ptl`, ...) so runs of a sweep can be filtered by
     them; the display name defaults to the same overrides joined, which tells the runs of a group apart.
     """
+    require(WANDB, "logger=wandb")  # Lightning's WandbLogger imports wandb only here, when it is built
     tag_list = [str(tag)[:WANDB_TAG_MAX] for tag in (tags or [])]
     offline = wandb_offline_wanted() if offline is None else offline
     Path(save_dir).mkdir(parents=True, exist_ok=True)

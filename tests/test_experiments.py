@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Each experiment file belongs to one task; a new experiment file must be registered here to be tested.
 EXPERIMENT_TASKS = {"figure12": "boneage", "backbones": "boneage", "enhancers": "enhance",
                     "al_strategies": "segment", "demo": "pipeline",
-                    "smoke": "pipeline", "boneage_cpu": "boneage"}
+                    "smoke": "pipeline", "boneage_cpu": "boneage", "pretrain_tiny": "pretrain"}
 SWEEP_SIZES = {"figure12": 36, "backbones": 9, "enhancers": 4, "al_strategies": 9, "demo": None, "smoke": None,
-               "boneage_cpu": None}  # None: no sweep
+               "boneage_cpu": None, "pretrain_tiny": None}  # None: no sweep
 
 
 def sweep_jobs(cfg: DictConfig) -> list[list[str]]:
@@ -214,7 +214,8 @@ def test_an_optuna_search_with_a_misspelt_metric_stops_after_its_first_trial(tmp
 
 
 TASK_OVERRIDES = {"cam": ["ckpt=x.ckpt"], "table": ["table.source=x"], "check-data": [], "phantoms": [],
-                  "segment": [], "enhance": [], "boneage": [], "pipeline": []}  # the keys a task requires
+                  "segment": [], "enhance": [], "boneage": [], "pipeline": [], "export": [],
+                  "predict": ["bundle=b", "input=x"], "pretrain": []}  # the keys a task requires
 
 
 def test_every_task_is_listed_here() -> None:

@@ -8,21 +8,28 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from helpers.browser import CHROMIUM, NO_CHROMIUM, render_dom
+from helpers.bundles import predict
+from helpers.dicom_files import write_dicom
 from helpers.hydra_compose import compose_task
 
 from medal.active.oracles import ANSWER_SUFFIX, MANIFEST
+from medal.data.images import read_image, write_png
 from medal.data.phantom.sheet import ARTIFACTS as PHANTOM_ARTIFACTS
+from medal.data.rsna import read_index
 from medal.errors import MedalError
 from medal.pipeline import plan
 from medal.pipeline.plan import StageBuilder
 from medal.pipeline.run import run_pipeline
 from medal.pipeline.stages import StageResult, read_record
+from medal.predict.rows import PREDICTIONS, read_rows
 from medal.tasks import runner
 
 SECTIONS = ["## Data", "## Hand segmentation", "## Image enhancement", "## Bone age", "## Class activation maps",
-            "## Configuration and versions"]
+            "## Use the trained model", "## Configuration and versions"]
 
 
 def _run(root: Path, *overrides: str) -> tuple[dict, Path]:
@@ -40,10 +47,12 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Path
 def test_tiny_pipeline_runs_every_stage_and_writes_the_report(finished: tuple[Path, dict, Path]) -> None:
     root, metrics, state = finished
     assert metrics["pipeline/stopped"] == 0.0
-    for stage in ("phantoms", "check_data", "segment", "enhance", "enhance_clahe", "enhance_none", "boneage_all", "cam"):
+    for stage in ("phantoms", "check_data", "segment", "enhance", "enhance_clahe", "enhance_none", "boneage_all", "cam",
+                  "export", "heldout_phantoms", "predict"):
         assert read_record(state / "state", stage) is not None, stage
     assert metrics["segment/test/dice"] > 0.5
     assert 0 < metrics["boneage_all/test/mae"] < 240
+    assert metrics["predict/predict/images"] == 12 and metrics["predict/predict/ok"] == 12
     report = (root / "run" / "report.md").read_text()
     assert [s for s in SECTIONS if s not in report] == []
     images = [line.split("](", 1)[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
@@ -119,7 +128,7 @@ def test_every_artefact_a_stage_declares_is_where_it_says(finished: tuple[Path, 
     root, _, _ = finished
     cfg = compose_task("pipeline", ["experiment=smoke"], root)
     stages = {s.name: s for s in StageBuilder(cfg).stages()}
-    for name in ("segment", "enhance", "boneage_all", "cam"):  # the baselines' enhance stages train no GAN
+    for name in ("segment", "enhance", "boneage_all", "cam", "export", "predict"):  # baselines train no GAN
         stage = stages[name]
         result = StageResult(name, "done", 0.0, dir=stage.dir, artifacts=stage.artifacts)
         assert stage.artifacts and {a: result.files(a) != [] for a in stage.artifacts} == dict.fromkeys(
@@ -179,3 +188,59 @@ def test_stage_overrides_given_as_one_string_apply_like_a_list(tmp_path: Path) -
 def test_stage_overrides_that_are_neither_a_list_nor_a_line_are_refused(value: object, message: str) -> None:
     with pytest.raises(MedalError, match=message):
         plan.override_list(value, "pipeline.common")
+
+
+def _case_csv(path: Path, rows: list[tuple[str, Path, int]]) -> Path:
+    pd.DataFrame({"id": [r[0] for r in rows], "path": [str(r[1]) for r in rows],
+                  "male": [r[2] for r in rows]}).to_csv(path, index=False)
+    return path
+
+
+def test_the_exported_bundle_reproduces_the_bone_age_runs_test_predictions(finished: tuple[Path, dict, Path],
+                                                                           tmp_path: Path) -> None:
+    """The bundle is the model: the whole chain from the raw radiographs (coarse polarity, committee, RoI, GAN,
+    regressor) gives the run's own test predictions, without TTA."""
+    root, _, state = finished
+    cfg = compose_task("pipeline", ["experiment=smoke"], root)
+    run = pd.read_csv(state / "boneage_all" / "predictions.csv", dtype={"id": str})
+    test = run[run["split"] == "test"]
+    paths = read_index(cfg.data.root, strict=False).set_index("id")["path"]
+    source = _case_csv(tmp_path / "test.csv", [(i, paths[i], int(s == "M")) for i, s in zip(test["id"], test["sex"], strict=True)])
+    predict(state / "export" / "bundle", source, tmp_path, tmp_path / "out")
+    rows = read_rows(tmp_path / "out" / PREDICTIONS).set_index("id")
+    assert len(test) >= 4 and (rows["status"] == "ok").all()
+    np.testing.assert_allclose(rows.loc[test["id"], "boneage"].to_numpy(), test["predicted"].to_numpy(), atol=1e-4)
+
+
+def test_dicom_and_16_bit_png_give_the_estimate_of_the_same_pixels_as_png(finished: tuple[Path, dict, Path],
+                                                                         tmp_path: Path) -> None:
+    """MONOCHROME2 and MONOCHROME1 12-bit DICOM and a 16-bit PNG of a radiograph's pixels: the estimate of the
+    8-bit PNG, within the 12-bit rounding. A near-black image with no hand is a `no_hand` row."""
+    root, _, state = finished
+    cfg = compose_task("pipeline", ["experiment=smoke"], root)
+    meta = pd.read_csv(Path(cfg.data.root) / "phantoms.csv", dtype={"id": str})
+    index = read_index(cfg.data.root, strict=False).set_index("id")
+    chosen = [meta.loc[meta["inverted"] == flag, "id"].iloc[0] for flag in (False, True) if (meta["inverted"] == flag).any()]
+    rows, rng = [], np.random.default_rng(0)
+    for image_id in chosen:
+        pixels = np.round(read_image(index.loc[image_id, "path"]) * 255) / 255  # the 8-bit grey levels
+        male = int(index.loc[image_id, "male"])
+        write_png(tmp_path / "in" / f"{image_id}_png8.png", pixels)
+        write_png(tmp_path / "in" / f"{image_id}_png16.png", pixels, bits=16)
+        stored = np.round(pixels * 4095).astype(int)
+        write_dicom(tmp_path / "in" / f"{image_id}_mono2.dcm", stored, sex="M" if male else "F")
+        write_dicom(tmp_path / "in" / f"{image_id}_mono1.dcm", 4095 - stored, photometric="MONOCHROME1")
+        rows += [(f"{image_id}_{kind}", tmp_path / "in" / f"{image_id}_{kind}.{ext}", male)
+                 for kind, ext in (("png8", "png"), ("png16", "png"), ("mono2", "dcm"), ("mono1", "dcm"))]
+    write_png(tmp_path / "in" / "dark.png", np.clip(0.02 + rng.normal(0, 0.01, (96, 80)), 0, 1))
+    rows.append(("dark", tmp_path / "in" / "dark.png", 1))
+    predict(state / "export" / "bundle", _case_csv(tmp_path / "cases.csv", rows), tmp_path, tmp_path / "out")
+    out = read_rows(tmp_path / "out" / PREDICTIONS).set_index("id")
+    assert out.loc["dark", "status"] == "no_hand" and np.isnan(out.loc["dark", "boneage"])
+    for image_id in chosen:
+        reference = out.loc[f"{image_id}_png8", "boneage"]
+        assert out.loc[f"{image_id}_png16", "boneage"] == pytest.approx(reference, abs=1e-4)
+        for kind in ("mono2", "mono1"):
+            assert out.loc[f"{image_id}_{kind}", "status"] == "ok"
+            assert out.loc[f"{image_id}_{kind}", "boneage"] == pytest.approx(reference, abs=0.5), (image_id, kind)
+        assert out.loc[f"{image_id}_mono1", "boneage"] == out.loc[f"{image_id}_mono2", "boneage"]

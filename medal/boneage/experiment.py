@@ -50,6 +50,7 @@ NOT_SETTINGS: tuple[str, ...] = ("paths", "hydra", "logger", "task_name", "optim
 NOT_SETTINGS_IN: dict[str, tuple[str, ...]] = {
     "trainer": ("default_root_dir", "enable_progress_bar", "enable_model_summary", "log_every_n_steps"),
     "data": ("num_workers", "cache_workers"),
+    "enhance": ("num_workers",),  # the enhancer's loader processes (hardware-dependent: ${loader_workers:...})
 }
 
 
@@ -154,8 +155,11 @@ def _early_stopping(cfg: DictConfig) -> EarlyStopping | None:
                          check_on_train_epoch_end=True)
 
 
-def _begin(marker: Marker, settings: dict[str, Any], ckpt_dir: Path) -> str:
-    """The run's status (`done`, `resume`, `fresh`); refuses a folder whose checkpoints have no record."""
+def begin_run(marker: Marker, settings: dict[str, Any], ckpt_dir: Path) -> str:
+    """The run's status (`done`, `resume`, `fresh`); refuses a folder whose checkpoints have no record.
+
+    Shared by the training tasks that keep Lightning checkpoints in their run folder (bone age, pretraining).
+    """
     if marker.read() is None and any(ckpt_dir.glob("*.ckpt")):
         raise MedalError(f"{ckpt_dir}: checkpoints without a record of the settings that made them "
                          f"({marker.path} is missing); delete that run folder or choose another")
@@ -169,7 +173,7 @@ def run_boneage(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
     settings, marker = run_settings(cfg), run_marker(out_dir)
-    status = _begin(marker, settings, ckpt_dir)
+    status = begin_run(marker, settings, ckpt_dir)
     if status == "done":
         log.info("%s already holds this run, finished; its metrics are returned (a new run needs another folder)",
                  out_dir)

@@ -19,11 +19,15 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 LAST = "last"
 
 
+def latest(ckpt_dir: str | Path) -> ModelCheckpoint:
+    """`last.ckpt`, rewritten at the end of every training epoch (all a run without a validation metric keeps)."""
+    return ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, monitor=None, save_top_k=1,
+                           save_on_train_epoch_end=True, enable_version_counter=False)
+
+
 def best_and_last(ckpt_dir: str | Path, monitor: str, mode: str,
                   best_name: str = "best-{epoch:03d}") -> tuple[ModelCheckpoint, ModelCheckpoint]:
     """(best by `monitor` as `<best_name>.ckpt`, `last.ckpt` rewritten every training epoch)."""
     best = ModelCheckpoint(dirpath=ckpt_dir, filename=best_name, monitor=monitor, mode=mode, save_top_k=1,
                            auto_insert_metric_name=False, save_on_train_epoch_end=True)
-    last = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, monitor=None, save_top_k=1,
-                           save_on_train_epoch_end=True, enable_version_counter=False)
-    return best, last
+    return best, latest(ckpt_dir)

@@ -65,6 +65,15 @@ def load_resized(path: str | Path, size: int, fit: str = "pad") -> np.ndarray:
     return fit_square(image_io.read_image(path), size, fit)
 
 
+def cached_form(image: np.ndarray, size: int, fit: str = "pad") -> np.ndarray:
+    """A decoded image as a cache row holds it: fitted to (size, size) and stored as `CACHE_DTYPE`.
+
+    `medal predict` passes images it holds in memory through this, so the networks see the values they saw
+    in training (the float16 rounding included).
+    """
+    return fit_square(image, size, fit).astype(CACHE_DTYPE)
+
+
 def file_stamp(path: str | Path) -> list[str | int]:
     """A file's identity for resume fingerprints: resolved path, size in bytes and mtime (ns).
 
@@ -96,7 +105,7 @@ class CachedImages:
 def _decode(job: tuple[str, int, str]) -> tuple[np.ndarray | None, str | None]:
     path, size, fit = job
     try:
-        return load_resized(path, size, fit).astype(CACHE_DTYPE), None
+        return cached_form(image_io.read_image(path), size, fit), None
     except MedalError as err:
         return None, str(err)
 

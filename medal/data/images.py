@@ -1,7 +1,11 @@
-"""Decode any RSNA PNG flavour to one-channel float32, and write PNGs atomically, losing nothing.
+"""Decode any RSNA PNG flavour (and JPEG, DICOM) to one-channel float32, and write PNGs atomically, losing nothing.
 
 8- and 16-bit greyscale, palette, RGB and RGBA all become HxW float32 in [0, 1]; 16-bit files keep
-their full range (divided by 65535, not squeezed through 8 bits). Polarity is left as it is.
+their full range (divided by 65535, not squeezed through 8 bits). Polarity is left as it is. JPEG goes
+through the same Pillow path (8-bit grey or RGB). DICOM files (`medal.data.dicom`: PatientSex,
+MONOCHROME1, stored bits, rescale, VOI window) are rendered to [0, 1] by their own header, so for them
+`read_image` and `read_radiograph` agree. `decode` returns both readings (and a DICOM file's sex) from one
+decode, for `medal predict`, which needs the segmentation's reading and the crop's.
 
 Windowing of the derived images (the segmentation's `roi/` and `roi_gold/`, the enhancer's
 `enhanced/<method>/`): a source radiograph or gold standard is read with `read_radiograph`, which maps the
@@ -16,6 +20,7 @@ float32 at 16-bit precision. Masks stay 8-bit binary.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +34,35 @@ _RGB_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 lu
 STORED_BITS: tuple[int, ...] = (8, 10, 12, 14, 16)
 #: Bit depth of every derived image (RoIs, gold RoIs, enhanced RoIs): 65536 levels, finer than any source.
 DERIVED_BITS = 16
+#: File names `medal predict` takes as images in a folder (DICOM files without a suffix are found by content).
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One decode of a file: `image` as `read_image` gives it, `radiograph` as `read_radiograph` gives it (the
+    same array unless the file is 16-bit with a narrower stored range), and `sex` ('M'/'F') where a DICOM
+    header says."""
+
+    image: np.ndarray
+    radiograph: np.ndarray
+    sex: str | None = None
+
+
+def decode(path: str | Path) -> Decoded:
+    """Both readings of the file at `path` (and a DICOM file's PatientSex); MedalError with a one-line reason."""
+    from medal.data.dicom import is_dicom, read_dicom
+
+    if Path(path).is_file() and is_dicom(path):
+        image, sex = read_dicom(path)
+        return Decoded(image, image, sex)
+    image, sixteen_bit = _decode(path)
+    return Decoded(image, apply_window(image, stored_window(image)) if sixteen_bit else image)
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """Return the image at `path` as float32 HxW in [0, 1]; raise MedalError with a one-line reason."""
-    return _decode(path)[0]
+    return decode(path).image
 
 
 def read_radiograph(path: str | Path) -> np.ndarray:
@@ -41,8 +70,7 @@ def read_radiograph(path: str | Path) -> np.ndarray:
 
     16-bit files go through `stored_window`; 8-bit, palette and RGB files are read as `read_image` reads them.
     """
-    image, sixteen_bit = _decode(path)
-    return apply_window(image, stored_window(image)) if sixteen_bit else image
+    return decode(path).radiograph
 
 
 def stored_window(image: np.ndarray) -> tuple[float, float]:
@@ -119,6 +147,33 @@ def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(pil, dtype=np.float32)
 
 
+def _encode(image: np.ndarray, bits: int) -> np.ndarray:
+    """The integer pixels `write_png` stores for float [0, 1] (or bool) HxW: uint8 or uint16."""
+    arr = np.asarray(image)
+    if arr.dtype == bool:
+        arr = arr.astype(np.float32)
+    arr = np.clip(arr.astype(np.float32), 0.0, 1.0)
+    if bits == 16:
+        return np.round(arr * 65535).astype(np.uint16)
+    if bits == 8:
+        return np.round(arr * 255).astype(np.uint8)
+    raise MedalError(f"bits={bits}: PNG depth must be 8 or 16")
+
+
+def as_derived(image: np.ndarray) -> np.ndarray:
+    """What writing `image` as a derived image (`write_png(..., bits=DERIVED_BITS)`) and `read_image` give back:
+    the same float32 values, without the file. `medal predict` keeps its RoIs in memory and passes them through
+    this wherever the training chain wrote and re-read a file, so its numbers equal the chain's.
+
+    Examples:
+        >>> x = np.array([[0.0, 0.1234567], [0.5, 1.2]], dtype=np.float32)
+        >>> back = as_derived(x)
+        >>> back.dtype, float(back[1, 1]), abs(float(back[0, 1]) - 0.1234567) < 1 / 65535
+        (dtype('float32'), 1.0, True)
+    """
+    return _encode(image, DERIVED_BITS).astype(np.float32) / 65535.0
+
+
 def write_png(path: str | Path, image: np.ndarray, bits: int = 8, compress_level: int = 6) -> Path:
     """Write float [0, 1] (or bool mask) HxW as an 8- or 16-bit greyscale PNG, atomically.
 
@@ -126,16 +181,8 @@ def write_png(path: str | Path, image: np.ndarray, bits: int = 8, compress_level
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.asarray(image)
-    if arr.dtype == bool:
-        arr = arr.astype(np.float32)
-    arr = np.clip(arr.astype(np.float32), 0.0, 1.0)
-    if bits == 16:
-        pil = Image.fromarray(np.round(arr * 65535).astype(np.uint16))
-    elif bits == 8:
-        pil = Image.fromarray(np.round(arr * 255).astype(np.uint8), mode="L")
-    else:
-        raise MedalError(f"bits={bits}: PNG depth must be 8 or 16")
+    pixels = _encode(image, bits)
+    pil = Image.fromarray(pixels) if bits == 16 else Image.fromarray(pixels, mode="L")
     with atomic_path(path) as tmp:
         pil.save(tmp, format="PNG", compress_level=compress_level)
     return path

@@ -57,7 +57,9 @@ def build_method(cfg: DictConfig, split: PairSplit | None, device: str) -> tuple
         bf16 = use_bf16(enh.inference.bf16, device)
         generator = load_generator(enh, weights).to(device)
         method = generator_method(generator, bf16, bool(enh.inference.channels_last))
-        return method, {"method": "gan", "generator": file_stamp(weights), "bf16": bf16}  # retrained G: rewrite all
+        # a retrained G rewrites all; channels_last is recorded because it changes the numbers (a bundle reads it)
+        return method, {"method": "gan", "generator": file_stamp(weights), "bf16": bf16,
+                        "channels_last": bool(enh.inference.channels_last)}
     if enh.method == "clahe":
         clip_limit, grid = clahe_params(enh.clip_limit, enh.grid)
         keep_background = bool(enh.keep_background)

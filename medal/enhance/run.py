@@ -63,6 +63,19 @@ def identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def to_working(roi: torch.Tensor, size: int) -> torch.Tensor:
+    """A RoI (1, h, w) at the method's working size (1, size, size), antialiased, in [0, 1]."""
+    img = F.interpolate(roi[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return img[0].clamp_(0, 1)
+
+
+def to_roi_size(enhanced: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """A method's output (1, s, s) back at its RoI's size (h, w), as a [0, 1] float array."""
+    if enhanced.shape[-2:] != (h, w):
+        enhanced = F.interpolate(enhanced[None], size=(h, w), mode="bilinear", antialias=True)[0]
+    return enhanced[0].clamp(0, 1)
+
+
 class _RoIs(Dataset):
     """RoIs resized to the method's working size, with their own size to resize back to."""
 
@@ -73,10 +86,9 @@ class _RoIs(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str, int, int]:
-        img = torch.from_numpy(read_image(self.paths[i]))[None, None]
+        img = torch.from_numpy(read_image(self.paths[i]))[None]
         h, w = img.shape[-2:]
-        img = F.interpolate(img, size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
-        return img[0].clamp_(0, 1), self.paths[i].stem, h, w
+        return to_working(img, self.image_size), self.paths[i].stem, h, w
 
 
 def _start(out_dir: Path, input_dir: str | Path, inputs: dict[str, Path], settings: dict) -> tuple[Marker, dict]:
@@ -124,9 +136,7 @@ def enhance_folder(
             y = method(x).float().cpu()
             compute_s += time.perf_counter() - t0
             for img, id_, h, w in zip(y, ids, hs.tolist(), ws.tolist(), strict=True):
-                if img.shape[-2:] != (h, w):
-                    img = F.interpolate(img[None], size=(h, w), mode="bilinear", antialias=True)[0]
-                write_png(out_dir / f"{id_}.png", img[0].clamp(0, 1).numpy(), bits=DERIVED_BITS)
+                write_png(out_dir / f"{id_}.png", to_roi_size(img, h, w).numpy(), bits=DERIVED_BITS)
     total_s = time.perf_counter() - started
     n = len(todo)
     marker.finish(parts, images=len(inputs))

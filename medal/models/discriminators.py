@@ -1,8 +1,8 @@
 """Conditional discriminators D(x, y) for the enhancer: both see the input x and a candidate y.
 
 `PairDiscriminator` is the paper's D (section 2.3): three strided conv layers and one fully
-connected layer emitting one logit per pair. The FC layer reads an adaptively pooled grid, so
-one D works at any image size. `PatchDiscriminator` is pix2pix's 70x70 PatchGAN: a map of
+connected layer emitting one logit per pair. The FC layer reads a pooled grid of fixed size, so
+one D works at any image size (`GridMeanPool`: deterministic on GPUs where the map divides evenly). `PatchDiscriminator` is pix2pix's 70x70 PatchGAN: a map of
 logits, each judging one overlapping patch, which favours sharp local texture.
 Both emit logits (no sigmoid): the adversarial loss applies it in its stable form.
 """
@@ -27,6 +27,33 @@ def _down(in_ch: int, out_ch: int, norm: str, stride: int = 2) -> list[nn.Module
     ]
 
 
+class GridMeanPool(nn.Module):
+    """Average (B, C, H, W) maps into a (B, C, pool, pool) grid, as `nn.AdaptiveAvgPool2d(pool)` does.
+
+    Where `pool` divides H and W (every power-of-two input size), the windows are equal and the mean is a reshape:
+    its CUDA backward is deterministic, while adaptive pooling's is not (it raises under
+    `trainer.deterministic=true`). Other sizes fall back to adaptive pooling.
+
+    Examples:
+        >>> x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+        >>> torch.equal(GridMeanPool(4)(x), nn.AdaptiveAvgPool2d(4)(x)), GridMeanPool(4)(x).shape
+        (True, torch.Size([2, 3, 4, 4]))
+        >>> torch.allclose(GridMeanPool(4)(x[..., :6, :6]), nn.AdaptiveAvgPool2d(4)(x[..., :6, :6]))
+        True
+    """
+
+    def __init__(self, pool: int) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = self.pool
+        if h % p or w % p:
+            return nn.functional.adaptive_avg_pool2d(x, p)
+        return x.reshape(b, c, p, h // p, p, w // p).mean(dim=(3, 5))
+
+
 class PairDiscriminator(nn.Module):
     """Paper's D: 3 conv layers + 1 FC layer on the channel-concatenated pair (x, y) -> (B,) logits."""
 
@@ -38,7 +65,7 @@ class PairDiscriminator(nn.Module):
             nn.LeakyReLU(0.2, inplace=True),
             *_down(width, 2 * width, norm),
             *_down(2 * width, 4 * width, norm),
-            nn.AdaptiveAvgPool2d(pool),
+            GridMeanPool(pool),
         )
         self.fc = nn.Linear(4 * width * pool * pool, 1)
 

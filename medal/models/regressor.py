@@ -1,7 +1,8 @@
 """Bone age regressor: a timm backbone, a GAP + FC head, and a block map naming the fine-tuning stages.
 
-The block map (from the model's YAML) assigns every backbone parameter to exactly one of `stem`, `entry`,
-`middle`, `exit`, so fine-tune modes and paced transfer learning work on any backbone by config alone.
+The block map (from the model's YAML, or `auto`: derived from timm's stage reductions, `models/blocks.py`)
+assigns every backbone parameter to exactly one of `stem`, `entry`, `middle`, `exit`, so fine-tune modes and
+paced transfer learning work on any backbone by config alone. Local weights: `models/weights.py`.
 A BatchNorm whose parameters are frozen stays in eval mode whatever `.train()` is called with: frozen
 blocks keep their (ImageNet) running statistics, as a Keras layer with `trainable=False` does.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -22,42 +22,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from medal.config import options_from
 from medal.errors import MedalError
+from medal.models.blocks import AUTO, auto_block_map, resolve_block_map
 from medal.models.stages import BACKBONE_BLOCKS, STAGES
+from medal.models.weights import load_weights
 
 log = logging.getLogger("medal.boneage")
-
-
-def _under(name: str, prefix: str) -> bool:
-    """True when parameter `name` lies in module `prefix` (`block1` holds `block1.x`, not `block10.x`)."""
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def resolve_block_map(backbone: nn.Module, block_map: Mapping[str, Sequence[str]], model_name: str = "") -> None:
-    """Check that the block map covers every backbone parameter exactly once; raise a one-line MedalError."""
-    where = f"model.blocks of {model_name or type(backbone).__name__}"
-    unknown = sorted(set(block_map) - set(BACKBONE_BLOCKS))
-    if unknown:
-        raise MedalError(f"{where}: unknown block {unknown[0]!r}; use {', '.join(BACKBONE_BLOCKS)}")
-    modules = dict(backbone.named_modules())
-    for block, prefixes in block_map.items():
-        for prefix in prefixes:
-            if prefix not in modules:
-                raise MedalError(f"{where}.{block}: {prefix!r} is not a module of the backbone; "
-                                 f"top-level modules are {', '.join(n for n, _ in backbone.named_children())}")
-    unmapped, duplicated = [], []
-    for name, _ in backbone.named_parameters():
-        owners = [b for b, prefixes in block_map.items() for p in prefixes if _under(name, p)]
-        if not owners:
-            unmapped.append(name)
-        elif len(owners) > 1:
-            duplicated.append(f"{name} ({'+'.join(owners)})")
-    if unmapped or duplicated:
-        parts = []
-        if unmapped:
-            parts.append(f"{len(unmapped)} parameter(s) in no block, e.g. {', '.join(unmapped[:3])}")
-        if duplicated:
-            parts.append(f"{len(duplicated)} in several blocks, e.g. {', '.join(duplicated[:3])}")
-        raise MedalError(f"{where}: {'; '.join(parts)} — list each module prefix under exactly one block")
 
 
 class RegressionHead(nn.Module):
@@ -160,46 +129,6 @@ def _download_error(name: str, err: BaseException) -> MedalError:
                       f"model.pretrained=false model.weights=PATH to a local timm/safetensors/Lightning checkpoint")
 
 
-def _adapt_first_conv(backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Sum RGB filters into the grey-level first conv, as timm does for pretrained in_chans=1."""
-    from timm.models import adapt_input_conv
-
-    key = f"{backbone.pretrained_cfg.get('first_conv', '')}.weight"
-    own = backbone.state_dict().get(key)
-    if key in state and own is not None and state[key].shape[1] != own.shape[1]:
-        state[key] = adapt_input_conv(own.shape[1], state[key])
-
-
-def load_weights(model: BoneAgeRegressor, path: str | Path) -> None:
-    """Load a local checkpoint: a whole regressor (Lightning `.ckpt` or its state dict) or a timm backbone."""
-    from timm.models import load_state_dict
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MedalError(f"model.weights={path}: no such file; give a timm/safetensors/Lightning checkpoint")
-    try:
-        state = load_state_dict(str(path), use_ema=False, weights_only=True)
-    except Exception as err:
-        raise MedalError(f"model.weights={path}: cannot read it ({type(err).__name__}: {err})") from None
-    for prefix in ("model.", ""):
-        if any(k.startswith(prefix + "backbone.") for k in state):
-            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            missing, unexpected = model.load_state_dict(own, strict=False)
-            if missing or unexpected:
-                raise MedalError(f"model.weights={path}: regressor checkpoint does not match model "
-                                 f"(missing {missing[:2]}, unexpected {unexpected[:2]}); same model= config?")
-            log.info("loaded regressor weights from %s", path)
-            return
-    _adapt_first_conv(model.backbone, state)
-    classifier = str(model.backbone.pretrained_cfg.get("classifier", "fc"))
-    backbone_state = {k: v for k, v in state.items() if not _under(k, classifier)}
-    missing, unexpected = model.backbone.load_state_dict(backbone_state, strict=False)
-    if missing or unexpected:
-        raise MedalError(f"model.weights={path}: not a checkpoint of this backbone "
-                         f"(missing {missing[:2]}, unexpected {unexpected[:2]}); check model.timm_name")
-    log.info("loaded backbone weights from %s (head stays freshly initialised)", path)
-
-
 @dataclass(frozen=True)
 class HeadOptions:
     """`model.head`: FC widths before the output (`[]` keeps the head linear, so CAM is exact), dropout, and
@@ -223,10 +152,25 @@ class ModelOptions:
     sex_input: bool
     image_size: int  # the input size the architecture was designed for (a hint for data.image_size)
     head: dict[str, Any]
-    blocks: dict[str, list[str]]
+    blocks: dict[str, list[str]] | str  # module prefixes per block, or "auto" (derived, medal.models.blocks)
     # Further `timm.create_model` arguments, e.g. {output_stride: 16} for a CAM twice as fine. The one key a
     # model YAML may leave out: most architectures need none.
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def block_map_of(opts: ModelOptions) -> dict[str, list[str]]:
+    """`model.blocks` as a map: the YAML's own, or derived from the timm architecture when it says `auto`.
+
+    `auto` reads the stage modules of the architecture without `timm_kwargs`: an output stride dilates stages
+    but does not rename or regroup their modules, so the map is the same."""
+    if isinstance(opts.blocks, str):
+        if opts.blocks != AUTO:
+            raise MedalError(f"model.blocks={opts.blocks!r}: give a map of module prefixes per block or {AUTO!r}")
+        derived = auto_block_map(opts.timm_name, int(opts.in_chans))
+        log.info("model.blocks=auto for %s: %s", opts.timm_name,
+                 "; ".join(f"{block}: {', '.join(units)}" for block, units in derived.items()))
+        return derived
+    return {str(block): list(units) for block, units in opts.blocks.items()}
 
 
 def build_regressor(model_cfg: DictConfig | Mapping[str, Any]) -> BoneAgeRegressor:
@@ -234,7 +178,7 @@ def build_regressor(model_cfg: DictConfig | Mapping[str, Any]) -> BoneAgeRegress
     opts = options_from(ModelOptions, model_cfg, "model")
     head_opts = options_from(HeadOptions, opts.head, "model.head")
     backbone = create_backbone(opts.timm_name, int(opts.in_chans), bool(opts.pretrained), opts.timm_kwargs)
-    block_map = dict(opts.blocks)
+    block_map = block_map_of(opts)
     resolve_block_map(backbone, block_map, opts.timm_name)
     head = RegressionHead(backbone.num_features, hidden=list(head_opts.hidden), dropout=float(head_opts.dropout),
                           sex_input=bool(opts.sex_input), sex_dim=int(head_opts.sex_dim))
@@ -244,5 +188,5 @@ def build_regressor(model_cfg: DictConfig | Mapping[str, Any]) -> BoneAgeRegress
     std = sum(pcfg.get("std", (0.5,))) / len(pcfg.get("std", (0.5,)))
     model = BoneAgeRegressor(backbone, block_map, head, mean=mean, std=std)
     if opts.weights:
-        load_weights(model, opts.weights)
+        load_weights(model, opts.weights, opts.timm_name)
     return model

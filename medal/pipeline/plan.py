@@ -41,10 +41,14 @@ log = logging.getLogger("medal.pipeline")
 
 # The tasks a pipeline runs (`pipeline.stages.<task>` keys), with their primary config's name.
 PIPELINE_TASKS: dict[str, str] = {"phantoms": "phantoms", "check-data": "check_data", "segment": "segment",
-                                  "enhance": "enhance", "boneage": "boneage", "cam": "cam"}
+                                  "enhance": "enhance", "boneage": "boneage", "cam": "cam", "export": "export",
+                                  "predict": "predict"}
 # The module in which each task declares its artefacts (`ARTIFACTS`), imported only when the stage is planned.
 ARTIFACT_MODULES: dict[str, str] = {"segment": "medal.segment.experiment", "enhance": "medal.enhance.module",
-                                    "boneage": "medal.boneage.experiment", "cam": "medal.boneage.cam_experiment"}
+                                    "boneage": "medal.boneage.experiment", "cam": "medal.boneage.cam_experiment",
+                                    "export": "medal.bundle.export", "predict": "medal.predict.run"}
+#: Tasks that read no data set of their own (their configs have no `data` group): they share only the paths.
+NO_DATA_TASKS = ("phantoms", "export", "predict")
 
 _MISSING = object()
 
@@ -158,7 +162,7 @@ class StageBuilder:
 
     def shared_overrides(self, task: str) -> list[str]:
         """The data set, seed and paths every stage shares (the phantom generator takes only the paths)."""
-        if task == "phantoms":
+        if task in NO_DATA_TASKS:
             return [f"paths.root={self.cfg.paths.root}"]
         data = self.cfg.data
         return [f"data={_data_choice(self.cfg)}", f"data.name={data.name}", f"data.root={data.root}",
@@ -204,6 +208,36 @@ class StageBuilder:
             stages.append(PlannedStage("cam", "cam", (f"enhance={pipe.enhance}", f"cohort={pipe.cam_cohort}"),
                                        keys=("pipeline.enhance", "pipeline.cam_cohort"),
                                        late=lambda: [f"ckpt={best_checkpoint(run_dir)}"]))
+        stages += self._use_stages()
+        return stages
+
+    def heldout_root(self) -> Path:
+        """Where `pipeline.heldout` generates its phantoms: beside the data set, `<data.root>_heldout`."""
+        return Path(f"{Path(self.cfg.data.root).expanduser().resolve()}_heldout")
+
+    def _use_stages(self) -> list[PlannedStage]:
+        """Export the bone age stages' bundle and predict with it on images it never saw (held-out phantoms made
+        here, or `pipeline.predict_input`): what a user of the trained system does."""
+        pipe = self.cfg.pipeline
+        if not pipe.export or not pipe.cohorts:
+            return []
+        runs = ",".join(f"'{self.stage_dir(f'boneage_{c}')}'" for c in pipe.cohorts)
+        stages = [PlannedStage("export", "export", (f"export.regressors=[{runs}]",),
+                               keys=("pipeline.enhance", "pipeline.cohorts", "pipeline.export"))]
+        source = pipe.predict_input
+        if pipe.heldout:
+            if not pipe.phantoms:
+                raise MedalError("pipeline.heldout: generates held-out phantoms like pipeline.phantoms, which is "
+                                 "null; set pipeline.predict_input=<folder> for other data")
+            source = str(self.heldout_root())
+            stages.append(PlannedStage("heldout_phantoms", "phantoms",
+                                       (f"out={source}", f"n={pipe.heldout.n}", f"seed={pipe.heldout.seed}",
+                                        f"image_size={pipe.phantoms.image_size}"),
+                                       keys=("pipeline.heldout", "pipeline.phantoms")))
+        if source:
+            stages.append(PlannedStage("predict", "predict",
+                                       (f"bundle={self.stage_dir('export') / 'bundle'}", f"input={source}"),
+                                       keys=("pipeline.heldout", "pipeline.predict_input")))
         return stages
 
     def check_overrides(self, plan: list[PlannedStage]) -> None:

@@ -7,6 +7,7 @@ moved, or opened straight from disk in a browser without a server.
 from __future__ import annotations
 
 import html
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     code: list[str] = field(default_factory=list)  # preformatted blocks (configuration)
+    links: list[tuple[str, Path]] = field(default_factory=list)  # (text, file) linked relative to the report
 
 
 def _copy_figures(sections: list[Section], out_dir: Path) -> dict[Path, str]:
@@ -50,12 +52,19 @@ def _copy_figures(sections: list[Section], out_dir: Path) -> dict[Path, str]:
     return links
 
 
-def _markdown(title: str, sections: list[Section], links: dict[Path, str]) -> str:
+def _href(path: Path, out_dir: Path) -> str:
+    """A link from the report's folder to `path` (relative, so the two folders can move together)."""
+    return Path(os.path.relpath(Path(path).resolve(), out_dir.resolve())).as_posix()
+
+
+def _markdown(title: str, sections: list[Section], links: dict[Path, str], out_dir: Path) -> str:
     out = [f"# {title}", ""]
     for sec in sections:
         out += [f"## {sec.title}", ""]
         for para in sec.paragraphs:
             out += [para, ""]
+        out += [f"- [{text}]({_href(path, out_dir)})" for text, path in sec.links]
+        out += [""] if sec.links else []
         for tab in sec.tables:
             if tab.caption:
                 out += [f"*{tab.caption}*", ""]
@@ -82,7 +91,7 @@ pre{background:#f6f6f6;padding:.6rem;overflow-x:auto;font-size:.8rem}
 """
 
 # Counts images that loaded; a browser test (and a reader) can see broken figures at a glance.
-_IMAGE_CHECK = """
+IMAGE_CHECK = """
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
@@ -93,7 +102,7 @@ window.addEventListener('load', function () {
 """
 
 
-def _html(title: str, sections: list[Section], links: dict[Path, str]) -> str:
+def _html(title: str, sections: list[Section], links: dict[Path, str], out_dir: Path) -> str:
     esc = html.escape
     body = [f"<h1>{esc(title)}</h1>"]
     toc = "".join(f'<li><a href="#s{i}">{esc(s.title)}</a></li>' for i, s in enumerate(sections))
@@ -101,6 +110,9 @@ def _html(title: str, sections: list[Section], links: dict[Path, str]) -> str:
     for i, sec in enumerate(sections):
         body.append(f'<section id="s{i}"><h2>{esc(sec.title)}</h2>')
         body += [f"<p>{esc(p)}</p>" for p in sec.paragraphs]
+        if sec.links:
+            body.append("<ul>" + "".join(f'<li><a href="{esc(_href(path, out_dir))}">{esc(text)}</a></li>'
+                                         for text, path in sec.links) + "</ul>")
         for tab in sec.tables:
             head = "".join(f"<th>{esc(h)}</th>" for h in tab.headers)
             rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in tab.rows)
@@ -114,7 +126,7 @@ def _html(title: str, sections: list[Section], links: dict[Path, str]) -> str:
         body.append("</section>")
     body.append('<footer id="image-check" data-loaded="" data-total="">figures not checked (JavaScript off)</footer>')
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f"<style>{_CSS}</style><script>{_IMAGE_CHECK}</script></head><body>{''.join(body)}</body></html>")
+            f"<style>{_CSS}</style><script>{IMAGE_CHECK}</script></head><body>{''.join(body)}</body></html>")
 
 
 def write_report(title: str, sections: list[Section], out_dir: str | Path) -> tuple[Path, Path]:
@@ -123,6 +135,6 @@ def write_report(title: str, sections: list[Section], out_dir: str | Path) -> tu
     out.mkdir(parents=True, exist_ok=True)
     links = _copy_figures(sections, out)
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text(_markdown(title, sections, links))
-    html_path.write_text(_html(title, sections, links))
+    md_path.write_text(_markdown(title, sections, links, out))
+    html_path.write_text(_html(title, sections, links, out))
     return md_path, html_path

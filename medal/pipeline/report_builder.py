@@ -126,6 +126,32 @@ def cam_section(result: StageResult) -> Section:
                    figs)
 
 
+def use_section(export: StageResult, predict: StageResult | None) -> Section:
+    """The exported bundle and its predictions on images no model saw, linked."""
+    m = export.metrics
+    paragraphs = [f"The bone age stages' system as one portable bundle (`medal export`): validation MAE "
+                  f"{_fmt(m.get('export/val_mae'))} months on {_fmt(m.get('export/calibration_images'), 0)} images, "
+                  "which calibrate its intervals. Use it on new radiographs with "
+                  "`medal predict bundle=<bundle> input=<folder>`."]
+    links = [("bundle manifest (bundle.json)", f) for f in export.files("bundle")]
+    links += [("model card", f) for f in export.files("card")]
+    tables: list[Table] = []
+    if predict is not None:
+        p = predict.metrics
+        rows = [[label, _fmt(p.get(key), digits)] for key, label, digits in (
+            ("predict/images", "images", 0), ("predict/ok", "estimated", 0), ("predict/flagged", "flagged", 0),
+            ("predict/mae", "MAE against the phantoms' ages (months)", 2),
+            ("predict/coverage", "share of ages inside their interval", 3),
+            ("predict/nominal_coverage", "nominal coverage", 2),
+            ("predict/interval_width", "median interval width (months)", 1),
+            ("predict/images_per_s", "images/s (whole chain)", 1)) if key in p]
+        tables.append(Table(["measure", "value"], rows, caption="medal predict on images none of the models saw"))
+        links += [("predictions (CSV)", f) for f in predict.files("predictions")]
+        links += [("predictions page: each image, its mask, its CAM and its estimate", f)
+                  for f in predict.files("page")]
+    return Section("Use the trained model", paragraphs, tables, links=links)
+
+
 def _versions() -> Table:
     rows = []
     for name in PACKAGES:
@@ -157,6 +183,8 @@ def build_report(cfg: DictConfig, results: list[StageResult], out_dir: Path) -> 
         sections.append(boneage_section(boneage))
     if "cam" in by_name:
         sections.append(cam_section(by_name["cam"]))
+    if "export" in by_name:
+        sections.append(use_section(by_name["export"], by_name.get("predict")))
     timing = Table(["stage", "status", "seconds"], [[r.name, r.status, _fmt(r.seconds, 1)] for r in results],
                    caption="This run's stages (skipped = finished earlier with the same configuration)")
     sections.append(Section("Configuration and versions",

@@ -246,7 +246,11 @@ def write_outputs(setup: SegmentSetup, learner: ActiveLearner, data: SegData) ->
                               outputs=[outputs.masks, outputs.roi, outputs.roi_gold], what="final masks and RoIs")
     parts = {"al_dir": str(learner.dir), "model": fingerprint(learner.settings),
              "labelled": len(learner.pool.labelled), "ids": fingerprint(data.ids), "roi": asdict(seg.roi),
-             "postprocess": seg.postprocess, "gold_dir": str(gold) if gold else None}
+             "postprocess": seg.postprocess, "gold_dir": str(gold) if gold else None,
+             # how the committee saw the images (a model bundle rebuilds the chain from this record)
+             "inference": {"image_size": seg.image_size, "normalise_polarity": seg.normalise_polarity,
+                           "channels_last": seg.channels_last, "batch_size": setup.al.score_batch_size,
+                           "fast_scoring": setup.al.fast_scoring}}
     if marker.begin(parts) == "done":
         log.info("final masks and RoIs: reusing %s", outputs.roi)
         return outputs

@@ -50,6 +50,21 @@ class FinalOutputs:
         return self.work_dir / "roi_gold"
 
 
+def hand_roi(radiograph: np.ndarray, prob: np.ndarray, flip: bool, postprocess: bool, margin: float,
+             roi_size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """(full-size mask, RoI (roi_size, roi_size) float32, box) of one radiograph (H, W) in [0, 1] from the
+    committee-mean probability at working resolution (S, S): the map upsampled to (H, W), Otsu (and the
+    clean-up with `postprocess`), the polarity-normalised hand with its background zeroed, cropped square.
+
+    The final pass and `medal predict` both call this, so a bundle's RoIs are the training RoIs.
+    """
+    prob_full = np.clip(resize(prob, radiograph.shape), 0.0, 1.0)
+    mask = binarise(prob_full, postprocess)
+    hand = (1.0 - radiograph if flip else radiograph) * mask
+    box = roi_box(mask, margin)
+    return mask, crop_square(hand, box, roi_size), box
+
+
 def write_final(
     out: FinalOutputs,
     ids: Sequence[str],
@@ -71,13 +86,10 @@ def write_final(
     rows = []
     for i, (image_id, path) in enumerate(tqdm(list(zip(ids, paths, strict=True)), desc="masks + RoIs", unit="img")):
         image = read_radiograph(path)
-        prob = np.clip(resize(probs[i], image.shape), 0.0, 1.0)
-        mask = binarise(prob, out.postprocess)
-        write_png(out.masks / f"{image_id}.png", mask)
         flip = bool(inverted.get(image_id, False))
-        hand = (1.0 - image if flip else image) * mask
-        box = roi_box(mask, out.margin)
-        write_png(out.roi / f"{image_id}.png", crop_square(hand, box, out.roi_size), bits=DERIVED_BITS)
+        mask, roi, box = hand_roi(image, probs[i], flip, out.postprocess, out.margin, out.roi_size)
+        write_png(out.masks / f"{image_id}.png", mask)
+        write_png(out.roi / f"{image_id}.png", roi, bits=DERIVED_BITS)
         has_gold = False
         if gold_dir is not None and (gold_dir / f"{image_id}.png").is_file():
             gold = read_radiograph(gold_dir / f"{image_id}.png")

@@ -23,8 +23,9 @@ from medal.segment.train import RoundTraining
 class CommitteeModel:
     """`fit`, `predict_probs` (M, N, S, S), `features` (M, N, D), `state_dict` / `load_state_dict`."""
 
-    def __init__(self, committee: Committee, training: RoundTraining, device: str, fast: bool,
+    def __init__(self, committee: Committee, training: RoundTraining | None, device: str, fast: bool,
                  batch_size: int) -> None:
+        """`training` None: a trained committee used for prediction only (`medal predict`); `fit` refuses."""
         self.committee, self.training = committee, training
         self.device, self.fast, self.batch_size = device, fast, batch_size
         self.committee.to(device)
@@ -34,6 +35,8 @@ class CommitteeModel:
         return len(self.committee.members)
 
     def fit(self, images: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+        if self.training is None:
+            raise TypeError("this CommitteeModel predicts only (built without RoundTraining)")
         metrics = self.training.fit(self.committee, images, masks)
         self.committee.to(self.device)  # Lightning hands the module back on the CPU
         return metrics

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from medal.errors import MedalError
+from medal.extras import WANDB, require
 from medal.tables.folder_runs import (
     STATUS_FAILED,
     STATUS_INCOMPLETE,
@@ -88,6 +89,7 @@ def _apply(target: dict[str, Any], record: Any) -> None:
 
 def read_disk_run(run_dir: str | Path) -> RunResult:
     """One W&B run folder (`wandb/offline-run-*` or `wandb/run-*`) -> RunResult."""
+    require(WANDB, "table.source=wandb_offline")
     from wandb.proto import wandb_internal_pb2 as pb
 
     run_dir = Path(run_dir)
@@ -178,6 +180,7 @@ def collect_online_runs(project: str, entity: str | None = None, group: str | No
                         with_history: bool = True, api: Any = None) -> list[RunResult]:
     """Runs of a W&B project (optionally one group) through the public API; needs network and an API key."""
     if api is None:
+        require(WANDB, "table.source=wandb")
         import wandb
 
         api = wandb.Api()

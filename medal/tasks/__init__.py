@@ -11,8 +11,11 @@ TASKS: dict[str, tuple[str, str]] = {
     "check-data": ("medal.tasks.check_data", "validate a data set and print a summary and every problem"),
     "segment": ("medal.tasks.segment", "coarse masks + active-learning hand segmentation + RoI crops"),
     "enhance": ("medal.tasks.enhance", "train the GAN enhancer (or CLAHE/none) and enhance every RoI"),
+    "pretrain": ("medal.tasks.pretrain", "pretrain a backbone (self-supervised or on a source task) for model.weights"),
     "boneage": ("medal.tasks.boneage", "train, validate and test a bone age regressor (fine-tune modes, PTL)"),
     "cam": ("medal.tasks.cam", "class activation maps of a trained bone age model"),
     "table": ("medal.tasks.table", "ablation tables and loss curves from runs (folders or W&B)"),
+    "export": ("medal.tasks.export", "a portable model bundle (weights, settings, calibration) from finished runs"),
+    "predict": ("medal.tasks.predict", "bone age with an interval for new radiographs, through a model bundle"),
     "pipeline": ("medal.tasks.pipeline", "the whole system end to end, resumable, with a report"),
 }

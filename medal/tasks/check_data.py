@@ -1,11 +1,11 @@
 """`medal check-data`: validate a data set, print a per-split summary and every problem on its own line
-(`medal.data.check`); exit status 1 when anything is wrong."""
+(`medal.data.check_experiment`); exit status 1 when anything is wrong."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from medal.data.check import run_check_data
+from medal.data.check_experiment import run_check_data
 from medal.tasks.runner import hydra_task
 
 

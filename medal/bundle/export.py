@@ -1,0 +1,153 @@
+"""`medal export`: write a model bundle from finished runs.
+
+Layout (after MONAI's bundle: weights under `models/`, the inference config under `configs/`, a model card
+under `docs/`, metadata in a manifest):
+
+    bundle.json              manifest: format, versions, parts' recorded configs, data set and split, sha256s
+    configs/inference.json   the chain (`medal.bundle.spec.ChainSpec`): every preprocessing setting
+    models/committee.safetensors, models/generator.safetensors, models/regressor_<name>.safetensors
+    models/*.onnx            with export.onnx=true (checked against PyTorch; the largest difference recorded)
+    calibration.json         conformal residuals and quality fences on the validation split
+    docs/README.md           what it is, how to use it, what it was trained on
+
+The folder's `medal.resume.Marker` (`.medal/export.json`, policy rebuild) holds the sources' stamps: the same
+runs export once; a retrained part rewrites the bundle. `bundle.json` is written last, so a bundle without it
+is incomplete (and `load_bundle` says so).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from safetensors.torch import load_file, save_file
+
+from medal.atomic import atomic_path, write_json, write_text
+from medal.bundle.manifest import CALIBRATION, INFERENCE, MANIFEST, build_manifest, versions, write_manifest
+from medal.bundle.sources import Sources, find_sources, pipeline_regressors
+from medal.config import to_plain
+from medal.data.cache import file_stamp
+from medal.errors import MedalError
+from medal.hardware import inference_device
+from medal.resume import Marker
+
+log = logging.getLogger("medal.bundle")
+
+#: Outputs by name, relative to the export run folder (what the pipeline report links).
+ARTIFACTS = {"bundle": "bundle/bundle.json", "card": "bundle/docs/README.md"}
+DATA_FORMAT = {
+    "inputs": {"image": {"type": "radiograph", "format": "PNG (8/16-bit, palette, RGB), JPEG or DICOM",
+                         "channels": 1, "note": "one left-hand radiograph per file, any size"},
+               "male": {"type": "sex", "values": "1 male, 0 female; from a CSV, RSNA labels or DICOM PatientSex"}},
+    "outputs": {"boneage": {"type": "regression", "unit": "months"},
+                "interval": {"type": "split-conformal interval", "unit": "months"}},
+}
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+
+
+def write_weights(sources: Sources, root: Path) -> list[str]:
+    """Every network's weights as safetensors under `root/models/`; returns their paths relative to `root`."""
+    chain, written = sources.chain, []
+    if sources.committee is not None:
+        state = torch.load(sources.committee, map_location="cpu", weights_only=True)["state_dict"]
+        _save(state, root / chain.segmenter.weights)
+        written.append(chain.segmenter.weights)
+    if sources.generator is not None:
+        _save(load_file(str(sources.generator)), root / chain.enhancer.weights)
+        written.append(chain.enhancer.weights)
+    for reg in sources.regressors:
+        _save(reg.state, root / reg.spec.weights)
+        written.append(reg.spec.weights)
+    return written
+
+
+def model_card(name: str, description: str, data: dict[str, Any], calibration: dict[str, Any],
+               chain: dict[str, Any]) -> str:
+    """docs/README.md: what the bundle is and how to use it, in a few lines."""
+    regs = ", ".join(f"{r['name']} ({r['cohort']}, {r['image_size']} px)" for r in chain["regressors"])
+    seg, enh = chain.get("segmenter"), chain.get("enhancer")
+    segmentation = ("none (the regressors read whole radiographs)" if seg is None else
+                    f"{seg['members']} x {seg['arch']} at {seg['image_size']} px, RoI {seg['roi_size']} px")
+    lines = [f"# {name}", "", description, "", "## Use", "", "```bash",
+             "medal predict bundle=<this folder> input=<folder | images.csv | RSNA root>", "```", "",
+             "## Parts", "", f"- segmentation: {segmentation}", f"- enhancement: {enh['method'] if enh else 'none'}",
+             f"- bone age: {regs}", "", "## Trained on", "", f"- data set {data['name']} at `{data['root']}`",
+             f"- calibration: {calibration['images']} validation images; MAE {calibration['mae']['none']:.2f} months "
+             f"(no TTA), {calibration['mae']['flip']:.2f} (mirror TTA)", "",
+             f"Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}.", ""]
+    return "\n".join(lines)
+
+
+def export_parts(sources: Sources) -> dict[str, Any]:
+    """What the bundle's content depends on: every source file's stamp and record (the export marker's parts)."""
+    stamps = [file_stamp(r.checkpoint) for r in sources.regressors]
+    stamps += [file_stamp(p) for p in (sources.committee, sources.generator) if p is not None]
+    return {"stamps": stamps, "chain": sources.chain.to_json(), "data": sources.data}
+
+
+def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device: str, batch_size: int,
+                  num_workers: int, min_cohort: int) -> dict[str, float]:
+    """Write (or reuse) the bundle of `sources` at `root`; returns export metrics."""
+    from medal.bundle.load import Bundle
+    from medal.predict.calibrate import calibrate, validation_inputs
+
+    parts = export_parts(sources)
+    outputs = [root / d for d in ("models", "configs", "docs")] + [root / MANIFEST, root / CALIBRATION]
+    marker = Marker.in_folder(root, "export", policy="rebuild", outputs=outputs, what="a model bundle")
+    if marker.begin(parts) == "done" and (root / MANIFEST).is_file():
+        log.info("%s: the bundle of these runs is there already", root)
+        return dict(marker.read()["metrics"])
+    files = write_weights(sources, root)
+    write_json(root / INFERENCE, sources.chain.to_json(), indent=1)
+    files.append(INFERENCE)
+    # weights load as predict loads them (the bundle proves itself here), before the manifest exists
+    bundle = Bundle(root, {"name": name, "versions": versions(), "files": {}}, sources.chain, None)
+    calibration = calibrate(bundle, validation_inputs(sources.data), device, batch_size, num_workers, min_cohort)
+    write_json(root / CALIBRATION, calibration, indent=1)
+    files.append(CALIBRATION)
+    metrics: dict[str, float] = {"export/calibration_images": float(calibration["images"]),
+                                 "export/val_mae": calibration["mae"]["none"],
+                                 "export/val_mae_tta": calibration["mae"]["flip"]}
+    extra: dict[str, Any] = {}
+    if onnx:
+        from medal.bundle.onnx import export_onnx
+
+        extra["onnx"] = export_onnx(bundle, root)
+        files += [entry["file"] for entry in extra["onnx"].values()]
+        metrics["export/onnx_max_abs_diff"] = max(entry["max_abs_diff"] for entry in extra["onnx"].values())
+    description = (f"Bone age (months) of hand radiographs with a split-conformal interval: "
+                   f"{len(sources.regressors)} regressor(s), trained by medal on {sources.data['name']}.")
+    write_text(root / "docs" / "README.md", model_card(name, description, sources.data, calibration,
+                                                       sources.chain.to_json()))
+    files.append("docs/README.md")
+    manifest = build_manifest(root, name=name, description=description, files=files,
+                              parts={**sources.parts, **extra}, data=sources.data, data_format=DATA_FORMAT)
+    write_manifest(root, manifest)
+    marker.finish(parts, metrics=metrics)
+    log.info("bundle written to %s (%d files; validation MAE %.2f months)", root, len(manifest["files"]),
+             metrics["export/val_mae"])
+    return metrics
+
+
+def run_export(cfg: DictConfig) -> dict[str, float]:
+    """`medal export`: the bundle of a pipeline's or of explicit runs, into `export.out`."""
+    exp = cfg.export
+    if exp.pipeline and exp.regressors:
+        raise MedalError("export.pipeline and export.regressors: give one (a pipeline folder, or run folders)")
+    runs = pipeline_regressors(exp.pipeline) if exp.pipeline else list(to_plain(exp.regressors) or [])
+    sources = find_sources(runs, committee=exp.committee, enhancer=exp.enhancer)
+    device = inference_device(str(exp.device), "export.device")
+    root = Path(str(exp.out)).expanduser().resolve()
+    metrics = export_bundle(sources, root, name=str(exp.name), onnx=bool(exp.onnx), device=device,
+                            batch_size=int(exp.batch_size), num_workers=int(exp.num_workers),
+                            min_cohort=int(exp.min_cohort))
+    (Path(cfg.paths.output_dir)).mkdir(parents=True, exist_ok=True)
+    log.info("use it: medal predict bundle=%s input=<folder of radiographs>", root)
+    return {**metrics, "export/regressors": float(len(sources.regressors))}

@@ -1,0 +1,319 @@
+"""The bundle's chain over new radiographs, batched: the training code, called with the bundle's settings.
+
+Per image (`InputImages`, in DataLoader workers): decode (PNG, JPEG, DICOM) -> the coarse phase's polarity
+(`is_inverted`) -> the committee's working image as the segmentation cache holds it (`cached_form`, stretched,
+float16). Per batch (`ChainModule`, on the device): committee probabilities (`CommitteeModel.predict_probs`) ->
+their mean, upsampled, Otsu, clean-up and the square hand crop (`segment.infer.hand_roi`) -> the 16-bit
+rounding the RoI file had (`as_derived`) -> the enhancer (`enhance.run.to_working`, the method,
+`to_roi_size`, `as_derived`) -> each regressor's cached input (`cached_form` at its size and fit) -> its
+`BoneAgeModule` in months (as `boneage.evaluate.predict_frame` calls it) -> the ensemble (`ensemble.combine`)
+-> the conformal interval -> CAM. Every step is the function the training tasks use, so an exported bundle
+reproduces its bone age run's test predictions (tests/test_predict.py holds it to 1e-4 months).
+
+Statuses: `ok`, `unreadable` (the file does not decode), `empty_image` (one flat grey level), `no_sex` (a
+model needs the sex and neither the input nor the DICOM header gives it), `no_hand` (the committee finds no
+pixel of hand), `no_model` (no regressor of the bundle applies to this sex). Only `ok` rows have estimates.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from medal.boneage.cam import class_activation_map, normalise, overlay
+from medal.boneage.evaluate import autocast_for
+from medal.bundle.load import Bundle
+from medal.bundle.spec import ChainSpec
+from medal.data.cache import cached_form
+from medal.data.images import as_derived, decode, resize
+from medal.enhance.run import clahe_method, generator_method, identity, to_roi_size, to_working
+from medal.errors import MedalError
+from medal.hardware import use_bf16
+from medal.predict import conformal, ensemble, qc
+from medal.preprocess.coarse import is_inverted
+from medal.preprocess.masks import FLAT, binarise
+from medal.segment.infer import hand_roi
+
+log = logging.getLogger("medal.predict")
+
+TTA = ("none", "flip")
+SEX_POLICIES = ("input", "unknown")
+THUMB = 192  # px, longer side of the page's mask thumbnails
+
+
+@dataclass(frozen=True)
+class ChainOptions:
+    """`predict.*` keys the chain reads (conf/predict.yaml holds the values)."""
+
+    tta: str  # none | flip (mean of the image and its mirror, per regressor)
+    sex: str  # input: a model that needs the sex and has none gives status no_sex; unknown: average M and F
+    coverage: float
+    bf16: bool | str  # as_trained (each network's recorded setting, `auto` resolved here) | true | false
+    cam: bool
+
+    def __post_init__(self) -> None:
+        if self.tta not in TTA:
+            raise MedalError(f"predict.tta={self.tta!r}: choose one of {', '.join(TTA)}")
+        if self.sex not in SEX_POLICIES:
+            raise MedalError(f"predict.sex={self.sex!r}: choose one of {', '.join(SEX_POLICIES)}")
+        conformal.conformal_radius([], self.coverage)  # refuses a coverage outside (0, 1)
+
+
+class InputImages(Dataset):
+    """Rows of an input table (`medal.predict.inputs.COLUMNS`) decoded and prepared for the chain.
+
+    A sample is a dict with the row's fields, `status`/`message`, and (status ok) `radiograph`, `inverted`,
+    `work` (S, S) for a segmenting chain, or `inputs` (one (S, S) array per regressor) for a raw one.
+    """
+
+    def __init__(self, frame: pd.DataFrame, chain: ChainSpec, sex_policy: str) -> None:
+        self.rows = frame.to_dict("records")
+        self.chain, self.sex_policy = chain, sex_policy
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sample = {**self.rows[i], "status": "ok", "message": ""}
+        try:
+            decoded = decode(sample["path"])
+        except MedalError as err:
+            return {**sample, "status": "unreadable", "message": str(err)}
+        if decoded.sex is not None and not np.isfinite(sample["male"]):
+            sample.update(male=float(decoded.sex == "M"), sex_source="dicom")
+        image = decoded.image
+        if image.size == 0 or float(image.max()) - float(image.min()) <= FLAT:
+            return {**sample, "status": "empty_image", "message": "the image is one flat grey level"}
+        if self.chain.needs_sex and not np.isfinite(sample["male"]) and self.sex_policy != "unknown":
+            return {**sample, "status": "no_sex", "message": "the bundle's models need the sex and the input gives "
+                    "none (CSV male column, DICOM PatientSex); add it, or set predict.sex=unknown to average both"}
+        seg = self.chain.segmenter
+        if seg is None:
+            sample["inputs"] = [cached_form(image, r.image_size, r.fit).astype(np.float32)
+                                for r in self.chain.regressors]
+            sample["thumb"] = _thumbnail(decoded.radiograph, None)
+            return sample
+        inverted = is_inverted(image, seg.border)  # the coarse phase's polarity decision
+        work = cached_form(image, seg.image_size, "stretch").astype(np.float32)
+        sample.update(radiograph=decoded.radiograph, inverted=inverted,
+                      work=1.0 - work if seg.normalise_polarity and inverted else work)
+        return sample
+
+
+def collate(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batches stay lists: images of different sizes, and rows that failed."""
+    return samples
+
+
+def _thumbnail(radiograph: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """RGB uint8 of the radiograph (longer side `THUMB`), the mask tinted red over it."""
+    h, w = radiograph.shape
+    scale = THUMB / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    grey = np.clip(resize(radiograph, size), 0, 1)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    if mask is not None:
+        small = resize(mask.astype(np.float32), size) > 0.5
+        rgb[small] = 0.6 * rgb[small] + 0.4 * np.array([1.0, 0.15, 0.1])
+    return (255 * rgb).round().astype(np.uint8)
+
+
+@dataclass
+class Measured:
+    """What the chain computed for one image before the interval: per-regressor months by TTA and sex,
+    segmentation measures, and the pictures for the page."""
+
+    sample: dict[str, Any]
+    predictions: dict[str, dict[bool, np.ndarray]] = field(default_factory=dict)  # tta -> male -> (R,)
+    mask_fraction: float = float("nan")
+    agreement: float = float("nan")
+    thumb: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+
+
+class ChainModule(pl.LightningModule):
+    """The bundle's networks as one LightningModule, so `Trainer.predict` batches it, on one device or DDP."""
+
+    def __init__(self, bundle: Bundle, options: ChainOptions, calibrating: bool = False) -> None:
+        super().__init__()
+        self.bundle, self.chain, self.options, self.calibrating = bundle, bundle.chain, options, calibrating
+        if bundle.calibration is None and not calibrating:
+            raise MedalError(f"bundle={bundle.root}: no calibration.json; re-export it with `medal export`")
+        seg, enh = self.chain.segmenter, self.chain.enhancer
+        self.committee = bundle.committee() if seg is not None else None
+        self.generator = bundle.generator() if enh is not None and enh.method == "gan" else None
+        self.regressors = torch.nn.ModuleList([bundle.regressor(r) for r in self.chain.regressors])
+        self._seg_model: Any = None
+        self._enhance: Any = None
+
+    # -- device-bound helpers, made once the module sits on its device ------------------------------------
+    def _bf16(self, recorded: bool | str) -> bool:
+        setting = recorded if self.options.bf16 == "as_trained" else self.options.bf16
+        return use_bf16(setting, self.device.type)
+
+    def prepare(self) -> None:
+        """Wrap the networks as the training chain calls them, on this module's device."""
+        from medal.segment.model import CommitteeModel
+
+        seg, enh = self.chain.segmenter, self.chain.enhancer
+        if seg is not None:
+            self._seg_model = CommitteeModel(self.committee, None, str(self.device), self._bf16(seg.fast),
+                                             seg.batch_size)
+        if enh is None or enh.method == "none":
+            self._enhance = identity
+        elif enh.method == "clahe":
+            self._enhance = clahe_method(float(enh.clip_limit), list(enh.grid), bool(enh.keep_background))
+        else:
+            self._enhance = generator_method(self.generator, self._bf16("auto"), bool(enh.channels_last))
+
+    def on_predict_start(self) -> None:
+        self.prepare()
+
+    # -- the chain -------------------------------------------------------------------------------------------
+    def segment(self, measured: list[Measured]) -> list[np.ndarray]:
+        """RoIs of the images (16-bit rounded as the RoI files were); marks those without a hand."""
+        seg = self.chain.segmenter
+        works = np.stack([m.sample["work"] for m in measured])
+        member_probs = self._seg_model.predict_probs(works)  # (M, B, S, S), as the final pass computes it
+        mean = member_probs.mean(0).numpy()
+        member_probs = member_probs.numpy()
+        rois = []
+        for j, m in enumerate(measured):
+            s = m.sample
+            if float(mean[j].max()) < 0.5:
+                s.update(status="no_hand", message="the committee finds no hand (no pixel with probability >= 0.5)")
+                rois.append(None)
+                continue
+            mask, roi, _ = hand_roi(s["radiograph"], mean[j], bool(s["inverted"]), seg.postprocess, seg.margin,
+                                    seg.roi_size)
+            m.mask_fraction = float(mask.mean())
+            m.agreement = qc.pairwise_dice(np.stack([binarise(p, postprocess=False) for p in member_probs[:, j]]))
+            m.thumb = _thumbnail(s["radiograph"], mask)
+            rois.append(as_derived(roi))
+        return rois
+
+    def enhance(self, rois: list[np.ndarray]) -> list[np.ndarray]:
+        """The enhanced RoIs, as `enhance.run.enhance_folder` writes them (16-bit rounded)."""
+        enh = self.chain.enhancer
+        if enh.method == "none":
+            return rois
+        out = []
+        for start in range(0, len(rois), enh.batch_size):
+            chunk = rois[start:start + enh.batch_size]
+            x = torch.stack([to_working(torch.from_numpy(r)[None], int(enh.image_size)) for r in chunk])
+            with torch.inference_mode():
+                y = self._enhance(x).float().cpu()
+            out += [as_derived(to_roi_size(y[i], *r.shape).numpy()) for i, r in enumerate(chunk)]
+        return out
+
+    def _months(self, module: torch.nn.Module, bf16: bool, x: torch.Tensor, male: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode(), autocast_for(self.device, bf16):
+            return module(x.to(self.device), male.to(self.device)).float().cpu().numpy()
+
+    def regress(self, measured: list[Measured], images: list[np.ndarray] | None) -> None:
+        """Every regressor's months for each image, as male and as female (one pass where sex is not an input),
+        without and (when asked, or calibrating) with the mirror image."""
+        modes = TTA if self.calibrating or self.options.tta == "flip" else ("none",)
+        n = len(measured)
+        per_mode: dict[str, dict[bool, list[np.ndarray]]] = {t: {True: [], False: []} for t in modes}
+        for k, (spec, module) in enumerate(zip(self.chain.regressors, self.regressors, strict=True)):
+            if images is None:
+                arrays = [m.sample["inputs"][k] for m in measured]
+            else:
+                arrays = [cached_form(img, spec.image_size, spec.fit).astype(np.float32) for img in images]
+            x = torch.from_numpy(np.stack(arrays))[:, None]
+            bf16 = self._bf16(spec.bf16)
+            sexes = (True, False) if spec.sex_input else (True,)
+            for male in sexes:
+                sex = torch.full((n,), float(male))
+                plain = self._months(module, bf16, x, sex)
+                flipped = self._months(module, bf16, x.flip(-1), sex) if "flip" in modes else None
+                for mode in modes:
+                    value = plain if mode == "none" else (plain + flipped) / 2
+                    per_mode[mode][male].append(value)
+                    if not spec.sex_input:
+                        per_mode[mode][False].append(value)
+        for j, m in enumerate(measured):
+            m.predictions = {mode: {s: np.array([row[j] for row in rows]) for s, rows in by_sex.items()}
+                             for mode, by_sex in per_mode.items()}
+        if self.options.cam and not self.calibrating:
+            self._cams(measured, images)
+
+    def _cams(self, measured: list[Measured], images: list[np.ndarray] | None) -> None:
+        """CAM (exact for a linear head, else Grad-CAM) of every applicable regressor, averaged, over what the
+        largest-input regressor sees."""
+        display = max(r.image_size for r in self.chain.regressors)
+        cohorts = [r.cohort for r in self.chain.regressors]
+        for j, m in enumerate(measured):
+            male = m.sample["male"]
+            use = ensemble.applicable(cohorts, bool(male >= 0.5)) if np.isfinite(male) else range(len(cohorts))
+            heats, grey = [], None
+            for k in use:
+                spec, module = self.chain.regressors[k], self.regressors[k]
+                arr = (m.sample["inputs"][k] if images is None
+                       else cached_form(images[j], spec.image_size, spec.fit).astype(np.float32))
+                x = torch.from_numpy(arr)[None, None].to(self.device).contiguous(memory_format=module.memory_format)
+                sex = torch.tensor([float(male) if np.isfinite(male) else 1.0], device=self.device)
+                heat = normalise(class_activation_map(module.model, x, sex).upsampled).float()
+                heats.append(F.interpolate(heat[:, None], size=(display, display), mode="bilinear")[0, 0].cpu())
+                if spec.image_size == display and grey is None:
+                    grey = arr
+            if heats:
+                m.overlay = overlay(grey if grey is not None else resize(arr, (display, display)),
+                                    torch.stack(heats).mean(0).numpy())
+
+    def measure(self, batch: list[dict[str, Any]]) -> list[Measured]:
+        """The chain up to the per-regressor months, for the batch's readable images (others pass through)."""
+        measured = [Measured(s) for s in batch]
+        live = [m for m in measured if m.sample["status"] == "ok"]
+        if not live:
+            return measured
+        if self.chain.segmenter is None:
+            for m in live:
+                m.thumb = m.sample.get("thumb")
+            self.regress(live, None)
+            return measured
+        rois = self.segment(live)
+        kept = [(m, r) for m, r in zip(live, rois, strict=True) if r is not None]
+        if kept:
+            enhanced = self.enhance([r for _, r in kept])
+            self.regress([m for m, _ in kept], enhanced)
+        return measured
+
+    # -- estimate and interval -------------------------------------------------------------------------------
+    def finish(self, m: Measured) -> dict[str, Any]:
+        """The output row of one measured image: estimate, interval, spread, quality flags."""
+        s = m.sample
+        male = float(s["male"])
+        sex = "M" if male >= 0.5 else "F" if np.isfinite(male) else "unknown"
+        row = {"id": s["id"], "sex": sex, "sex_source": s["sex_source"] or ("averaged" if sex == "unknown" else ""),
+               "boneage": np.nan, "low": np.nan, "high": np.nan, "spread": np.nan, "seg_confidence": m.agreement,
+               "mask_fraction": m.mask_fraction, "flag": "", "status": s["status"], "message": s["message"],
+               "path": s["path"], "reference": s["reference"], "calibration": ""}
+        if s["status"] != "ok":
+            return row
+        cohorts = [r.cohort for r in self.chain.regressors]
+        estimate, spread = ensemble.combine({k: v[:, None] for k, v in m.predictions[self.options.tta].items()}, cohorts,
+                                            np.array([male if np.isfinite(male) else np.nan]))
+        if not np.isfinite(estimate[0]):
+            return {**row, "status": "no_model", "message": f"no regressor of the bundle applies to sex {sex}"}
+        cal = self.bundle.calibration
+        # a known sex: its own residuals (Mondrian conformal) where it has enough; an averaged estimate: its own
+        group = {"M": "male", "F": "female"}.get(sex, "unknown" if self.chain.needs_sex else "all")
+        used, residuals = conformal.cohort_residuals(cal["residuals"][self.options.tta], group, int(cal["min_cohort"]))
+        radius = conformal.conformal_radius(residuals, self.options.coverage)
+        measures = {"mask_fraction": m.mask_fraction, "agreement": m.agreement}
+        return {**row, "boneage": float(estimate[0]), "low": max(0.0, float(estimate[0]) - radius),
+                "high": float(estimate[0]) + radius, "spread": float(spread[0]),
+                "flag": qc.flags(measures, cal["qc"]), "calibration": used}
+
+    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
+        return [(self.finish(m), m.thumb, m.overlay) for m in self.measure(batch)]
