@@ -184,7 +184,9 @@ def report(table: Table, facts: dict[str, Any], settings: dict[str, Any], timing
              "Synthetic hands and a 0.37 M-parameter network on 2 CPU cores: **not** the paper's RSNA result "
              "(the `paper:` columns are).", "", "## Settings", ""]
     lines += [f"- {k}: {v}" for k, v in settings.items() if k != "command"]
-    lines += ["", "| step | seconds |", "|---|---:|", *(f"| {k} | {v:.0f} |" for k, v in timings.items()), ""]
+    if timings:
+        lines += ["", "| step | seconds |", "|---|---:|", *(f"| {k} | {v:.0f} |" for k, v in timings.items())]
+    lines.append("")
     lines += ["## Table", "", table.to_markdown(), "", "## Ordering of the modes (best first)", "",
               "| column | phantoms | paper | Spearman |", "|---|---|---|---:|"]
     for column, o in facts["orderings"].items():
@@ -205,7 +207,7 @@ def report(table: Table, facts: dict[str, Any], settings: dict[str, Any], timing
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("outputs/figure12_phantoms"))
     parser.add_argument("--n", type=int, default=1000, help="labelled target phantoms (80/10/10 split)")
@@ -220,13 +222,16 @@ def main() -> None:
     parser.add_argument("--gan-epochs", type=int, default=6)
     parser.add_argument("--gan-size", type=int, default=96, help="the enhancer's working size (px)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel one-thread training processes")
-    args = parser.parse_args()
-    root = args.root.resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    parser.add_argument("--table-only", action="store_true",
+                        help="train nothing: tabulate the runs finished so far (a stopped or running sweep)")
+    return parser.parse_args(argv)
+
+
+def train_all(args: argparse.Namespace, root: Path) -> dict[str, float]:
+    """Every `medal` task of the figure, in order; seconds per step."""
     target, work, runs_dir = root / "data" / "target", root / "work", root / "runs"
     timings: dict[str, float] = {}
     started = time.perf_counter()
-
     medal(["phantoms", f"out={target}", f"n={args.n}", "seed=0", f"image_size={args.phantom_size}",
            f"hydra.run.dir={runs_dir / 'phantoms'}"], root)
     from medal.data.phantom.rois import true_mask_rois
@@ -265,21 +270,29 @@ def main() -> None:
         medal(boneage_sweep(common, seed, FIXED_MODES, args.cohorts, sweeps / "fixed", args.jobs, []), root)
     timings[f"{len(args.seeds) * len(FINETUNE_MODES) * 2 * len(args.cohorts)} bone age runs"] = \
         time.perf_counter() - step
+    timings["total"] = time.perf_counter() - started
+    return timings
 
-    runs = collect_runs(root / "sweeps")
-    table = build_table(runs, figure12_spec(), compare=True)
-    write_outputs(table, root)
+
+def summarise(args: argparse.Namespace, root: Path, timings: dict[str, float]) -> str:
+    """Table, Figure 11, analysis and report from whatever runs the sweeps hold; the report's text."""
     from medal.plotting import save_figure
     from medal.tables.curves import plot_loss_curves
 
+    runs_dir = root / "runs"
+    runs = collect_runs(root / "sweeps")
+    table = build_table(runs, figure12_spec(), compare=True)
+    write_outputs(table, root)
     fig = plot_loss_curves(runs, where={"enhance.name": ENHANCER, "seed": args.seeds[0]})
     save_figure(fig, root / "figure11.png")
     facts = analyse(table, runs)
     enhancer, pretrain = read_metrics(runs_dir / "enhance"), read_metrics(runs_dir / "pretrain")
     passthrough = read_metrics(runs_dir / "enhance_none")
-    timings["total"] = time.perf_counter() - started
+    finished = sum(r.ok for r in runs)
     settings = {
         "command": "python scripts/figure12_phantoms.py " + " ".join(sys.argv[1:]),
+        "runs": f"{finished} finished of {len(args.seeds) * len(FINETUNE_MODES) * 2 * len(args.cohorts)}"
+                + (" (`--table-only`: tabulated as the sweeps stood)" if args.table_only else ""),
         "target": f"{args.n} phantoms at {args.phantom_size} px (seed 0), RoIs cut with the true masks at "
                   f"{args.roi_size} px; network input {args.size} px; cohorts {', '.join(args.cohorts)}",
         "backbone": f"`model=tiny` (timm test_resnet), sex input, pretrained with `medal pretrain "
@@ -302,7 +315,15 @@ def main() -> None:
          "pretrain": pretrain,
          "cells": {f"{r}|{'|'.join(c)}": table.cell(r, c).values for r in table.row_values
                    for c in table.column_values}}, indent=1, default=str))
-    print(text)
+    return text
+
+
+def main() -> None:
+    args = parse_args()
+    root = args.root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    timings = {} if args.table_only else train_all(args, root)
+    print(summarise(args, root, timings))
 
 
 if __name__ == "__main__":
