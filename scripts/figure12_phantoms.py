@@ -161,21 +161,27 @@ def analyse(table: Table, runs: Sequence[RunResult]) -> dict[str, Any]:
             enhanced, plain = table.cell(mode, (ENHANCER, cohort)), table.cell(mode, ("none", cohort))
             if not (enhanced.values and plain.values):
                 continue
-            spread = max(enhanced.std or 0.0, plain.std or 0.0)
+            spreads = [c.std for c in (enhanced, plain) if c.std is not None]  # none with a single seed
+            spread = max(spreads) if spreads else None
             diff = enhanced.mean - plain.mean
             diffs.append({"mode": mode, "cohort": cohort, "enhanced": enhanced.mean, "not_enhanced": plain.mean,
-                          "difference": diff, "seed_sd": spread, "beyond_spread": abs(diff) > spread})
+                          "difference": diff, "seed_sd": spread,
+                          "beyond_spread": None if spread is None else abs(diff) > spread})
     ptl_vs_fc = []
     for column in table.column_values:
         ptl, fc = table.cell(PACED_MODE, column), table.cell(HEAD_ONLY, column)
         if ptl.values and fc.values:
             ptl_vs_fc.append({"column": " / ".join(column), "ptl": ptl.mean, "above_fc": fc.mean,
                               "difference": ptl.mean - fc.mean,
-                              "seed_sd": max(ptl.std or 0.0, fc.std or 0.0)})
+                              "seed_sd": max((c.std for c in (ptl, fc) if c.std is not None), default=None)})
     transitions = [{"seed": r.get("seed"), "enhance": r.get("enhance.name"), "cohort": r.get("cohort.name"),
                     "transitions": stage_transitions(r)}
                    for r in runs if r.ok and r.get("finetune.name") == PACED_MODE]
     return {"orderings": orders, "enhancement": diffs, "ptl_vs_above_fc": ptl_vs_fc, "ptl_stages": transitions}
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def report(table: Table, facts: dict[str, Any], settings: dict[str, Any], timings: dict[str, float]) -> str:
@@ -196,11 +202,12 @@ def report(table: Table, facts: dict[str, Any], settings: dict[str, Any], timing
               "|---|---|---:|---:|---:|---:|---|"]
     for d in facts["enhancement"]:
         lines.append(f"| {d['mode']} | {d['cohort']} | {d['enhanced']:.2f} | {d['not_enhanced']:.2f} | "
-                     f"{d['difference']:+.2f} | {d['seed_sd']:.2f} | {'yes' if d['beyond_spread'] else 'no'} |")
+                     f"{d['difference']:+.2f} | {_num(d['seed_sd'])} | "
+                     f"{'n/a' if d['beyond_spread'] is None else 'yes' if d['beyond_spread'] else 'no'} |")
     lines += ["", "## PTL minus above FC (months)", "", "| column | PTL | above FC | difference | larger seed sd |",
               "|---|---:|---:|---:|---:|"]
     lines += [f"| {d['column']} | {d['ptl']:.2f} | {d['above_fc']:.2f} | {d['difference']:+.2f} | "
-              f"{d['seed_sd']:.2f} |" for d in facts["ptl_vs_above_fc"]]
+              f"{_num(d['seed_sd'])} |" for d in facts["ptl_vs_above_fc"]]
     lines += ["", "## PTL's stages (epoch: stage, 0 = head only ... 4 = stem too; from the logged `ptl/stage`)", ""]
     lines += [f"- seed {t['seed']}, {t['enhance']}, {t['cohort']}: "
               + ", ".join(f"{e}: {s}" for e, s in t["transitions"]) for t in facts["ptl_stages"]]
@@ -280,7 +287,7 @@ def summarise(args: argparse.Namespace, root: Path, timings: dict[str, float]) -
     from medal.tables.curves import plot_loss_curves
 
     runs_dir = root / "runs"
-    runs = collect_runs(root / "sweeps")
+    runs = [r for r in collect_runs(root / "sweeps") if r.get("seed") in args.seeds]  # the seeds asked for
     table = build_table(runs, figure12_spec(), compare=True)
     write_outputs(table, root)
     fig = plot_loss_curves(runs, where={"enhance.name": ENHANCER, "seed": args.seeds[0]})
