@@ -159,7 +159,10 @@ class ModelOptions:
 
 
 def block_map_of(opts: ModelOptions) -> dict[str, list[str]]:
-    """`model.blocks` as a map: the YAML's own, or derived from the timm architecture when it says `auto`."""
+    """`model.blocks` as a map: the YAML's own, or derived from the timm architecture when it says `auto`.
+
+    `auto` reads the stage modules of the architecture without `timm_kwargs`: an output stride dilates stages
+    but does not rename or regroup their modules, so the map is the same."""
     if isinstance(opts.blocks, str):
         if opts.blocks != AUTO:
             raise MedalError(f"model.blocks={opts.blocks!r}: give a map of module prefixes per block or {AUTO!r}")
