@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -296,9 +297,22 @@ def download_all(pins: list[Pin], out: Path, python: str, tags: list[str]) -> No
             print(f"[{n}/{len(todo)}] {download(pin, out, python, tags, pip).name}")
 
 
+def uv_binary() -> str | None:
+    """The uv that runs this (`uv run` exports its own path as UV, which `make` runs need: `make setup` may
+    install uv into ~/.local/bin without putting it on PATH), else the one on PATH; None without uv."""
+    return os.environ.get("UV") or shutil.which("uv")
+
+
+def _uv() -> str:
+    found = uv_binary()
+    if found is None:
+        raise WheelsError("uv not found: run this with `uv run` (or `make wheels`), or put uv on PATH")
+    return found
+
+
 def export_pins(extras: list[str]) -> list[Pin]:
     """The lock's pins of medal's runtime dependencies (and `extras`), for every platform."""
-    command = ["uv", "export", "--locked", "--no-hashes", "--no-dev", "--no-emit-project", "--format",
+    command = [_uv(), "export", "--locked", "--no-hashes", "--no-dev", "--no-emit-project", "--format",
                "requirements-txt", *[arg for extra in extras for arg in ("--extra", extra)]]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
@@ -310,7 +324,7 @@ def build_medal(out: Path) -> Path:
     """medal's own wheel (its Hydra configs inside, as `medal/conf`), replacing an older one in `out`."""
     for old in out.glob("medal-*.whl"):
         old.unlink()
-    done = subprocess.run(["uv", "build", "--wheel", "--out-dir", str(out)], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run([_uv(), "build", "--wheel", "--out-dir", str(out)], capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
         raise WheelsError(f"uv build --wheel: {done.stderr.strip().splitlines()[-1]}")
     return wheels_in(out)["medal"][1]

@@ -131,7 +131,7 @@ def test_the_folder_holds_one_wheel_per_package_and_lists_them(tmp_path: Path,
     assert sorted(mw.wheels_in(out)) == ["antlr4-python3-runtime", "hydra-core", "medal", "omegaconf"]
 
 
-@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH (it reads uv.lock)")
+@pytest.mark.skipif(mw.uv_binary() is None, reason="no uv: neither run by `uv run` nor on PATH")
 def test_the_locked_runtime_set_leaves_the_optional_parts_out() -> None:
     core = {p.name for p in mw.export_pins([])}
     assert {"torch", "hydra-core", "kornia", "timm"} <= core
@@ -149,9 +149,9 @@ def test_configs_are_found_in_an_installed_wheel_before_the_checkout(tmp_path: P
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH (it builds the wheel)")
+@pytest.mark.skipif(mw.uv_binary() is None, reason="no uv: neither run by `uv run` nor on PATH (it builds the wheel)")
 def test_medals_wheel_carries_its_configs_and_composes_from_them(tmp_path: Path) -> None:
-    built = subprocess.run(["uv", "build", "--wheel", "--offline", "--out-dir", str(tmp_path / "dist")],
+    built = subprocess.run([mw.uv_binary(), "build", "--wheel", "--offline", "--out-dir", str(tmp_path / "dist")],
                            cwd=REPO, capture_output=True, text=True, timeout=300)
     if built.returncode != 0 and "hatchling" in built.stderr:
         pytest.skip("uv cannot build offline: the build backend (hatchling) is not in its cache")
