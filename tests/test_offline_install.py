@@ -8,7 +8,6 @@ import argparse
 import doctest
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
