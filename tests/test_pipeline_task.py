@@ -181,6 +181,22 @@ def test_stage_overrides_given_as_one_string_apply_like_a_list(tmp_path: Path) -
     assert task_cfg.segment.image_size == 256  # the smoke list was replaced, not merged
 
 
+
+def test_a_stage_override_of_a_key_that_a_selected_option_brings_applies(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`model.timm_kwargs` exists only once `experiment=boneage_cpu` has selected its model: checked against the
+    bare task config it was dropped with an "is not used" warning while the stage trained without it."""
+    cfg = compose_task("pipeline", ["experiment=demo", 'pipeline.stages.boneage=["experiment=boneage_cpu",'
+                                    '"model.timm_kwargs.output_stride=8","trainer.max_epochs=3"]'], tmp_path)
+    builder = StageBuilder(cfg)
+    with caplog.at_level(logging.WARNING, logger="medal.pipeline"):
+        builder.check_overrides(builder.plan())
+    assert not [r for r in caplog.records if "is not used" in r.getMessage()]
+    boneage = next(p for p in builder.plan() if p.name == "boneage_all")
+    task_cfg = builder.task_config(boneage)
+    assert task_cfg.model.name == "tiny_os16" and task_cfg.model.timm_kwargs.output_stride == 8
+    assert task_cfg.trainer.max_epochs == 3
+
 @pytest.mark.parametrize(("value", "message"), [
     (5, r"pipeline.common=5: give a list of overrides or one string of space-separated overrides"),
     ("oracle='folder", r"pipeline.common=\"oracle='folder\": No closing quotation; give space-separated overrides"),

@@ -232,9 +232,32 @@ class StageBuilder:
             self._composed[key] = compose_task_config(config_name, list(key[1]))
         return self._composed[key]
 
-    def base_config(self, planned: PlannedStage) -> DictConfig:
-        """The stage's config before the stage overrides (what decides which of them apply)."""
-        return self._compose(planned.config_name, [*self.shared_overrides(planned.task), *planned.fixed])
+    def applicable(self, planned: PlannedStage) -> list[str]:
+        """The stage overrides (`pipeline.common`, then `pipeline.stages.<task>`) that concern this stage, in order.
+
+        Each is checked against the config as the ones before it leave it, so a key that only a selected option
+        brings (`experiment=boneage_cpu model.timm_kwargs.output_stride=8`: the recipe's model has the kwargs)
+        applies; checked against the bare task config it would be dropped. Recomposed only after an option
+        selection (a key without a dot), since a value override cannot add keys.
+        """
+        requested = [*self.overrides("pipeline.common"), *self.overrides(f"pipeline.stages.{planned.task}")]
+        base = [*self.shared_overrides(planned.task), *planned.fixed]
+        cfg, chosen = self._compose(planned.config_name, base), []
+        for override in requested:
+            if not applies(cfg, override):
+                continue
+            chosen.append(override)
+            if "." not in override.split("=", 1)[0]:
+                cfg = self._compose_stage(planned, [*base, *chosen], chosen)
+        return chosen
+
+    def _compose_stage(self, planned: PlannedStage, overrides: list[str], chosen: list[str]) -> DictConfig:
+        """Compose a stage's config; an error is one line naming the stage and the fix."""
+        try:
+            return self._compose(planned.config_name, overrides)
+        except HydraException as err:
+            problem = composition_problem(err, chosen, f"medal {planned.task}")
+            raise MedalError(f"pipeline stage {planned.name}: {problem}") from None
 
     def plan(self) -> list[PlannedStage]:
         pipe = self.cfg.pipeline
@@ -302,12 +325,13 @@ class StageBuilder:
         if unknown:
             raise MedalError(f"pipeline.stages.{unknown[0]}: not a pipeline task; choose from "
                              f"{', '.join(PIPELINE_TASKS)}")
+        applicable = {p.name: self.applicable(p) for p in plan}
         sources = [("pipeline.common", list(PIPELINE_TASKS))]
         sources += [(f"pipeline.stages.{task}", [task]) for task in self.cfg.pipeline.stages]
         for source, tasks in sources:
             targets = [p for p in plan if p.task in tasks]
             for override in self.overrides(source):
-                if any(applies(self.base_config(p), override) for p in targets):
+                if any(override in applicable[p.name] for p in targets):
                     continue
                 used_by = self._config_with_key(override, tasks)
                 if used_by is None:
@@ -347,15 +371,10 @@ class StageBuilder:
     def task_config(self, planned: PlannedStage, late: Iterable[str] = ()) -> DictConfig:
         """The stage's task config: its base, the `late` overrides, the stage overrides that apply to it, and
         its folder as the run's output dir. A composition error is one line naming the stage and the fix."""
-        requested = [*self.overrides("pipeline.common"), *self.overrides(f"pipeline.stages.{planned.task}")]
-        chosen = [o for o in requested if applies(self.base_config(planned), o)]
+        chosen = self.applicable(planned)
         overrides = [*self.shared_overrides(planned.task), *planned.fixed, *late, *chosen,
                      f"paths.output_dir={self.stage_dir(planned.name)}"]
-        try:
-            return self._compose(planned.config_name, overrides)
-        except HydraException as err:
-            problem = composition_problem(err, chosen, f"medal {planned.task}")
-            raise MedalError(f"pipeline stage {planned.name}: {problem}") from None
+        return self._compose_stage(planned, overrides, chosen)
 
     def stage(self, planned: PlannedStage) -> Stage:
         """The runnable stage: run the task on its composed config; keep its metrics.json in the stage folder."""
