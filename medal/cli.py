@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"medal {task}: {problem}", file=sys.stderr)
             raise SystemExit(2)
     sys.argv = [f"medal {task}", *rest]
-    _launch_ddp_children_as(module.__spec__)
+    if argv is None:  # medal is the main program (not called in-process, e.g. by a test)
+        _launch_ddp_children_as(module.__spec__)
     module.main()
 
 
