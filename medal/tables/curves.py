@@ -72,7 +72,9 @@ def plot_loss_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(metric)
-    axes[0][-1].legend(fontsize=8, title=hue.split(".")[0])
+    # beside the last panel, not on it: inside, it hid a panel's late stage lines (the female panel's epoch 8)
+    axes[0][-1].legend(fontsize=8, title=hue.split(".")[0], loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                       borderaxespad=0.0)
     caption = "dashed: stage changes of paced transfer learning" + (f"; runs with {where}" if where else "")
     fig.suptitle(f"{metric} per epoch ({caption})", fontsize=9)
     fig.tight_layout()
