@@ -11,11 +11,12 @@ import pytest
 import torch
 from scipy.ndimage import binary_dilation
 
-from medal.boneage.cam_regions import RegionMaps, RegionTally, mass_fraction, read_boxes, region_maps
+from medal.boneage.cam_regions import RegionMaps, RegionTally, mass_fraction, region_maps
 from medal.data.cache import fit_square
 from medal.data.images import read_image
 from medal.data.phantom import generate_dataset
 from medal.preprocess.crop import crop_square, roi_box
+from medal.segment.infer import read_boxes
 
 SIZE = 48
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 from skimage.exposure import equalize_adapthist
+from skimage.filters import unsharp_mask
 
 from medal.errors import MedalError
 
@@ -80,7 +80,7 @@ def adjust(roi: np.ndarray, settings: GoldSettings) -> np.ndarray:
     if settings.clahe > 0:
         x = equalize_adapthist(x, clip_limit=settings.clahe)
     if settings.sharpness > 0:
-        x = np.clip(x + settings.sharpness * (x - gaussian_filter(x, SHARP_SIGMA)), 0.0, 1.0)
+        x = unsharp_mask(x, radius=SHARP_SIGMA, amount=settings.sharpness)  # x + amount (x - blur), clipped to [0, 1]
     return x.astype(np.float32)
 
 

@@ -35,7 +35,7 @@ from medal.data.phantom.dataset import BONES_DIR, read_bones
 from medal.data.phantom.render import BONE_CLASSES
 from medal.errors import MedalError
 from medal.preprocess.crop import Box, crop_square
-from medal.segment.infer import BOXES_FILE
+from medal.segment.infer import BOXES_FILE, read_boxes
 
 log = logging.getLogger("medal.boneage")
 
@@ -69,17 +69,6 @@ def mass_fraction(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     total = positive.sum(dim=(1, 2))
     inside = (positive * regions.double()).sum(dim=(1, 2))
     return torch.where(total > 0, inside / total.clamp_min(1e-300), torch.full_like(total, float("nan")))
-
-
-def read_boxes(path: Path) -> dict[str, Box]:
-    """The RoI box (y0, x0, y1, x1) of every id in a segmentation's `boxes.csv`."""
-    try:
-        with path.open(newline="") as fh:
-            return {row["id"]: (int(row["y0"]), int(row["x0"]), int(row["y1"]), int(row["x1"]))
-                    for row in csv.DictReader(fh)}
-    except (KeyError, ValueError) as err:
-        raise MedalError(f"{path}: not a boxes file of `medal segment` ({type(err).__name__}: {err}); "
-                         "rerun the segmentation to rewrite it") from None
 
 
 @dataclass(frozen=True)

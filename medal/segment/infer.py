@@ -19,12 +19,35 @@ from tqdm.auto import tqdm
 from medal.atomic import atomic_path
 from medal.data.images import DERIVED_BITS, read_radiograph, resize, write_png
 from medal.errors import MedalError
-from medal.preprocess.crop import crop_square, roi_box
+from medal.preprocess.crop import Box, crop_square, roi_box
 from medal.preprocess.masks import binarise
 
 log = logging.getLogger("medal.segment")
 
 BOXES_FILE = "boxes.csv"
+#: Columns of `boxes.csv`, one row per image: its RoI box (half-open y0, x0, y1, x1 in the raw image), whether
+#: its polarity was inverted, the raw image's size, the mask's area share, and whether a gold crop was written.
+BOX_COLUMNS = ("id", "y0", "x0", "y1", "x1", "inverted", "height", "width", "mask_fraction", "gold")
+
+
+def write_boxes(path: Path, rows: Sequence[Sequence[object]]) -> Path:
+    """Write `boxes.csv` atomically (rows in `BOX_COLUMNS` order); its presence marks the RoI folder complete."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(BOX_COLUMNS)
+        writer.writerows(rows)
+    return path
+
+
+def read_boxes(path: Path) -> dict[str, Box]:
+    """The RoI box (y0, x0, y1, x1) of every id in a `boxes.csv`."""
+    try:
+        with path.open(newline="") as fh:
+            return {row["id"]: (int(row["y0"]), int(row["x0"]), int(row["y1"]), int(row["x1"]))
+                    for row in csv.DictReader(fh)}
+    except (KeyError, ValueError) as err:
+        raise MedalError(f"{path}: not a boxes file of `medal segment` ({type(err).__name__}: {err}); "
+                         "rerun the segmentation to rewrite it") from None
 
 
 @dataclass
@@ -100,10 +123,6 @@ def write_final(
         y0, x0, y1, x1 = box
         rows.append([image_id, y0, x0, y1, x1, int(flip), image.shape[0], image.shape[1], float(mask.mean()),
                      int(has_gold)])
-    path = out.roi / BOXES_FILE
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "y0", "x0", "y1", "x1", "inverted", "height", "width", "mask_fraction", "gold"])
-        writer.writerows(rows)
+    path = write_boxes(out.roi / BOXES_FILE, rows)
     log.info("wrote %d masks and RoIs under %s", len(rows), out.work_dir)
     return path

@@ -11,14 +11,12 @@ fingerprint, the size and the margin: the same request reuses the folders, anoth
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from medal.atomic import atomic_path
 from medal.data.images import DERIVED_BITS, read_image, read_radiograph, write_png
 from medal.data.phantom.dataset import MARKER as PHANTOMS_MARKER
 from medal.data.phantom.floor import SIDECAR
@@ -26,7 +24,7 @@ from medal.data.rsna import read_index
 from medal.errors import MedalError
 from medal.preprocess.crop import crop_square, roi_box
 from medal.resume import Marker
-from medal.segment.infer import BOXES_FILE
+from medal.segment.infer import BOXES_FILE, write_boxes
 
 log = logging.getLogger("medal.phantoms")
 
@@ -59,10 +57,7 @@ def true_mask_rois(data_root: str | Path, work_dir: str | Path, size: int, progr
         gold = read_radiograph(data_root / "gold" / f"{row.id}.png")
         write_png(Path(work_dir) / "roi_gold" / f"{row.id}.png", crop_square(gold, box, size), bits=DERIVED_BITS)
         rows.append([row.id, *box, int(flip), *mask.shape, float(mask.mean()), 1])
-    with atomic_path(boxes) as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "y0", "x0", "y1", "x1", "inverted", "height", "width", "mask_fraction", "gold"])
-        writer.writerows(rows)
+    write_boxes(boxes, rows)
     marker.finish(parts, images=len(rows))
     log.info("true-mask RoIs of %d images in %s", len(rows), roi)
     return roi
