@@ -94,7 +94,9 @@ def cam_rows(c: dict[str, float]) -> list[BenchRow]:
     """Share of positive CAM mass in each region against the region's share of the image."""
     return [BenchRow(f"share of positive CAM mass on the {label}", c[f"cam/{key}_fraction"], "",
                      f"area share of the {label}", c[f"cam/{key}_area"],
-                     extra={"images": c["cam/n_male"] + c["cam/n_female"]})
+                     extra={"images": c["cam/n_male"] + c["cam/n_female"],
+                            "region_itself_at_cam_grid": c.get(f"cam/{key}_grid"),
+                            "on_or_within_one_cell": c.get(f"cam/{key}_near")})
             for key, label in (("hand", "hand"), ("bone", "bones"), ("centre", "ossification centres"))]
 
 

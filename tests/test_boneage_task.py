@@ -76,6 +76,9 @@ def test_tiny_training_run_lowers_val_mae_and_writes_its_artifacts(make_cfg, tin
         assert cam[f"cam/{region}_fraction"] == pytest.approx(regions[f"{region}_fraction"].mean())
         assert 0.0 <= cam[f"cam/{region}_fraction"] <= 1.0
     assert 0 < cam["cam/centre_area"] < cam["cam/bone_area"] < cam["cam/hand_area"] < 1
+    # references at the map's grid (2x2 at 64 px, stride 32): the hand drawn there beats an even map, and mass on
+    # the hand or within one cell of it includes the mass on it
+    assert cam["cam/hand_area"] < cam["cam/hand_grid"] < 1 and cam["cam/hand_near"] >= cam["cam/hand_fraction"]
 
 
 def test_early_stopping_ends_the_run_when_val_mae_stalls(make_cfg, tiny_phantoms) -> None:

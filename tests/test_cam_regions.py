@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.ndimage import binary_dilation
 
-from medal.boneage.cam_regions import RegionMaps, RegionTally, mass_fraction, region_maps
+from medal.boneage.cam import upsample
+from medal.boneage.cam_regions import RegionMaps, RegionTally, grid_share, mass_fraction, region_maps
 from medal.data.cache import fit_square
 from medal.data.images import read_image
 from medal.data.phantom import generate_dataset
@@ -70,9 +72,10 @@ def test_regions_follow_the_roi_crop(phantoms) -> None:
         assert set(np.unique(regions["hand"])) <= {0.0, 1.0}
         assert (regions["bone"] <= regions["hand"]).mean() > 0.99 and (regions["centre"] <= regions["bone"]).mean() > 0.99
         planted = torch.from_numpy(regions["bone"])[None]  # a CAM that lies exactly on the bones
-        tally.add([row.id], ["M" if row.male else "F"], planted, [regions])
+        tally.add([row.id], ["M" if row.male else "F"], planted, [regions], (SIZE, SIZE))
     metrics = tally.metrics()
     assert metrics["cam/bone_fraction"] == pytest.approx(1.0)
+    assert metrics["cam/bone_grid"] == pytest.approx(1.0) and metrics["cam/hand_grid"] == pytest.approx(1.0)
     assert metrics["cam/hand_fraction"] > 0.98
     assert 0.0 < metrics["cam/centre_fraction"] < 1.0
     assert 0.02 < metrics["cam/bone_area"] < metrics["cam/hand_area"] < 0.9
@@ -88,12 +91,46 @@ def test_raw_images_are_framed_like_the_cache_and_the_padding_is_not_hand(phanto
     assert np.array_equal(hand, fit_square(mask, SIZE, "pad", fill=0.0) >= 0.5)
     assert hand.shape == (SIZE, SIZE) and hand[:, 0].max() == 0.0  # padded columns are outside the hand
     tally = RegionTally()
-    tally.add([row.id], ["M"], torch.ones(1, SIZE, SIZE), [maps.regions(row.id)])  # evenly spread map
+    tally.add([row.id], ["M"], torch.ones(1, SIZE, SIZE), [maps.regions(row.id)], (6, 6))  # evenly spread map
     metrics = tally.metrics()
     assert metrics["cam/hand_fraction"] == pytest.approx(metrics["cam/hand_area"])
     tally.write(tmp_path / "regions.csv")
     written = pd.read_csv(tmp_path / "regions.csv", dtype={"id": str})
     assert written.loc[0, "id"] == row.id and written.loc[0, "hand_area"] == pytest.approx(float(hand.mean()))
+
+
+def test_a_map_that_is_the_hand_at_a_coarse_grid_scores_the_grid_share(phantoms) -> None:
+    root, meta = phantoms
+    maps = RegionMaps(root / "data", SIZE, "pad", read_boxes(root / "work" / "roi" / "boxes.csv"))
+    regions = [maps.regions(i) for i in meta["id"]]
+    hands = torch.from_numpy(np.stack([r["hand"] for r in regions]))
+    shares = {grid: grid_share(hands, (grid, grid)) for grid in (3, 6, 12, SIZE)}
+    assert shares[SIZE].tolist() == pytest.approx([1.0] * len(meta))
+    assert (shares[3] < shares[6]).all() and (shares[6] < shares[12]).all() and (shares[12] < 1.0).all()
+    assert (shares[6] > hands.double().mean(dim=(1, 2))).all()  # still far better than an even map
+    # the hand itself as a 6x6 CAM (pooled, then upsampled as CAM maps are) scores exactly that share
+    as_cam = upsample(F.adaptive_avg_pool2d(hands[:, None], 6)[:, 0], (SIZE, SIZE))
+    tally = RegionTally()
+    tally.add(list(meta["id"]), ["M"] * len(meta), as_cam, regions, (6, 6))
+    metrics = tally.metrics()
+    assert metrics["cam/hand_fraction"] == pytest.approx(metrics["cam/hand_grid"])
+    assert metrics["cam/hand_grid"] == pytest.approx(float(shares[6].mean()))
+    assert metrics["cam/hand_near"] > 0.99  # its spill stays (almost all) within one cell of the hand
+
+
+def test_mass_beside_the_hand_counts_as_near_only_within_one_cell() -> None:
+    hand = torch.zeros(1, 32, 32)
+    hand[0, 8:24, 12:20] = 1.0  # a finger 8 px wide
+    beside, far = torch.zeros(1, 32, 32), torch.zeros(1, 32, 32)
+    beside[0, 8:24, 20:23] = 1.0  # 3 px to its right: inside one 4-px cell of an 8x8 grid
+    far[0, 0:4, 0:4] = 1.0  # the corner: more than a cell away
+    tally = RegionTally()
+    regions = [{"hand": hand[0].numpy(), "bone": hand[0].numpy(), "centre": hand[0].numpy()}] * 2
+    tally.add(["a", "b"], ["M", "F"], torch.cat([hand + beside, hand + far]), regions, (8, 8))
+    near_a, near_b = (row["hand_near"] for row in tally.rows)
+    fraction_a, fraction_b = (row["hand_fraction"] for row in tally.rows)
+    assert fraction_a == pytest.approx(128 / (128 + 48)) and near_a == pytest.approx(1.0)
+    assert fraction_b == pytest.approx(128 / (128 + 16)) and near_b == pytest.approx(fraction_b)
 
 
 def test_where_no_reference_masks_exist_there_are_no_fractions(phantoms, tmp_path: Path) -> None:

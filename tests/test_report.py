@@ -77,8 +77,8 @@ def test_bone_age_rows_carry_the_noise_floor_beside_the_mean_predictor() -> None
 
 def test_cam_section_tabulates_region_fractions_only_where_they_were_measured() -> None:
     measured = {"cam/hand_fraction": 0.91, "cam/hand_area": 0.42, "cam/bone_fraction": 0.33, "cam/bone_area": 0.12,
-                "cam/centre_fraction": 0.05, "cam/centre_area": 0.02}
+                "cam/centre_fraction": 0.05, "cam/centre_area": 0.02, "cam/hand_grid": 0.8, "cam/bone_grid": 0.35, "cam/hand_near": 0.99}
     rows = cam_section(_stage("cam", measured)).tables[0].rows
-    assert rows == [["hand", "0.910", "0.420"], ["bones", "0.330", "0.120"],
-                    ["ossification centres (carpals, epiphyses)", "0.050", "0.020"]]
+    assert rows == [["hand", "0.910", "0.420", "0.800", "0.990"], ["bones", "0.330", "0.120", "0.350", "—"],
+                    ["ossification centres (carpals, epiphyses)", "0.050", "0.020", "—", "—"]]
     assert cam_section(_stage("cam", {"cam/exact": 1.0})).tables == []  # real data: no masks, no table

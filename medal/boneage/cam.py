@@ -53,7 +53,7 @@ def linear_cam(model: BoneAgeRegressor, image: torch.Tensor, male: torch.Tensor 
         weight = model.head.output_layer.weight[0, : features.shape[1]].float()
         maps = torch.einsum("c,bchw->bhw", weight, features)
         prediction = model.head(features, male).float()
-    return CamResult(maps, _upsample(maps, image.shape[-2:]), prediction, "cam")
+    return CamResult(maps, upsample(maps, image.shape[-2:]), prediction, "cam")
 
 
 def grad_cam(model: BoneAgeRegressor, image: torch.Tensor, male: torch.Tensor | None = None) -> CamResult:
@@ -65,7 +65,7 @@ def grad_cam(model: BoneAgeRegressor, image: torch.Tensor, male: torch.Tensor | 
         (gradients,) = torch.autograd.grad(prediction.sum(), features)
         weights = gradients.mean(dim=(2, 3), keepdim=True)
         maps = F.relu((weights * features).sum(dim=1)).detach()
-    return CamResult(maps, _upsample(maps, image.shape[-2:]), prediction.detach(), "grad_cam")
+    return CamResult(maps, upsample(maps, image.shape[-2:]), prediction.detach(), "grad_cam")
 
 
 def class_activation_map(model: BoneAgeRegressor, image: torch.Tensor,
@@ -74,7 +74,8 @@ def class_activation_map(model: BoneAgeRegressor, image: torch.Tensor,
     return linear_cam(model, image, male) if model.head.is_linear else grad_cam(model, image, male)
 
 
-def _upsample(maps: torch.Tensor, size: torch.Size) -> torch.Tensor:
+def upsample(maps: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """(B, h, w) maps at feature resolution to (B, *size), bilinearly, as CAM maps are shown and scored."""
     return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 

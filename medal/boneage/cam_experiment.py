@@ -3,7 +3,8 @@
 Writes `overlays/<id>.png` (image + normalised map), `average_{male,female}.png` (mean image with the mean
 normalised map of the cohort) and `cam_by_sex.png` (both side by side, as the paper's Figure 13). On a
 phantom set, which knows its hands and bones, it also measures where each map's positive mass lies
-(`cam_regions.py`): `cam_regions.csv` per image and `cam/{bone,centre,hand}_{fraction,area}` in the metrics.
+(`cam_regions.py`): `cam_regions.csv` per image and `cam/{bone,centre,hand}_{fraction,area,grid,near}` in
+the metrics.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def run_cam(cfg: DictConfig) -> dict[str, Any]:
         method = result.method
         if references is not None:  # the raw map: its positive part is the evidence that raised the estimate
             tally.add(list(batch["id"]), ["M" if float(m) >= 0.5 else "F" for m in batch["male"]], result.upsampled,
-                      [references.regions(str(i)) for i in batch["id"]])
+                      [references.regions(str(i)) for i in batch["id"]], tuple(result.maps.shape[-2:]))
         heat = normalise(result.upsampled).cpu().numpy()
         grey = batch["image"][:, 0].numpy()
         for i, ident in enumerate(batch["id"]):
@@ -191,7 +192,9 @@ def run_cam(cfg: DictConfig) -> dict[str, Any]:
     if tally.rows:
         tally.write(out_dir / REGIONS_FILE)
         metrics.update(tally.metrics())
-        log.info("positive CAM mass on the hand %.3f (its area %.3f), on the bones %.3f (area %.3f)",
-                 metrics.get("cam/hand_fraction", float("nan")), metrics["cam/hand_area"],
-                 metrics.get("cam/bone_fraction", float("nan")), metrics["cam/bone_area"])
+        log.info("positive CAM mass on the hand %.3f (its area %.3f, the hand drawn at the map's grid %.3f; on it or "
+                 "within one cell %.3f), on the bones %.3f (area %.3f, grid %.3f)",
+                 metrics.get("cam/hand_fraction", float("nan")), metrics["cam/hand_area"], metrics["cam/hand_grid"],
+                 metrics.get("cam/hand_near", float("nan")), metrics.get("cam/bone_fraction", float("nan")),
+                 metrics["cam/bone_area"], metrics["cam/bone_grid"])
     return metrics

@@ -16,6 +16,15 @@ box (`boxes.csv` of the segmentation, `medal.preprocess.crop.crop_square`), a ra
 `medal.data.cache.fit_square` with zero padding. Maps are compared at the input's resolution; a pixel
 belongs to a region when the region covers at least half of it (the mask resized bilinearly, then cut at
 0.5), so a map lying exactly on a region scores 1.
+
+A map has the feature grid's resolution (16x16 for a 128-px input at output stride 8), and bilinear
+upsampling spreads every cell over its neighbours, so even a map that is the hand itself, drawn at that
+grid, leaves part of its mass beside thin fingers. Each region's fraction is therefore reported beside two
+references: its area share (a map spread evenly) and its *grid share* (`cam/{region}_grid`, the fraction
+the region's own mask scores once it is average-pooled to the map's grid and upsampled like the map).
+`cam/{region}_near` counts the mass on the region or within one grid cell of it: what the map would score
+if it could not place mass more finely than its cells, which separates spill beside a finger from evidence
+taken from the background.
 """
 
 from __future__ import annotations
@@ -27,8 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medal.atomic import atomic_path
+from medal.boneage.cam import upsample
 from medal.data.cache import fit_square
 from medal.data.images import read_image
 from medal.data.phantom.dataset import BONES_DIR, read_bones
@@ -41,6 +52,9 @@ log = logging.getLogger("medal.boneage")
 
 REGIONS = ("bone", "centre", "hand")  # every bone; carpals + sesamoid + epiphyses; the whole hand
 CENTRE_CLASSES = (BONE_CLASSES["round"], BONE_CLASSES["epiphysis"])
+# the map's share of positive mass on the region; an even map's; the region's own mask's at the map's grid; the
+# map's share on the region or within one grid cell of it
+MEASURES = ("fraction", "area", "grid", "near")
 
 
 def mass_fraction(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
@@ -69,6 +83,52 @@ def mass_fraction(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     total = positive.sum(dim=(1, 2))
     inside = (positive * regions.double()).sum(dim=(1, 2))
     return torch.where(total > 0, inside / total.clamp_min(1e-300), torch.full_like(total, float("nan")))
+
+
+def grid_share(regions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """What a map equal to each region scores once drawn at a CAM's grid: its `mass_fraction` after the region
+    is average-pooled to `grid` and upsampled back bilinearly, as a CAM is.
+
+    Args:
+        regions: (B, H, W) in [0, 1], at the input's resolution.
+        grid: (h, w), the feature map's size.
+
+    Returns:
+        (B,) float64 in [0, 1]: 1 at the input's own resolution; below 1 at a coarser grid, the more so the
+        thinner the region is against a cell, as upsampling spills every cell onto its neighbours; NaN for an
+        empty region.
+
+    Examples:
+        >>> block = torch.zeros(1, 16, 16); block[0, 4:12, 4:12] = 1.0       # 8x8 square: 2x2 cells of 4 px
+        >>> line = torch.zeros(1, 16, 16); line[0, :, 7] = 1.0                # a one-pixel line
+        >>> [round(v, 2) for v in grid_share(torch.cat([block, line]), (4, 4)).tolist()]
+        [0.77, 0.16]
+        >>> grid_share(block, (16, 16)).item()                               # at full resolution: exact
+        1.0
+    """
+    pooled = F.adaptive_avg_pool2d(regions.float()[:, None], tuple(grid))[:, 0]
+    return mass_fraction(upsample(pooled, regions.shape[-2:]), regions)
+
+
+def within_one_cell(regions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Each region grown by one cell of a (h, w) grid laid over its (H, W) pixels (a square dilation).
+
+    Args:
+        regions: (B, H, W) in [0, 1].
+        grid: (h, w), the feature map's size; a cell is ceil(H / h) x ceil(W / w) pixels.
+
+    Returns:
+        (B, H, W) float32 in [0, 1].
+
+    Examples:
+        >>> dot = torch.zeros(1, 8, 8); dot[0, 3, 3] = 1.0
+        >>> int(within_one_cell(dot, (4, 4)).sum())   # cells of 2 px: a 5x5 square around the dot
+        25
+    """
+    cell_h, cell_w = -(-regions.shape[-2] // grid[0]), -(-regions.shape[-1] // grid[1])
+    grown = F.max_pool2d(regions.float()[:, None], kernel_size=(2 * cell_h + 1, 2 * cell_w + 1), stride=1,
+                         padding=(cell_h, cell_w))
+    return grown[:, 0]
 
 
 @dataclass(frozen=True)
@@ -120,27 +180,32 @@ def region_maps(root: str | Path, images: str, work_dir: str | Path, size: int, 
 
 
 class RegionTally:
-    """Per-image fractions and areas of every region, and their means for `metrics.json` (`cam/...`)."""
+    """Per-image fractions, area and grid shares of every region, and their means for `metrics.json` (`cam/...`)."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float | str]] = []
 
-    def add(self, ids: list[str], sexes: list[str], maps: torch.Tensor, regions: list[dict[str, np.ndarray]]) -> None:
-        """Score one batch: `maps` (B, H, W) at the input's size, `regions[i]` the masks of `ids[i]`."""
+    def add(self, ids: list[str], sexes: list[str], maps: torch.Tensor, regions: list[dict[str, np.ndarray]],
+            grid: tuple[int, int]) -> None:
+        """Score one batch: `maps` (B, H, W) at the input's size, upsampled from a (h, w) `grid` of features,
+        and `regions[i]` the masks of `ids[i]`."""
         rows = [{"id": i, "sex": s} for i, s in zip(ids, sexes, strict=True)]
         for name in REGIONS:
             stacked = torch.from_numpy(np.stack([r[name] for r in regions]))
-            fractions = mass_fraction(maps.detach().cpu(), stacked).tolist()
-            areas = stacked.double().mean(dim=(1, 2)).tolist()
-            for row, fraction, area in zip(rows, fractions, areas, strict=True):
-                row[f"{name}_fraction"], row[f"{name}_area"] = fraction, area
+            measures = {"fraction": mass_fraction(maps.detach().cpu(), stacked).tolist(),
+                        "area": stacked.double().mean(dim=(1, 2)).tolist(),
+                        "grid": grid_share(stacked, grid).tolist(),
+                        "near": mass_fraction(maps.detach().cpu(), within_one_cell(stacked, grid)).tolist()}
+            for what, values in measures.items():
+                for row, value in zip(rows, values, strict=True):
+                    row[f"{name}_{what}"] = value
         self.rows += rows
 
     def metrics(self) -> dict[str, float]:
         """Means over images (a map with no positive mass is left out of its fractions, and counted)."""
         out: dict[str, float] = {}
         for name in REGIONS:
-            for what in ("fraction", "area"):
+            for what in MEASURES:
                 values = np.array([row[f"{name}_{what}"] for row in self.rows], dtype=np.float64)
                 if np.isfinite(values).any():
                     out[f"cam/{name}_{what}"] = float(np.nanmean(values))
@@ -148,8 +213,8 @@ class RegionTally:
         return out
 
     def write(self, path: Path) -> None:
-        """`cam_regions.csv`: id, sex, then each region's fraction and area."""
-        columns = ["id", "sex"] + [f"{n}_{w}" for n in REGIONS for w in ("fraction", "area")]
+        """`cam_regions.csv`: id, sex, then each region's fraction, area share and grid share."""
+        columns = ["id", "sex"] + [f"{n}_{w}" for n in REGIONS for w in MEASURES]
         with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()

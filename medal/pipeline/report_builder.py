@@ -115,14 +115,20 @@ def cam_section(result: StageResult) -> Section:
             + _latest(result, "average_male", "Average CAM, male")
             + _latest(result, "average_female", "Average CAM, female"))
     m = result.metrics
-    rows = [[label, _fmt(m.get(f"cam/{key}_fraction"), 3), _fmt(m.get(f"cam/{key}_area"), 3)]
+    rows = [[label] + [_fmt(m.get(f"cam/{key}_{what}"), 3) for what in ("fraction", "area", "grid", "near")]
             for key, label in CAM_REGIONS if f"cam/{key}_area" in m]
     text = ["Which regions drove the estimate (Zhou et al. CAM)."]
     if rows:
         text.append("Share of each test map's positive mass inside a region of the phantom's own masks, averaged "
-                    "over images, beside the region's share of the image (what an evenly spread map scores).")
+                    "over images, beside two references: the region's share of the image (what an evenly spread "
+                    "map scores) and what a map that is the region itself scores at the CAM's grid (pooled to "
+                    "the feature map's cells and upsampled like the CAM; thin fingers lose mass to the background "
+                    "at a coarse grid). The last column counts the map's mass on the region or within one cell of "
+                    "it: what separates spill beside a finger from evidence read off the background.")
     return Section("Class activation maps", text + _missing(figs, "CAM"),
-                   [Table(["region", "share of positive CAM mass", "share of image area"], rows)] if rows else [],
+                   [Table(["region", "share of positive CAM mass", "share of image area",
+                           "the region itself at the CAM's grid", "CAM mass on it or within one cell"], rows)]
+                   if rows else [],
                    figs)
 
 
