@@ -50,6 +50,22 @@ def test_changed_config_redoes_that_stage_and_everything_after(tmp_path: Path) -
     assert calls == ["b", "c"]
 
 
+def test_changed_task_settings_redo_that_stage_even_when_the_pipeline_keys_are_the_same(tmp_path: Path) -> None:
+    """What a config file says reaches the fingerprint through `Stage.settings`, not only the override strings."""
+    cfg = OmegaConf.create({"a": 1, "b": 2, "c": 3})
+
+    def stages(calls: list[str], decay: float) -> list[Stage]:
+        plain = _stages(calls)
+        return [plain[0], Stage("b", plain[1].run, ("b",), settings=lambda: {"scheduler": {"decay": decay}}), plain[2]]
+
+    calls: list[str] = []
+    run_stages(stages(calls, 0.05), cfg, tmp_path)
+    calls.clear()
+    assert [r.status for r in run_stages(stages(calls, 0.05), cfg, tmp_path)] == ["skipped"] * 3
+    run_stages(stages(calls, 0.1), cfg, tmp_path)  # the same pipeline keys, another file content
+    assert calls == ["b", "c"]
+
+
 def test_crash_mid_pipeline_then_rerun_does_not_redo_finished_stages(tmp_path: Path) -> None:
     cfg = OmegaConf.create({"a": 1, "b": 2, "c": 3})
     calls: list[str] = []

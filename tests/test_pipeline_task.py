@@ -197,6 +197,27 @@ def test_a_stage_override_of_a_key_that_a_selected_option_brings_applies(
     assert task_cfg.model.name == "tiny_os16" and task_cfg.model.timm_kwargs.output_stride == 8
     assert task_cfg.trainer.max_epochs == 3
 
+def test_a_stage_fingerprints_what_its_config_files_say_not_where_the_project_lies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An edit of conf/experiment/boneage_cpu.yaml changes the bone age stage's settings (and so redoes it) and
+    leaves the segmentation stage's alone; the project's location (paths) is not part of them."""
+    conf = tmp_path / "conf"
+    shutil.copytree(plan.CONF_DIR, conf)
+    monkeypatch.setattr(plan, "CONF_DIR", str(conf))
+
+    def settings(root: Path) -> dict[str, dict]:
+        builder = StageBuilder(compose_task("pipeline", ["experiment=demo"], root))
+        return {p.name: builder.settings(p) for p in builder.plan()}
+
+    before = settings(tmp_path / "one")
+    assert before == settings(tmp_path / "elsewhere")  # another project root: the same settings
+    assert before["boneage_all"]["scheduler"]["per"] == "epoch" and "paths" not in before["boneage_all"]
+    recipe = conf / "experiment" / "boneage_cpu.yaml"
+    recipe.write_text(recipe.read_text().replace("decay: 0.05", "decay: 0.1"))
+    after = settings(tmp_path / "one")
+    assert after["boneage_all"]["scheduler"]["decay"] == 0.1 and after["segment"] == before["segment"]
+
+
 @pytest.mark.parametrize(("value", "message"), [
     (5, r"pipeline.common=5: give a list of overrides or one string of space-separated overrides"),
     ("oracle='folder", r"pipeline.common=\"oracle='folder\": No closing quotation; give space-separated overrides"),

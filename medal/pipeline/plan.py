@@ -63,6 +63,26 @@ def compose_task_config(task_config: str, overrides: list[str]) -> DictConfig:
         return compose(config_name=task_config, overrides=overrides)
 
 
+def _placeholders(value: Any, folders: dict[str, str]) -> Any:
+    """`value` (nested dicts and lists) with every string that lies in one of `folders` (placeholder -> folder,
+    the first match wins) written relative to its placeholder.
+
+    Examples:
+        >>> _placeholders({"out": "/home/a/medal/outputs/x", "n": [1, "/data/rsna"]}, {"<root>": "/home/a/medal"})
+        {'out': '<root>/outputs/x', 'n': [1, '/data/rsna']}
+    """
+    if isinstance(value, dict):
+        return {key: _placeholders(item, folders) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_placeholders(item, folders) for item in value]
+    if isinstance(value, str):
+        for name, folder in folders.items():
+            folder = folder.rstrip("/")
+            if value == folder or value.startswith(folder + "/"):
+                return name + value[len(folder):]
+    return value
+
+
 def task_artifacts(task: str) -> dict[str, str]:
     """The artefacts task `task` declares in its run folder (none for tasks that write none others read)."""
     module = ARTIFACT_MODULES.get(task)
@@ -391,7 +411,22 @@ class StageBuilder:
             return metrics
 
         keys = ("data", "seed", "pipeline.common", f"pipeline.stages.{planned.task}", *planned.keys)
-        return Stage(planned.name, run, keys, dir=out, artifacts=task_artifacts(planned.task))
+        return Stage(planned.name, run, keys, dir=out, artifacts=task_artifacts(planned.task),
+                     settings=lambda: self.settings(planned))
+
+    def settings(self, planned: PlannedStage) -> dict[str, Any]:
+        """The stage's composed task config as plain data: interpolations unresolved, `paths` left out, and the
+        pipeline's folder, the data set's work folder and the project root written `<pipeline>`, `<work>` and
+        `<root>` (the first two are named after a hash of the data set's absolute path; the pipeline's `data`
+        key holds them unresolved). So it holds what the config files say, not where this machine keeps the
+        project: moving the project redoes nothing. The `late` overrides (a checkpoint of an earlier stage)
+        are left out too; the upstream fingerprint holds them."""
+        chosen = self.applicable(planned)
+        composed = self._compose_stage(planned, [*self.shared_overrides(planned.task), *planned.fixed, *chosen], chosen)
+        settings = OmegaConf.to_container(composed, resolve=False)
+        settings.pop("paths", None)
+        return _placeholders(settings, {"<pipeline>": str(self.root), "<work>": str(self.cfg.data.work_dir),
+                                        "<root>": str(self.cfg.paths.root)})
 
     def stages(self) -> list[Stage]:
         """The runnable stages, after every stage override has been checked (nothing runs before that)."""

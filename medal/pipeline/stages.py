@@ -12,7 +12,9 @@ metrics and seconds). The marker decides what a rerun does:
 
 The record is written last and atomically (`Marker.finish`), so a crash never leaves a record that claims
 a finished stage. Fingerprints chain: each stage's parts include the previous stage's fingerprint, so
-changing an early stage's config redoes everything after it.
+changing an early stage's config redoes everything after it. A stage's parts hold the pipeline keys that
+define it and, where the stage gives them (`Stage.settings`), the task config it composes: so an edit of a
+config file (`conf/experiment/boneage_cpu.yaml`) redoes the stages that use it, not only a changed override.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ class StopPipeline(Exception):
 class Stage:
     """One step of the pipeline.
 
-    `keys` are the config subtrees whose values define its fingerprint; `dir` is the stage's own output
-    folder (emptied when a new config redoes the stage); `artifacts` names the files the stage's task
-    declares it writes there (name -> path or glob pattern relative to `dir`), for whoever reads them.
+    `keys` are the config subtrees whose values define its fingerprint, and `settings` (when given) returns
+    the rest of what does: the composed task config, as plain data; `dir` is the stage's own output folder
+    (emptied when a new config redoes the stage); `artifacts` names the files the stage's task declares it
+    writes there (name -> path or glob pattern relative to `dir`), for whoever reads them.
     """
 
     name: str
@@ -52,6 +55,7 @@ class Stage:
     keys: tuple[str, ...] = ()
     dir: Path | None = None
     artifacts: Mapping[str, str] = field(default_factory=dict)
+    settings: Callable[[], Any] | None = None
 
 
 @dataclass
@@ -81,9 +85,13 @@ class StageResult:
         return sorted(p for p in self.dir.glob(self.artifacts[artifact]) if p.is_file())
 
 
-def stage_parts(cfg: DictConfig, keys: Iterable[str], upstream: str) -> dict[str, Any]:
-    """What a stage's result depends on: the config subtrees `keys` and the previous stage's fingerprint."""
-    return {"upstream": upstream, "config": {key: OmegaConf.select(cfg, key) for key in keys}}
+def stage_parts(cfg: DictConfig, keys: Iterable[str], upstream: str, settings: Any = None) -> dict[str, Any]:
+    """What a stage's result depends on: the config subtrees `keys`, the task's own settings (when known) and
+    the previous stage's fingerprint."""
+    parts = {"upstream": upstream, "config": {key: OmegaConf.select(cfg, key) for key in keys}}
+    if settings is not None:
+        parts["settings"] = settings
+    return parts
 
 
 def stage_marker(state_dir: Path, stage: Stage) -> Marker:
@@ -109,7 +117,7 @@ def run_stages(stages: list[Stage], cfg: DictConfig, state_dir: Path, force: Ite
     results: list[StageResult] = []
     upstream = ""
     for stage in stages:
-        parts = stage_parts(cfg, stage.keys, upstream)
+        parts = stage_parts(cfg, stage.keys, upstream, stage.settings() if stage.settings else None)
         upstream = fingerprint(parts)
         marker = stage_marker(state_dir, stage)
         where = {"dir": stage.dir, "artifacts": stage.artifacts}
