@@ -180,7 +180,7 @@ def region_maps(root: str | Path, images: str, work_dir: str | Path, size: int, 
 
 
 class RegionTally:
-    """Per-image fractions, area and grid shares of every region, and their means for `metrics.json` (`cam/...`)."""
+    """Per-image `MEASURES` of every region, and their means for `metrics.json` (`cam/...`)."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float | str]] = []
@@ -213,7 +213,7 @@ class RegionTally:
         return out
 
     def write(self, path: Path) -> None:
-        """`cam_regions.csv`: id, sex, then each region's fraction, area share and grid share."""
+        """`cam_regions.csv`: id, sex, then each region's `MEASURES`."""
         columns = ["id", "sex"] + [f"{n}_{w}" for n in REGIONS for w in MEASURES]
         with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
