@@ -24,7 +24,7 @@ browser:  ## Debian's headless Chromium for the browser tests: report, predictio
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
 	  echo "chromium not installed: the browser tests (report, predictions, annotate) will be skipped"
 
-demo: setup  ## the main job: the whole pipeline on freshly generated phantoms (~5 min on 2 idle cores)
+demo: setup  ## the main job: the whole pipeline on freshly generated phantoms (5-7 min on 2 idle cores)
 	$(RUN) medal pipeline experiment=demo
 
 test: setup browser  ## fast tests (no `slow` marker)
