@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -10,15 +9,13 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from tests.helpers.hydra_compose import compose_task
+from tests.helpers.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("cam_seeds", REPO / "scripts" / "cam_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("cam_seeds")
 
 
 def test_it_retrains_the_demos_own_bone_age_stage(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 import yaml
 from helpers.fake_runs import write_multirun
 from helpers.hydra_compose import compose_jobs, compose_task
+from helpers.scripts import load_script
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -151,10 +151,7 @@ def test_joblib_and_optuna_sweeps_run_a_real_task(tmp_path: Path) -> None:
 
 
 def _smoke_module():
-    spec = importlib.util.spec_from_file_location("figure12_smoke", REPO / "scripts" / "figure12_smoke.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("figure12_smoke")
 
 
 def test_figure12_smoke_commands_compose(tmp_path: Path) -> None:

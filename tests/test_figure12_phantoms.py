@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -19,15 +18,13 @@ from medal.models.stages import FINETUNE_MODES
 from medal.tables.folder_runs import RunResult
 from medal.tables.table import build_table
 from tests.helpers.hydra_compose import compose_task
+from tests.helpers.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "figure12_phantoms.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("figure12_phantoms", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("figure12_phantoms")
 
 
 def _run(mode: str, enhance: str, cohort: str, seed: int, mae: float, stages: list[int] | None = None) -> RunResult:

@@ -3,13 +3,13 @@ real phantom pool: the common-space descriptor separates images, the paper's bot
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers.scripts import load_script
 
 from medal.active import strategies
 from medal.active.scoring import (
@@ -223,15 +223,9 @@ def test_qbc_spread_on_a_phantom_pool_is_far_larger_on_probability_maps(tiny_pha
 def test_the_benchmarks_oracle_upper_bound_queries_what_the_model_segments_worst(tmp_path: Path,
                                                                                 monkeypatch) -> None:
     """scripts/bench_segmentation.py's yardstick reads the truth: the worst-segmented image is asked first."""
-    import importlib.util
-
     from medal.data.images import write_png
 
-    spec = importlib.util.spec_from_file_location("bench_segmentation",
-                                                  Path(__file__).parents[1] / "scripts" / "bench_segmentation.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_segmentation")
     probs = _agreeing()  # every member: hand on the left half
     for i in range(N):
         truth = np.zeros((2 * S, 2 * S), bool)  # full size: twice the working size
