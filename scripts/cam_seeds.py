@@ -15,7 +15,8 @@ itself scores at the map's grid (`cam/hand_grid`), on the bones, and the map's *
 value on an image of empty background (the RoIs' zero), as a share of the mean absolute map value on the
 test images. A linear head's CAM is exact only up to that level: a constant on the background moves
 nothing but the head's bias, so training leaves its sign to chance, and a positive one spreads positive mass
-over the whole background. Writes `<root>/cam_seeds_<size>px.md|json`.
+over the whole background. Writes `<root>/cam_seeds_<size>px.md|json`, and `<root>/cam_seeds.png`: the hand
+fraction against the background level for every size measured so far under `<root>`.
 
 Resumable: a finished seed is returned by `medal boneage`'s own record, an interrupted one continues.
 """
@@ -119,6 +120,35 @@ def report(rows: list[dict[str, Any]], size: int, overrides: list[str], seconds:
     return "\n".join(lines) + "\n"
 
 
+def plot(root: Path) -> Path:
+    """One scatter of every `cam_seeds_<size>px.json` under `root`: hand fraction against background level,
+    a colour per input size, with the goal and each size's grid reference (the hand itself at its map's grid)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medal.plotting import save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for i, path in enumerate(sorted(root.glob("cam_seeds_*px.json"), key=lambda p: int(p.stem.split("_")[-1][:-2]))):
+        rows, colour = json.loads(path.read_text())["rows"], f"C{i}"
+        size = path.stem.split("_")[-1]
+        ax.scatter([r["background_level"] for r in rows], [r["cam/hand_fraction"] for r in rows], color=colour,
+                   label=f"{size}: {len(rows)} seeds")
+        for r in rows:
+            ax.annotate(str(r["seed"]), (r["background_level"], r["cam/hand_fraction"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points", color=colour)
+        ax.axhline(rows[0]["cam/hand_grid"], color=colour, linestyle=":", linewidth=1,
+                   label=f"{size}: the hand itself at the map's grid")
+    ax.axhline(GOAL, color="grey", linestyle="--", linewidth=1, label=f"goal {GOAL}")
+    ax.set_xlabel("background level (CAM on empty background / mean |CAM|)")
+    ax.set_ylabel("share of positive CAM mass on the hand")
+    ax.set_title("The demo's CAM over training seeds")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return save_figure(fig, root / "cam_seeds.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
@@ -163,6 +193,7 @@ def main() -> None:
     page = report(rows, size, common, time.time() - started)
     write_text(out.with_suffix(".md"), page)
     print(page)
+    print(f"figure: {plot(args.root.resolve())}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -42,3 +43,11 @@ def test_the_page_counts_the_seeds_that_reach_the_goal_and_links_the_level() -> 
     assert "2 of 4 seeds reach 0.7" in page and "| 4 | 8.00 | 0.550 | 0.900 | 0.800 | 0.250 (0.070) | +0.600 |" in page
     correlation = re.search(r"background level with the hand fraction over seeds: ([-+][0-9.]+[0-9])", page)
     assert float(correlation.group(1)) < -0.9  # planted: the higher the background level, the lower the share
+
+
+def test_the_figure_draws_every_size_measured_under_the_root(tmp_path: Path) -> None:
+    for size, levels in ((128, (-2.0, -1.5)), (192, (-1.0, 0.1))):
+        rows = [_row(seed, 0.7 - level / 10, level) for seed, level in enumerate(levels, 1)]
+        (tmp_path / f"cam_seeds_{size}px.json").write_text(json.dumps({"rows": rows}))
+    figure = _script().plot(tmp_path)
+    assert figure == tmp_path / "cam_seeds.png" and figure.stat().st_size > 10_000
