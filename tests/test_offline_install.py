@@ -137,6 +137,18 @@ def test_the_locked_runtime_set_leaves_the_optional_parts_out() -> None:
     assert {"wandb", "optuna", "submitit", "hydra-submitit-launcher", "sqlalchemy"} <= everything
 
 
+@pytest.mark.skipif(mw.uv_binary() is None, reason="no uv: neither run by `uv run` nor on PATH")
+def test_baal_s_jupyter_is_left_out_and_its_heuristics_import_without_it() -> None:
+    """pyproject's override drops the notebook stack baal requires for its tutorials: neither this environment
+    nor the GPU machine's wheel folder has it, and medal's AL strategies import all the same."""
+    chosen = mw.select(mw.export_pins([]), mw.target_environment("3.12", "manylinux_2_28_x86_64"), {})
+    names = {p.name for p in chosen.download}
+    assert "baal" in names and not names & {"jupyter", "notebook", "jupyterlab", "ipykernel", "nbconvert"}
+    done = subprocess.run([sys.executable, "-c", "import importlib.util, medal.active.strategies; "
+                           "print(importlib.util.find_spec('jupyter') is None)"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-1000:]
+
+
 def test_configs_are_found_in_an_installed_wheel_before_the_checkout(tmp_path: Path) -> None:
     package = tmp_path / "site" / "medal"
     (package / "conf").mkdir(parents=True)
