@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -45,8 +46,7 @@ from medal.data.datamodule import build_boneage_datamodule
 
 REPO = Path(__file__).resolve().parent.parent
 GOAL = 0.7  # issue 12: the demo's CAM hand fraction
-COLUMNS = ("seed", "test/mae", "cam/hand_fraction", "cam/hand_near", "cam/hand_grid", "cam/bone_fraction",
-           "cam/bone_area", "background_level")
+CAM_KEYS = ("cam/hand_fraction", "cam/hand_near", "cam/hand_grid", "cam/bone_fraction", "cam/bone_area")  # of `medal cam`
 
 
 def demo_settings() -> tuple[str, str, list[str]]:
@@ -59,9 +59,11 @@ def demo_settings() -> tuple[str, str, list[str]]:
 
 def train_and_map(seed: int, run: Path, common: list[str]) -> subprocess.Popen:
     """`medal boneage` for one seed, then `medal cam` on its best checkpoint, one process chain in the background."""
-    script = (f"set -e; {sys.executable} -m medal boneage {' '.join(common)} seed={seed} hydra.run.dir={run}; "
-              f"{sys.executable} -m medal cam ckpt=$(ls {run}/checkpoints/best-*.ckpt | head -1) "
-              f"cam.max_overlays=4 hydra.run.dir={run}/cam")
+    medal = [sys.executable, "-m", "medal"]
+    train = shlex.join([*medal, "boneage", *common, f"seed={seed}", f"hydra.run.dir={run}"])
+    best = f"{shlex.quote(str(run / 'checkpoints'))}/best-*.ckpt"
+    cam = shlex.join([*medal, "cam", "cam.max_overlays=4", f"hydra.run.dir={run / 'cam'}"])
+    script = f"set -e; {train}; {cam} ckpt=$(ls {best} | head -1)"
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with (run.parent / f"s{seed}.log").open("a") as fh:
         return subprocess.Popen(["bash", "-c", script], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -185,7 +187,7 @@ def main() -> None:
         run = folder / f"s{seed}"
         trained = json.loads((run / "metrics.json").read_text())
         mapped = json.loads((run / "cam" / "metrics.json").read_text())
-        rows.append({"seed": seed, "test/mae": trained["test/mae"], **{k: mapped[k] for k in COLUMNS[2:7]},
+        rows.append({"seed": seed, "test/mae": trained["test/mae"], **{k: mapped[k] for k in CAM_KEYS},
                      "background_level": background_level(run)})
     out = args.root.resolve() / f"cam_seeds_{size}px"
     write_text(out.with_suffix(".json"), json.dumps({"overrides": common, "rows": rows, "hand_fraction":
