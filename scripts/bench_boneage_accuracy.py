@@ -21,28 +21,20 @@ import argparse
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from medal.bench import BenchRow, write_bench
 from medal.boneage.cam_experiment import run_cam
 from medal.boneage.experiment import run_boneage, run_marker, run_settings
-from medal.config import CONF_DIR
 from medal.data.phantom import generate_dataset
 from medal.data.phantom.rois import true_mask_rois
+from medal.pipeline.plan import (
+    compose_task_config,  # a task config as `medal <task>` composes it, no Hydra run
+)
 from medal.runs import write_metrics
 
 log = logging.getLogger("medal.bench")
-
-
-def compose_task(task: str, overrides: list[str]) -> Any:
-    """A task config as `medal <task>` composes it (no Hydra run: the bench sets every output path itself)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        return compose(config_name=task, overrides=overrides)
 
 
 def train(root: Path, name: str, images: Path, experiment: str, extra: list[str]) -> tuple[dict[str, float], Path, str]:
@@ -52,7 +44,7 @@ def train(root: Path, name: str, images: Path, experiment: str, extra: list[str]
     said so: its time was spent by an earlier invocation.
     """
     out = root / "runs" / name
-    cfg = compose_task("boneage", [
+    cfg = compose_task_config("boneage", [
         f"experiment={experiment}", f"paths.root={Path.cwd()}", f"paths.output_dir={out}",
         f"data.root={root / 'phantoms'}", f"data.work_dir={root / 'work'}", f"data.images={images}",
         "trainer.enable_progress_bar=false", "logger=csv", *extra])
@@ -70,7 +62,7 @@ def train(root: Path, name: str, images: Path, experiment: str, extra: list[str]
 def cam(root: Path, run: Path) -> dict[str, float]:
     """`medal cam` on the run's best checkpoint (its test split, its images and size)."""
     best = next((run / "checkpoints").glob("best-*.ckpt"))
-    cfg = compose_task("cam", [f"ckpt={best}", f"paths.root={Path.cwd()}", f"paths.output_dir={root / 'cam'}",
+    cfg = compose_task_config("cam", [f"ckpt={best}", f"paths.root={Path.cwd()}", f"paths.output_dir={root / 'cam'}",
                                "cam.max_overlays=8", "cam.device=cpu"])
     return run_cam(cfg)
 

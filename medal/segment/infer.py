@@ -83,9 +83,18 @@ def hand_roi(radiograph: np.ndarray, prob: np.ndarray, flip: bool, postprocess: 
     """
     prob_full = np.clip(resize(prob, radiograph.shape), 0.0, 1.0)
     mask = binarise(prob_full, postprocess)
+    roi, box = crop_hand(radiograph, mask, flip, margin, roi_size)
+    return mask, roi, box
+
+
+def crop_hand(radiograph: np.ndarray, mask: np.ndarray, flip: bool, margin: float,
+              roi_size: int) -> tuple[np.ndarray, Box]:
+    """The RoI (roi_size, roi_size) float32 of a radiograph (H, W) in [0, 1] and its hand mask (H, W) bool: the
+    polarity-normalised hand with its background zeroed, cropped square around the mask with `margin`; and
+    the box. `hand_roi` cuts the committee's mask this way, `medal.data.phantom.rois` the true one."""
     hand = (1.0 - radiograph if flip else radiograph) * mask
     box = roi_box(mask, margin)
-    return mask, crop_square(hand, box, roi_size), box
+    return crop_square(hand, box, roi_size), box
 
 
 def write_final(

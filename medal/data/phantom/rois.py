@@ -22,9 +22,9 @@ from medal.data.phantom.dataset import MARKER as PHANTOMS_MARKER
 from medal.data.phantom.floor import SIDECAR
 from medal.data.rsna import read_index
 from medal.errors import MedalError
-from medal.preprocess.crop import crop_square, roi_box
+from medal.preprocess.crop import crop_square
 from medal.resume import Marker
-from medal.segment.infer import BOXES_FILE, write_boxes
+from medal.segment.infer import BOXES_FILE, crop_hand, write_boxes
 
 log = logging.getLogger("medal.phantoms")
 
@@ -51,11 +51,10 @@ def true_mask_rois(data_root: str | Path, work_dir: str | Path, size: int, progr
         raw = read_radiograph(row.path)
         mask = read_image(data_root / "masks" / f"{row.id}.png") > 0.5
         flip = bool(inverted[row.id])
-        box = roi_box(mask, MARGIN)
-        write_png(roi / f"{row.id}.png", crop_square((1.0 - raw if flip else raw) * mask, box, size),
-                  bits=DERIVED_BITS)
+        hand, box = crop_hand(raw, mask, flip, MARGIN, size)
+        write_png(roi / f"{row.id}.png", hand, bits=DERIVED_BITS)
         gold = read_radiograph(data_root / "gold" / f"{row.id}.png")
-        write_png(Path(work_dir) / "roi_gold" / f"{row.id}.png", crop_square(gold, box, size), bits=DERIVED_BITS)
+        write_png(roi_gold / f"{row.id}.png", crop_square(gold, box, size), bits=DERIVED_BITS)
         rows.append([row.id, *box, int(flip), *mask.shape, float(mask.mean()), 1])
     write_boxes(boxes, rows)
     marker.finish(parts, images=len(rows))
