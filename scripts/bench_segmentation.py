@@ -21,7 +21,7 @@ spread of the strategy's scores (a degenerate score has cv ~0). Last, pool-scori
     python scripts/bench_segmentation.py                          # the CPU benchmark of `make bench` (2 cores)
     python scripts/bench_segmentation.py --seeds 0 1 --arms random oracle qbc   # a quick look
     python scripts/bench_segmentation.py --seeds 0 1 2 3 4 --arms random_stratified qbc qbc_paper entropy \
-        entropy_power bald bald_mc coreset hybrid unet_random   # every strategy, 5 seeds (README's second table)
+        entropy_power bald bald_mc coreset hybrid unet_random   # every strategy, 5 seeds (the second table of docs/results.md)
     python scripts/bench_segmentation.py --device cuda --net paper --n 600 --raw-size 256 --size 128 \
         --initial 20 --per-round 20 --budget 120 --steps 200 --workers 4    # the paper's 192-map nets, one GPU
 Writes outputs/bench/<name>.{json,md}, <name>_curve.png and <name>_worst_curve.png (name: segmentation, or

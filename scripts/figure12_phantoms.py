@@ -9,7 +9,7 @@ Every step is a `medal` command in `<root>` (MEDAL_ROOT=root), one torch thread 
 2. Hand RoIs cut with the true masks (`medal.data.phantom.rois.true_mask_rois`: what a perfect segmentation
    writes, so the table measures enhancement and fine-tuning, not the segmenter) and their gold-standard RoIs.
 3. In parallel: `medal enhance enhance=gan_l1` (pix2pix's L1 loss, the enhancer that beats pass-through:
-   README's enhancement benchmark) trained on (RoI, gold) pairs and run on every RoI; and
+   enhancement benchmark of docs/results.md) trained on (RoI, gold) pairs and run on every RoI; and
    `medal pretrain pretrain=supervised`: age + sex on a source phantom set rendered with another acquisition
    profile (conf/pretrain/supervised.yaml). Supervised source pretraining, not SSL on the target images,
    because that is the paper's situation (ImageNet weights: another domain and another task, no target image

@@ -24,7 +24,6 @@ from medal.gpucheck.segment_rows import _setup as segment_setup
 from medal.gpucheck.sizes import FULL, TINY, Sizes
 from medal.gpucheck.timing import Budget, StepTimer, run_row
 from medal.pipeline.plan import StageBuilder, compose_task_config
-from medal.tasks import TASKS
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
@@ -135,13 +134,8 @@ def test_the_command_refuses_cuda_where_there_is_none(monkeypatch: pytest.Monkey
     assert "--skip segmnt: not a group" in capsys.readouterr().err
 
 
-def test_predict_row_is_skipped_only_when_there_is_no_predict_task(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_row_fails_in_one_line_without_the_pipeline_s_bundle(tmp_path: Path) -> None:
     ctx = _context(tmp_path, TINY, "cpu")
-    monkeypatch.delitem(TASKS, "predict", raising=False)
-    row = pipeline_rows.predict_rate(ctx, time.perf_counter() + 10)
-    assert row.status == "skipped" and "medal predict" in row.reason
-    monkeypatch.setitem(TASKS, "predict", ("medal.tasks.predict", "bone age for new radiographs"))
     with pytest.raises(RuntimeError, match="no exported bundle"):  # run_row records it as a failed row
         pipeline_rows.predict_rate(ctx, time.perf_counter() + 10)
 
@@ -157,11 +151,8 @@ def test_tiny_check_runs_every_row_on_the_cpu_of_a_minimal_install(tmp_path: Pat
     payload = json.loads((out / "gpu_check.json").read_text())
     rows = {row["name"]: row for row in payload["rows"]}
     assert len(rows) == 1 + len(check.plan(_context(tmp_path, TINY, "cpu")))  # phantoms + every planned row
-    predict = next(row for name, row in rows.items() if "medal predict" in name)
-    assert predict["status"] == ("ok" if "predict" in TASKS else "skipped")
-    measured = [row for row in rows.values() if row is not predict]
-    assert [(r["name"], r["status"], r["reason"]) for r in measured if r["status"] != "ok"] == []
-    assert all(r["value"] is not None and math.isfinite(r["value"]) and r["value"] > 0 for r in measured)
+    assert [(r["name"], r["status"], r["reason"]) for r in rows.values() if r["status"] != "ok"] == []
+    assert all(r["value"] is not None and math.isfinite(r["value"]) and r["value"] > 0 for r in rows.values())
     smoke = next(row for name, row in rows.items() if "pipeline smoke" in name)
     assert smoke["detail"]["ptl_stages_visited"] == 5 and smoke["detail"]["segment/test/dice"] > 0.5
     table = (out / "gpu_check.md").read_text()

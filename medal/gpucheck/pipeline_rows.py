@@ -1,6 +1,6 @@
 """End-to-end rows: `medal pipeline` at full sizes on a few hundred phantoms (a correctness smoke: it must finish,
 paced transfer learning must visit every stage, CAM runs on the check's device, every metric must be finite), and
-`medal predict` over the whole chain when this medal has it.
+`medal predict` over the whole chain with the bundle that pipeline exported.
 
 The pipeline is the task's own function on its own config (`conf/pipeline.yaml` with the check's stage overrides),
 run in this process, in a fresh folder each time.
@@ -21,7 +21,6 @@ from medal.gpucheck.record import Row
 from medal.models.stages import STAGES
 from medal.pipeline.plan import compose_task_config
 from medal.pipeline.run import run_pipeline
-from medal.tasks import TASKS
 from medal.tasks.runner import task_function
 
 PTL_LOG = "boneage_all/csv/metrics.csv"  # where the bone age stage's CSV logger writes `ptl/stage`
@@ -89,10 +88,7 @@ def _fmt(value: Any, digits: int) -> str:
 
 
 def predict_rate(ctx: Context, deadline: float) -> Row:
-    """Images/s of `medal predict` with the pipeline's exported bundle over the pipeline's phantoms; skipped
-    (with the reason) only when this medal has no `predict` task."""
-    if "predict" not in TASKS:
-        return Row("", status="skipped", reason="this medal has no `medal predict` task yet (issue 11)")
+    """Images/s of `medal predict` with the pipeline's exported bundle over the pipeline's phantoms."""
     stages = ctx.facts.get("pipeline_dir")
     bundles = sorted(Path(stages).rglob("bundle.json")) if stages else []
     if not bundles:
