@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
+import torch
 
 from medal.boneage.cam_experiment import check_against_run, run_cam, run_data_config, training_settings
 from medal.boneage.evaluate import predict_frame
@@ -93,6 +94,24 @@ def test_early_stopping_ends_the_run_when_val_mae_stalls(make_cfg, tiny_phantoms
 def test_bad_early_stopping_patience_is_one_line_naming_the_key(make_cfg, tiny_phantoms) -> None:
     cfg = make_cfg("boneage", [*FAST, f"data.root={tiny_phantoms}", "early_stopping.patience=0"])
     with pytest.raises(MedalError, match=r"^early_stopping.patience=0: must be >= 1"):
+        run_boneage(cfg)
+
+
+def test_weight_averaging_is_what_validation_keeps_and_tests(make_cfg, tiny_phantoms, tmp_path) -> None:
+    cfg = make_cfg("boneage", [*FAST, f"data.root={tiny_phantoms}", "trainer.max_epochs=2", "ema.decay=0.5",
+                               "evaluation.plots=false"])
+    metrics = run_boneage(cfg)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    averaged, raw = last["state_dict"], last["current_model_state"]  # the raw weights: what training resumes from
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    # the checkpoint kept for its val MAE holds the weights that scored it: the test reloads the same average
+    assert metrics["val/mae"] == pytest.approx(metrics["val/mae_best_epoch"], rel=1e-4)
+
+
+def test_bad_ema_decay_is_one_line_naming_the_key(make_cfg, tiny_phantoms) -> None:
+    cfg = make_cfg("boneage", [*FAST, f"data.root={tiny_phantoms}", "ema.decay=1.5"])
+    with pytest.raises(MedalError, match=r"^ema.decay=1.5: must lie between 0 and 1"):
         run_boneage(cfg)
 
 

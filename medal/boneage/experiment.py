@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import BaseFinetuning, EarlyStopping
+from pytorch_lightning.callbacks import BaseFinetuning, EarlyStopping, EMAWeightAveraging
 
 from medal.atomic import atomic_path
 from medal.boneage.evaluate import floor_mae, mean_predictor_mae, predict_frame
@@ -155,6 +155,21 @@ def _early_stopping(cfg: DictConfig) -> EarlyStopping | None:
                          check_on_train_epoch_end=True)
 
 
+def _weight_averaging(cfg: DictConfig) -> EMAWeightAveraging | None:
+    """`ema.decay`: an exponential moving average of the weights, updated after every optimiser step; null = off.
+
+    Validation, the kept checkpoints and so the test and every later use (`medal cam`, export) see the average.
+    The BatchNorm statistics are averaged with the weights. The training itself runs on the raw weights, which a
+    resumed run restores from `last.ckpt` beside the average.
+    """
+    decay = cfg.ema.decay
+    if decay is None:
+        return None
+    if not 0.0 < float(decay) < 1.0:
+        raise MedalError(f"ema.decay={decay}: must lie between 0 and 1 (e.g. 0.99), or null for no averaging")
+    return EMAWeightAveraging(decay=float(decay))
+
+
 def begin_run(marker: Marker, settings: dict[str, Any], ckpt_dir: Path) -> str:
     """The run's status (`done`, `resume`, `fresh`); refuses a folder whose checkpoints have no record.
 
@@ -189,6 +204,8 @@ def run_boneage(cfg: DictConfig) -> dict[str, float]:
     callbacks: list[pl.Callback] = [build_finetune_callback(cfg.finetune), checkpoint, latest]
     if (stopping := _early_stopping(cfg)) is not None:
         callbacks.append(stopping)
+    if (averaging := _weight_averaging(cfg)) is not None:
+        callbacks.append(averaging)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     last = ckpt_dir / f"{LAST}.ckpt"
     resume_from = str(last) if status == "resume" and last.is_file() else None
