@@ -11,7 +11,7 @@ import torch
 from medal.boneage.cam_experiment import check_against_run, run_cam, run_data_config, training_settings
 from medal.boneage.evaluate import predict_frame
 from medal.boneage.experiment import build_module, run_boneage, run_marker, run_settings
-from medal.data.datamodule import build_boneage_datamodule
+from medal.data.datamodule import BoneAgeDataModule, build_boneage_datamodule
 from medal.errors import MedalError
 from medal.runs import write_metrics
 
@@ -107,6 +107,25 @@ def test_weight_averaging_is_what_validation_keeps_and_tests(make_cfg, tiny_phan
     assert any(not torch.equal(averaged[k], raw[k]) for k in raw if raw[k].is_floating_point())
     # the checkpoint kept for its val MAE holds the weights that scored it: the test reloads the same average
     assert metrics["val/mae"] == pytest.approx(metrics["val/mae_best_epoch"], rel=1e-4)
+
+
+def test_a_run_trains_through_a_change_of_input_size(make_cfg, tiny_phantoms, monkeypatch) -> None:
+    # two epochs on 32-px batches, one at the full 64 px; validation and test always at 64 px
+    cfg = make_cfg("boneage", [*FAST, f"data.root={tiny_phantoms}", "trainer.max_epochs=3", "data.progressive.size=32",
+                               "data.progressive.epochs=2", "evaluation.plots=false"])
+    seen: set[tuple[bool, int, int]] = set()
+    transfer = BoneAgeDataModule.on_after_batch_transfer
+
+    def spy(self, batch, dataloader_idx):
+        batch = transfer(self, batch, dataloader_idx)
+        seen.add((self.trainer.training, self.trainer.current_epoch, batch["image"].shape[-1]))
+        return batch
+
+    monkeypatch.setattr(BoneAgeDataModule, "on_after_batch_transfer", spy)
+    metrics = run_boneage(cfg)
+    assert sorted(e[1:] for e in seen if e[0]) == [(0, 32), (1, 32), (2, 64)]
+    assert {e[2] for e in seen if not e[0]} == {64}
+    assert np.isfinite(metrics["test/mae"]) and np.isfinite(metrics["val/mae"])
 
 
 def test_bad_ema_decay_is_one_line_naming_the_key(make_cfg, tiny_phantoms) -> None:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from medal.config import CONF_DIR
 from medal.data.augment import AugmentOptions, augment, build_augmentation
 from medal.data.datamodule import BoneAgeDataModule, build_boneage_datamodule
+from medal.data.progressive import ProgressiveOptions
 from medal.data.sampling import SamplerOptions, age_bins, make_sampler
 from medal.data.split import SPLIT_FILE, SplitOptions, stratified_holdout
 from medal.errors import MedalError
@@ -218,13 +219,32 @@ def test_augmentation_runs_after_transfer_in_training_only(dataset: tuple[Path, 
     batch = next(iter(dm.val_dataloader()))
     original = batch["image"].clone()
     assert torch.equal(dm.on_after_batch_transfer(dict(batch), 0)["image"], original)  # no trainer
-    dm.trainer = SimpleNamespace(training=False)
+    dm.trainer = SimpleNamespace(training=False, current_epoch=0)
     assert torch.equal(dm.on_after_batch_transfer(dict(batch), 0)["image"], original)
-    dm.trainer = SimpleNamespace(training=True)
+    dm.trainer = SimpleNamespace(training=True, current_epoch=0)
     assert not torch.allclose(dm.on_after_batch_transfer(dict(batch), 0)["image"], original)
     off = _module(root, tmp_path, augment=AugmentOptions(enabled=False))
-    off.trainer = SimpleNamespace(training=True)
+    off.trainer = SimpleNamespace(training=True, current_epoch=0)
     assert torch.equal(off.on_after_batch_transfer(dict(batch), 0)["image"], original)
+
+
+def test_progressive_resizing_shrinks_early_training_batches_only(dataset: tuple[Path, pd.DataFrame],
+                                                                   tmp_path: Path) -> None:
+    root, _ = dataset
+    dm = _module(root, tmp_path, augment=AugmentOptions(enabled=False), progressive=ProgressiveOptions(16, 2))
+    batch = next(iter(dm.val_dataloader()))
+    original = batch["image"].clone()
+    sizes = {}
+    for training, epoch in ((True, 0), (True, 1), (True, 2), (False, 0)):
+        dm.trainer = SimpleNamespace(training=training, current_epoch=epoch)
+        sizes[training, epoch] = dm.on_after_batch_transfer(dict(batch), 0)["image"]
+    assert sizes[True, 0].shape[-2:] == sizes[True, 1].shape[-2:] == (16, 16)
+    # each output pixel is the mean of the 2x2 input block it covers
+    assert torch.allclose(sizes[True, 0], original.unflatten(-1, (16, 2)).unflatten(-3, (16, 2)).mean((-1, -3)))
+    assert torch.equal(sizes[True, 2], original) and torch.equal(sizes[False, 0], original)  # later, and validation
+    for schedule in (ProgressiveOptions(32, 2), ProgressiveOptions(4, 2), ProgressiveOptions(16, 0)):
+        with pytest.raises(MedalError, match=rf"^data.progressive.size={schedule.size}, data.progressive.epochs="):
+            _module(root, tmp_path, progressive=schedule)
 
 
 def _compose(overrides: list[str], tmp_path: Path) -> DictConfig:

@@ -111,7 +111,8 @@ def check_against_run(cfg: DictConfig, settings: dict[str, Any], run: Path) -> N
 def run_data_config(cfg: DictConfig, settings: dict[str, Any], out_dir: Path) -> DictConfig:
     """The run's data, cohort and seed with CAM's own loader settings: what `build_boneage_datamodule` reads."""
     data = {**settings["data"], "batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers,
-            "cache_workers": cfg.data.cache_workers}
+            "cache_workers": cfg.data.cache_workers,
+            "progressive": {"size": None, "epochs": 0}}  # a training schedule; maps are made at the run's full size
     return OmegaConf.create({"data": data, "cohort": settings["cohort"], "seed": settings["seed"],
                              "paths": {"output_dir": str(out_dir)}})
 

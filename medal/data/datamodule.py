@@ -3,7 +3,8 @@
 Batches are dicts: `image` float (B, 1, H, W) in [0, 1], `boneage` float months (B,), `male` float 0/1 (B,),
 `id` list[str]. The split is drawn once per run over the whole data set (saved as `split.csv`) and the
 cohort filter is applied after it, so the male and female test sets are exactly the two halves of the
-pooled one. Augmentation runs on the device after transfer, in training only.
+pooled one. Augmentation runs on the device after transfer, in training only, after the batch has been
+downscaled where `data.progressive` says so (`medal.data.progressive`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from medal.config import options_from
 from medal.data.augment import AugmentOptions, augment, build_augmentation
 from medal.data.cache import FITS, build_cache, load_resized
+from medal.data.progressive import ProgressiveOptions, downscale
 from medal.data.rsna import read_index
 from medal.data.sampling import SamplerOptions, make_sampler
 from medal.data.split import SplitOptions, load_or_make_split
@@ -97,7 +99,8 @@ class BoneAgeDataModule(pl.LightningDataModule):
                  cohort: str = "all", images: str = "raw", image_size: int = 299, fit: str = "pad",
                  cache: bool = True, strict: bool = True, split: SplitOptions | None = None,
                  sampler: SamplerOptions | None = None, augment: AugmentOptions | None = None,
-                 batch_size: int = 16, num_workers: int = 0, seed: int = 0, cache_workers: int | None = None):
+                 batch_size: int = 16, num_workers: int = 0, seed: int = 0, cache_workers: int | None = None,
+                 progressive: ProgressiveOptions | None = None):
         super().__init__()
         if cohort not in COHORTS:
             raise MedalError(f"cohort.name={cohort!r}: choose one of {', '.join(COHORTS)}")
@@ -113,6 +116,8 @@ class BoneAgeDataModule(pl.LightningDataModule):
         self.split_options = split or SplitOptions()
         self.sampler_options = sampler or SamplerOptions()
         self.augmentation = build_augmentation(augment or AugmentOptions())
+        self.progressive = progressive or ProgressiveOptions()
+        self.progressive.check(self.image_size)
         self.batch_size, self.num_workers, self.cache_workers = int(batch_size), int(num_workers), cache_workers
         self.frames: dict[str, pd.DataFrame] | None = None
         self.datasets: dict[str, BoneAgeDataset] = {}
@@ -186,7 +191,11 @@ class BoneAgeDataModule(pl.LightningDataModule):
                           collate_fn=collate_batches, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(), **kwargs)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        if self.augmentation is not None and self.trainer is not None and self.trainer.training:
+        if self.trainer is None or not self.trainer.training:
+            return batch
+        size = self.progressive.size_at(self.trainer.current_epoch, self.image_size)
+        batch["image"] = downscale(batch["image"], size)  # before augmenting: kornia then works on fewer pixels
+        if self.augmentation is not None:
             batch["image"] = augment(self.augmentation, batch["image"])
         return batch
 
@@ -204,4 +213,5 @@ def build_boneage_datamodule(cfg: DictConfig) -> BoneAgeDataModule:
         sampler=options_from(SamplerOptions, data.sampler, "data.sampler"),
         augment=options_from(AugmentOptions, data.augment, "data.augment"),
         batch_size=data.batch_size, num_workers=data.num_workers, seed=cfg.seed, cache_workers=data.cache_workers,
+        progressive=options_from(ProgressiveOptions, data.progressive, "data.progressive"),
     )
