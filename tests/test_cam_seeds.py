@@ -25,7 +25,8 @@ def test_it_retrains_the_demos_own_bone_age_stage(tmp_path: Path) -> None:
     assert stage == list(demo.pipeline.stages.boneage) and enhancer == demo.pipeline.enhance
     assert root == str(REPO / "outputs" / "data" / "demo_phantoms")
     cfg = compose_task("boneage", ["data=phantom", f"data.root={root}", f"enhance={enhancer}", *stage, "seed=3"], tmp_path)
-    assert cfg.seed == 3 and cfg.model.timm_kwargs.output_stride == 8 and cfg.data.image_size == 128
+    assert cfg.seed == 3 and cfg.model.timm_kwargs.output_stride == 8 and cfg.data.image_size == 256
+    assert cfg.data.progressive.size == 128 and cfg.ema.decay == 0.99
 
 
 def _row(seed: int, fraction: float, level: float) -> dict[str, float]:

@@ -3,9 +3,10 @@
 fast.ai's progressive resizing, and FixRes (Touvron et al., NeurIPS 2019) for why the last epochs must run at
 the size the network is used at: a network trained at half the side sees a quarter of the pixels, learns most
 of what it can at a quarter of the cost, and the last epochs at the full size adapt it to the scale of the
-images it will be validated, tested and explained on. medal uses it where the input size is set by what the
-class activation map must resolve rather than by what the regression needs (the demo: a 32x32 map needs
-256 px at output stride 8). Validation and test always run at the full size (`data.image_size`).
+images it will be validated, tested and explained on. It pays where the input size is set by what the class
+activation map must resolve rather than by what the regression needs: the demo trains 30 epochs at 128 px and
+10 at 256 px, where a 32x32 map (output stride 8) can follow the fingers, for about the cost of 128 px
+throughout (docs/experiments.md). Validation and test always run at the full size (`data.image_size`).
 """
 
 from __future__ import annotations
