@@ -29,9 +29,7 @@ from medal.boneage.cam_experiment import run_cam
 from medal.boneage.experiment import run_boneage, run_marker, run_settings
 from medal.data.phantom import generate_dataset
 from medal.data.phantom.rois import true_mask_rois
-from medal.pipeline.plan import (
-    compose_task_config,  # a task config as `medal <task>` composes it, no Hydra run
-)
+from medal.pipeline.plan import compose_task_config
 from medal.runs import write_metrics
 
 log = logging.getLogger("medal.bench")

@@ -190,12 +190,13 @@ class RegionTally:
         """Score one batch: `maps` (B, H, W) at the input's size, upsampled from a (h, w) `grid` of features,
         and `regions[i]` the masks of `ids[i]`."""
         rows = [{"id": i, "sex": s} for i, s in zip(ids, sexes, strict=True)]
+        maps = maps.detach().cpu()
         for name in REGIONS:
             stacked = torch.from_numpy(np.stack([r[name] for r in regions]))
-            measures = {"fraction": mass_fraction(maps.detach().cpu(), stacked).tolist(),
+            measures = {"fraction": mass_fraction(maps, stacked).tolist(),
                         "area": stacked.double().mean(dim=(1, 2)).tolist(),
                         "grid": grid_share(stacked, grid).tolist(),
-                        "near": mass_fraction(maps.detach().cpu(), within_one_cell(stacked, grid)).tolist()}
+                        "near": mass_fraction(maps, within_one_cell(stacked, grid)).tolist()}
             for what, values in measures.items():
                 for row, value in zip(rows, values, strict=True):
                     row[f"{name}_{what}"] = value
