@@ -11,14 +11,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.annotate_fixtures import SHAPE, answer_round, export_round, make_gold_request, mask_png
+from helpers.annotate_server import page_client
 from helpers.hydra_compose import compose_task
 from omegaconf import OmegaConf
 from PIL import Image
 from starlette.testclient import TestClient
 
-from medal.active.oracles import DISAGREEMENT_SUFFIX, FolderOracle, QueryContext
+from medal.active.oracles import DISAGREEMENT_SUFFIX
+from medal.annotate.access import TOKEN_ENV, launch_access
 from medal.annotate.adjust import GoldSettings, adjust, suggest
-from medal.annotate.app import Annotator, build_app, png_bytes
+from medal.annotate.app import Annotator, png_bytes
 from medal.annotate.request import choose, read_request, read_settings, write_request
 from medal.annotate.rounds import open_round, waiting_round
 from medal.data.images import as_derived, read_image, write_png
@@ -26,34 +29,17 @@ from medal.errors import MedalError
 from medal.pipeline.plan import StageBuilder, wait_for_gold
 from medal.pipeline.stages import StopPipeline
 
-SHAPE = (24, 20)  # (H, W) of the round's images
-
-
-def mask_png(mask: np.ndarray) -> bytes:
-    """A boolean mask as the page sends it (black/white), or float levels in [0, 1] as grey."""
-    buf = io.BytesIO()
-    levels = np.where(mask, 255, 0) if mask.dtype == bool else np.round(mask * 255)
-    Image.fromarray(levels.astype(np.uint8), mode="L").save(buf, format="PNG")
-    return buf.getvalue()
+PNG = {"Content-Type": "image/png"}  # what the page's acceptMask sends
 
 
 @pytest.fixture
 def round_dir(tmp_path: Path) -> Path:
-    """A round the folder oracle exported (through its own `export`), with the strategy's scores in pool.json."""
-    al = tmp_path / "work" / "al" / "committee_qbc_seed0"
-    rng = np.random.default_rng(0)
-    start = np.zeros(SHAPE, bool)
-    start[6:18, 5:15] = True
-    ctx = QueryContext(lambda i: SHAPE, lambda i: rng.random(SHAPE).astype(np.float32), lambda i: start,
-                       lambda i: np.full(SHAPE, 0.25, np.float32))
-    FolderOracle("folder", al, 0.5).export(1, ["b", "a", "c"], ctx)
-    (al / "pool.json").write_text(json.dumps({"scores": {"1": {"a": 0.5, "b": 0.9, "c": 0.1, "d": 0.7}}}))
-    return al / "round_01"
+    return export_round(tmp_path / "work" / "al" / "committee_qbc_seed0")
 
 
 @pytest.fixture
 def client(round_dir: Path) -> TestClient:
-    return TestClient(build_app(Annotator("masks", masks=open_round(round_dir))))
+    return page_client(Annotator("masks", masks=open_round(round_dir)))
 
 
 def test_the_folder_oracle_exports_the_disagreement_map_beside_the_proposal(round_dir: Path) -> None:
@@ -73,7 +59,7 @@ def test_masks_state_lists_the_round_in_query_order_with_scores_and_ranks(client
 def test_an_accepted_mask_is_written_as_the_person_drew_it(client: TestClient, round_dir: Path) -> None:
     mask = np.zeros(SHAPE, bool)
     mask[3:20, 4:12] = True
-    reply = client.post("/masks/a/answer", content=mask_png(mask))
+    reply = client.post("/masks/a/answer", content=mask_png(mask), headers=PNG)
     assert reply.status_code == 200 and reply.json() == {"saved": "a_bin.png", "done": False}
     np.testing.assert_array_equal(read_image(round_dir / "a_bin.png") > 0.5, mask)
     assert [i["answered"] for i in client.get("/api/state").json()["items"]] == [False, True, False]
@@ -88,14 +74,14 @@ def test_an_accepted_mask_is_written_as_the_person_drew_it(client: TestClient, r
 ])
 def test_a_refused_mask_gets_the_folder_oracles_reason_and_writes_nothing(
         mask: np.ndarray, reason: str, client: TestClient, round_dir: Path) -> None:
-    reply = client.post("/masks/a/answer", content=mask_png(mask))
+    reply = client.post("/masks/a/answer", content=mask_png(mask), headers=PNG)
     assert reply.status_code == 400 and reply.json() == {"error": reason}
     assert not (round_dir / "a_bin.png").exists()
     assert sorted(p.name for p in round_dir.iterdir() if p.name.startswith(".")) == []  # no temporary left
 
 
 def test_bytes_that_are_no_png_are_refused(client: TestClient, round_dir: Path) -> None:
-    reply = client.post("/masks/a/answer", content=b"not a png")
+    reply = client.post("/masks/a/answer", content=b"not a png", headers=PNG)
     assert reply.status_code == 400 and "no readable PNG" in reply.json()["error"]
     assert not (round_dir / "a_bin.png").exists()
 
@@ -117,7 +103,7 @@ def test_an_answer_for_an_id_outside_the_round_is_refused_and_writes_nothing(cli
     mask = np.zeros(SHAPE, bool)
     mask[5:10, 5:10] = True
     for image_id in ("..%2F..%2Fevil", "d"):
-        assert client.post(f"/masks/{image_id}/answer", content=mask_png(mask)).status_code == 404
+        assert client.post(f"/masks/{image_id}/answer", content=mask_png(mask), headers=PNG).status_code == 404
     assert not list(tmp_path.rglob("*evil*")) and not (round_dir / "d_bin.png").exists()
 
 
@@ -132,12 +118,12 @@ def test_the_page_serves_the_round_windowed_and_the_proposal_as_exported(client:
 def test_finish_is_refused_until_everything_is_answered(round_dir: Path) -> None:
     stopped = []
     annotator = Annotator("masks", masks=open_round(round_dir), on_finish=lambda: stopped.append(1))
-    client = TestClient(build_app(annotator))
+    client = page_client(annotator)
     assert client.post("/api/finish").json()["done"] is False and stopped == []
     mask = np.zeros(SHAPE, bool)
     mask[5:10, 5:10] = True
     for image_id in ("a", "b", "c"):
-        client.post(f"/masks/{image_id}/answer", content=mask_png(mask))
+        client.post(f"/masks/{image_id}/answer", content=mask_png(mask), headers=PNG)
     assert client.post("/api/finish").json()["done"] is True and stopped == [1]
 
 
@@ -167,17 +153,7 @@ def test_the_gold_request_is_spread_over_sex_age_and_acquisition() -> None:
 
 @pytest.fixture
 def gold_request(tmp_path: Path) -> Path:
-    rois, rng = tmp_path / "roi", np.random.default_rng(2)
-    index = pd.DataFrame({"id": [f"{i}" for i in range(10)], "split": ["train"] * 6 + ["val", "val", "test", "test"],
-                          "boneage": np.linspace(10, 200, 10), "male": [True, False] * 5})
-    paths = []
-    for image_id in index["id"]:
-        roi = np.zeros((32, 32), np.float32)
-        roi[4:28, 6:26] = rng.uniform(0.2, 0.7, (24, 20))
-        paths.append(write_png(rois / f"{image_id}.png", roi, bits=16))
-    index["path"] = [str(p) for p in paths]
-    write_request(tmp_path / "request", index, None, rois, tmp_path / "roi_gold", count=5, seed=0)
-    return tmp_path / "request"
+    return make_gold_request(tmp_path)
 
 
 def test_the_gold_request_is_recorded_once_and_leaves_the_test_split_alone(gold_request: Path) -> None:
@@ -189,7 +165,7 @@ def test_the_gold_request_is_recorded_once_and_leaves_the_test_split_alone(gold_
 
 def test_accepted_gold_equals_the_roi_transformed_by_the_recorded_sliders(gold_request: Path) -> None:
     request = read_request(gold_request)
-    client = TestClient(build_app(Annotator("gold", gold=request)))
+    client = page_client(Annotator("gold", gold=request))
     first = request.ids[0]
     item = client.get("/api/state").json()["items"][0]
     roi = read_image(request.input_dir / f"{first}.png")
@@ -215,7 +191,7 @@ def test_accepted_gold_equals_the_roi_transformed_by_the_recorded_sliders(gold_r
 ])
 def test_bad_slider_values_are_refused_and_nothing_is_written(values: dict, reason: str, gold_request: Path) -> None:
     request = read_request(gold_request)
-    client = TestClient(build_app(Annotator("gold", gold=request)))
+    client = page_client(Annotator("gold", gold=request))
     reply = client.post(f"/gold/{request.ids[0]}/answer", json=values)
     assert reply.status_code == 400 and reason in reply.json()["error"]
     assert not request.gold_dir.exists() and read_settings(gold_request) == {}
@@ -223,7 +199,7 @@ def test_bad_slider_values_are_refused_and_nothing_is_written(values: dict, reas
 
 def test_a_gold_file_outside_the_request_is_refused(gold_request: Path) -> None:
     request = read_request(gold_request)
-    client = TestClient(build_app(Annotator("gold", gold=request)))
+    client = page_client(Annotator("gold", gold=request))
     outside = next(i for i in "0123456789" if i not in request.ids)
     for url in (f"/gold/{outside}/roi.png", "/gold/..%2Froi%2F0/roi.png", "/masks/0/image.png"):
         assert client.get(url).status_code == 404
@@ -292,54 +268,108 @@ def test_gold_mode_without_a_request_says_how_to_get_one(tmp_path: Path) -> None
         open_annotator(compose_task("annotate", [f"data.root={tmp_path}"], tmp_path))
 
 
-def test_the_server_binds_127_0_0_1_unless_told_otherwise(round_dir: Path, tmp_path: Path,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_the_server_binds_127_0_0_1_with_a_new_secret_each_launch(round_dir: Path, tmp_path: Path) -> None:
     from medal.annotate.serve import serve
 
     cfg = compose_task("annotate", [f"data.root={tmp_path}"], tmp_path)
     assert cfg.annotate.host == "127.0.0.1"
-    annotator = Annotator("masks", masks=open_round(round_dir))
-    assert serve(annotator, cfg.annotate.host, 0).config.host == "127.0.0.1" and caplog.text == ""
-    with caplog.at_level(logging.WARNING, logger="medal.annotate"):
-        serve(annotator, "0.0.0.0", 0)
-    assert "annotate.host=0.0.0.0: the page (and the images it serves) is reachable from the network" in caplog.text
+    first, second = (launch_access(cfg.annotate.host, cfg.annotate.port, cfg.annotate.max_upload_mib, {})
+                     for _ in range(2))
+    assert first.token != second.token and len(first.token) >= 43  # 32 random bytes, URL-safe base64
+    assert first.url() == f"http://127.0.0.1:8765/?token={first.token}"
+    assert first.hosts == {"127.0.0.1:8765", "localhost:8765", "[::1]:8765"}
+    assert serve(Annotator("masks", masks=open_round(round_dir)), first).config.host == "127.0.0.1"
+
+
+def test_a_network_address_needs_a_secret_the_user_chose_and_the_log_says_plain_http(
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture) -> None:
+    from medal.annotate.serve import announce
+
+    with pytest.raises(MedalError, match=r"annotate.host=192.168.1.5 is not this machine's loopback: the page would "
+                                         r"be plain HTTP .* set the secret yourself in MEDAL_ANNOTATE_TOKEN"):
+        launch_access("192.168.1.5", 8765, 64, {})
+    for wildcard in ("0.0.0.0", "::"):
+        with pytest.raises(MedalError, match="answers on every interface, so no Host name can be checked"):
+            launch_access(wildcard, 8765, 64, {TOKEN_ENV: "x" * 43})
+    for weak in ("short", "x" * 40 + " ;="):
+        with pytest.raises(MedalError, match=r"MEDAL_ANNOTATE_TOKEN: the secret must be at least 32 characters"):
+            launch_access("192.168.1.5", 8765, 64, {TOKEN_ENV: weak})
+    chosen = "k" * 20 + "-_" + "9" * 21
+    access = launch_access("192.168.1.5", 8765, 64, {TOKEN_ENV: chosen})
+    assert access.token == chosen and not access.loopback
+    assert access.hosts == {"192.168.1.5:8765"} and access.origins == {"http://192.168.1.5:8765"}
+    assert launch_access("fe80::1", 8765, 64, {TOKEN_ENV: chosen}).hosts == {"[fe80::1]:8765"}
+    with caplog.at_level(logging.INFO, logger="medal.annotate"):
+        announce(access)
+    assert "annotate.host=192.168.1.5: the page is plain HTTP on the network: anyone on the path can read" in caplog.text
+    assert chosen not in caplog.text  # the log file keeps no secret
+    assert f"open http://192.168.1.5:8765/?token={chosen} in a browser" in capsys.readouterr().out
+
+
+def test_the_largest_mask_png_fits_the_default_upload_cap(tmp_path: Path) -> None:
+    """The default cap (annotate.max_upload_mib) holds a mask PNG of a 4000 x 4000 image even stored without
+    compression, as RGBA (what a canvas may encode); real radiographs are about 1500-2500 px a side."""
+    cfg = compose_task("annotate", [f"data.root={tmp_path}"], tmp_path)
+    rng = np.random.default_rng(0)
+    stored = io.BytesIO()  # a noise mask no compressor can shrink, as a measure of the per-pixel size
+    Image.fromarray(rng.integers(0, 256, (400, 400, 4), dtype=np.uint8), mode="RGBA").save(stored, format="PNG",
+                                                                                              compress_level=0)
+    per_pixel = len(stored.getvalue()) / (400 * 400)
+    assert 4.0 < per_pixel < 4.01
+    assert per_pixel * 4000 * 4000 < cfg.annotate.max_upload_mib * 2 ** 20
 
 
 def test_medal_annotate_serves_until_finish_and_exits_0(round_dir: Path, tmp_path: Path) -> None:
-    """The real command: it serves the round on 127.0.0.1, Finish (everything answered) stops it, exit status 0."""
+    """The real command: it serves the round on 127.0.0.1 and prints the address with a new secret on the terminal
+    only (not in the run's log file); without it nothing is served; Finish (everything answered, from the page's
+    origin) stops it, exit status 0."""
     import subprocess
     import sys
     import time
+    import urllib.error
     import urllib.request
 
     from helpers.annotate_server import free_port
 
-    for image_id in ("a", "b", "c"):
-        mask = np.zeros(SHAPE, np.float32)
-        mask[5:10, 5:10] = 1
-        write_png(round_dir / f"{image_id}_bin.png", mask)
+    answer_round(round_dir)
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "medal", "annotate", f"annotate.round_dir={round_dir}",
                                 f"annotate.port={port}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
                                env={"PATH": "/usr/bin:/bin", "MEDAL_ROOT": str(tmp_path), "HOME": str(tmp_path)},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/"
     try:
+        printed = []
+        while not any("?token=" in line for line in printed):
+            line = process.stdout.readline()
+            if not line:
+                raise AssertionError("".join(printed))
+            printed.append(line)
+        url = next(line for line in printed if "?token=" in line).split()[1]
+        assert url.startswith(f"{base}?token=")
+        token = url.split("?token=")[1]
         deadline = time.monotonic() + 120
         while True:
             try:
-                state = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=5))
+                state = json.load(urllib.request.urlopen(f"{base}api/state?token={token}", timeout=5))
                 break
-            except OSError:
+            except urllib.error.URLError:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise AssertionError(process.communicate(timeout=10)[0]) from None
                 time.sleep(0.5)
         assert state["done"] is True
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/finish", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}api/state", timeout=5)
+        assert refused.value.code == 403
+        request = urllib.request.Request(f"{base}api/finish?token={token}", method="POST",
+                                         headers={"Origin": base.rstrip("/")})
         assert json.load(urllib.request.urlopen(request, timeout=10))["done"] is True
         out, _ = process.communicate(timeout=60)
     finally:
         process.kill()
+    out = "".join(printed) + out
     assert process.returncode == 0, out
-    assert f"open http://127.0.0.1:{port}/" in out
+    assert f"serving on {base} (Finish stops this server)" in out
+    assert token not in (tmp_path / "run" / "annotate.log").read_text()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["annotate/answered"] == metrics["annotate/requested"] == 3.0

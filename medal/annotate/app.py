@@ -7,9 +7,9 @@ keyboard shortcuts), and what the person accepted must be what is written, check
 code. A canvas with one byte per pixel gives that exactly and keeps the browser test simple; Starlette adds
 routing and nothing else (no queue, no websocket, no network access, nothing downloaded at run time).
 
-Safety: files are addressed by id, and an id is looked up in the round's manifest or the gold request (never
-joined to a path as given), the static files are a fixed list, and the server binds 127.0.0.1 unless
-`annotate.host` says otherwise (`serve.py`).
+Safety: every request passes the gate first (`guard.py`: the bound Host names, the page's own origin, the launch's
+secret, the content type the page sends and a size cap), files are addressed by id, and an id is looked up in the
+round's manifest or the gold request (never joined to a path as given), and the static files are a fixed list.
 """
 
 from __future__ import annotations
@@ -24,17 +24,31 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from medal.annotate.access import Access
 from medal.annotate.adjust import RANGES, GoldSettings, adjust, suggest
+from medal.annotate.guard import Guard, Upload
 from medal.annotate.request import GoldRequest, read_settings, record_settings
 from medal.annotate.rounds import MaskRound, accept_mask
 from medal.data.images import DERIVED_BITS, read_image, write_png
 from medal.errors import MedalError
 
 STATIC = {"annotate.js": "text/javascript", "annotate.css": "text/css"}
+GOLD_JSON_BYTES = 16 * 1024  # the page sends five numbers: {"level": ..., "width": ..., ...}
+
+
+def uploads(access: Access) -> list[Upload]:
+    """The routes that change state and what each takes: exactly what annotate.js sends (`acceptMask`: the mask as
+    image/png; `acceptGold`: the slider values as application/json; Finish: no body)."""
+    return [Upload("/masks/{id}/answer", "image/png", access.max_upload_bytes,
+                   f"annotate.max_upload_mib={access.max_upload_mib} ({access.max_upload_bytes} bytes)"),
+            Upload("/gold/{id}/answer", "application/json", GOLD_JSON_BYTES,
+                   f"{GOLD_JSON_BYTES} bytes (the gold settings are five numbers)"),
+            Upload("/api/finish", None, 0, "0 bytes (Finish takes no body)")]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -51,7 +65,7 @@ def display_window(image: np.ndarray) -> np.ndarray:
 
 
 def png(data: bytes) -> Response:
-    return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
+    return Response(data, media_type="image/png")  # `no-store` and the other headers: guard.SECURITY_HEADERS
 
 
 def refused(err: MedalError, status: int = 400) -> JSONResponse:
@@ -103,8 +117,9 @@ class Annotator:
         return self.suggested[image_id]
 
 
-def build_app(annotator: Annotator) -> Starlette:
-    """The app over `annotator` (tests drive it with Starlette's TestClient or a real browser)."""
+def build_app(annotator: Annotator, access: Access) -> Starlette:
+    """The app over `annotator`, behind the gate of `access` (tests drive it with Starlette's TestClient or a real
+    browser)."""
     static = files("medal.annotate") / "static"
 
     def page(request: Request) -> Response:
@@ -192,4 +207,4 @@ def build_app(annotator: Annotator) -> Starlette:
         Route("/masks/{id}/{kind}", mask_file), Route("/masks/{id}/answer", mask_answer, methods=["POST"]),
         Route("/gold/{id}/{kind}", gold_file), Route("/gold/{id}/answer", gold_answer, methods=["POST"]),
         Route("/api/finish", finish, methods=["POST"]),
-    ])
+    ], middleware=[Middleware(Guard, access=access, uploads=uploads(access))])

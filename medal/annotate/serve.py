@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 
 import uvicorn
 from omegaconf import DictConfig
 
+from medal.annotate.access import TOKEN_ENV, Access, launch_access
 from medal.annotate.app import Annotator, build_app
 from medal.annotate.request import read_request, write_request
 from medal.annotate.rounds import open_round, waiting_round
@@ -15,8 +18,6 @@ from medal.data.rsna import read_index
 from medal.errors import MedalError
 
 log = logging.getLogger("medal.annotate")
-
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def open_annotator(cfg: DictConfig) -> Annotator:
@@ -45,24 +46,38 @@ def open_annotator(cfg: DictConfig) -> Annotator:
     raise MedalError(f"annotate.mode={ann.mode}: choose masks or gold")
 
 
-def serve(annotator: Annotator, host: str, port: int) -> uvicorn.Server:
-    """A uvicorn server for the app (not started); Finish in the page stops it."""
-    if host not in LOCAL_HOSTS:
-        log.warning("annotate.host=%s: the page (and the images it serves) is reachable from the network", host)
-    server = uvicorn.Server(uvicorn.Config(build_app(annotator), host=host, port=port, log_level="warning"))
+def serve(annotator: Annotator, access: Access) -> uvicorn.Server:
+    """A uvicorn server for the app on `access`'s address (not started); Finish in the page stops it. Proxy
+    headers are not trusted: nothing stands in front of this server."""
+    config = uvicorn.Config(build_app(annotator, access), host=access.host, port=access.port, log_level="warning",
+                            proxy_headers=False, server_header=False)
+    server = uvicorn.Server(config)
     annotator.on_finish = lambda: setattr(server, "should_exit", True)
     return server
 
 
+def announce(access: Access) -> None:
+    """Say where the page is. The address with the secret goes to the terminal only (stdout), never to the run's
+    log file, which outlives the launch and may be readable by others."""
+    if not access.loopback:
+        log.warning("annotate.host=%s: the page is plain HTTP on the network: anyone on the path can read the images, "
+                    "the masks and the secret (%s); prefer annotate.host=127.0.0.1 through `ssh -L %d:127.0.0.1:%d`",
+                    access.host, TOKEN_ENV, access.port, access.port)
+    log.info("serving on %s (Finish stops this server); open the address with its token, printed on the terminal",
+             access.url(with_token=False))
+    print(f"open {access.url()} in a browser", file=sys.stdout, flush=True)
+
+
 def run_annotate(cfg: DictConfig) -> dict[str, float]:
     """Serve until Finish (or Ctrl+C); the metrics say how much was answered."""
+    ann = cfg.annotate
+    access = launch_access(str(ann.host), int(ann.port), int(ann.max_upload_mib), os.environ)
     annotator = open_annotator(cfg)
-    server = serve(annotator, str(cfg.annotate.host), int(cfg.annotate.port))
-    log.info("open http://%s:%d/ in a browser (Finish stops this server)", cfg.annotate.host, cfg.annotate.port)
+    server = serve(annotator, access)
+    announce(access)
     server.run()
     items = annotator.items()
     answered = sum(item["answered"] for item in items)
     if answered < len(items):
         log.warning("%d of %d items answered; run the same command again to go on", answered, len(items))
     return {"annotate/answered": float(answered), "annotate/requested": float(len(items))}
-

@@ -1,4 +1,6 @@
 // medal annotate: the page. The server (medal/annotate/app.py) validates and writes; this script edits.
+// Every request is same-origin and carries the launch's secret in its HttpOnly cookie; the server's gate
+// (medal/annotate/guard.py) accepts exactly the content types sent here: image/png, application/json, no body.
 // Masks are edited as one byte per image pixel (0/1) at the image's full size, painted with whole-pixel discs
 // (no anti-aliasing), so the PNG sent on Accept holds exactly the pixels the person set.
 "use strict";
@@ -14,7 +16,13 @@ function message(text, kind) {
 }
 
 async function loadState() {
-  state = await (await fetch("/api/state")).json();
+  const response = await fetch("/api/state");
+  const reply = await response.json();
+  if (!response.ok) {   // e.g. a page left open from an earlier launch: its cookie holds the old secret
+    message(reply.error, "error");
+    throw new Error(reply.error);
+  }
+  state = reply;
   $("mode").textContent = state.mode === "masks"
     ? `— hand masks, round ${state.round} (${state.strategy})` : "— gold standards for the enhancer";
   $(state.mode).hidden = false;
@@ -333,8 +341,9 @@ async function main() {
   $("prev").onclick = () => show((pos + state.items.length - 1) % state.items.length);
   $("next").onclick = () => show((pos + 1) % state.items.length);
   $("finish").onclick = async () => {
-    const reply = await (await fetch("/api/finish", { method: "POST" })).json();
-    message(reply.message, reply.done ? "ok" : "error");
+    const response = await fetch("/api/finish", { method: "POST" });   // no body: the server takes none here
+    const reply = await response.json();
+    message(response.ok ? reply.message : reply.error, response.ok && reply.done ? "ok" : "error");
   };
   Object.assign(keys, { Enter: accept, ArrowLeft: $("prev").onclick, ArrowRight: $("next").onclick });
   document.addEventListener("keydown", (event) => {
