@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers.annotate_fixtures import (
     a_mask,
-    answer_gold,
+    answer_request,
     answer_round,
     export_round,
     make_gold_request,
@@ -50,7 +50,7 @@ def served(tmp_path: Path) -> Served:
     round_dir = export_round(tmp_path / "al" / "committee_qbc_seed0")
     answer_round(round_dir)
     request_dir = make_gold_request(tmp_path)
-    answer_gold(request_dir)
+    answer_request(request_dir)
     out = Served(tmp_path, local_access(TEST_PORT, max_upload_mib=CAP_MIB))
     request = read_request(request_dir)
     out.gold_id = request.ids[0]

@@ -70,7 +70,7 @@ def make_gold_request(root: Path) -> Path:
     return root / "request"
 
 
-def answer_gold(request_dir: Path) -> None:
+def answer_request(request_dir: Path) -> None:
     """Every requested gold standard made at the suggested-free default setting (so Finish would stop the server)."""
     request = read_request(request_dir)
     assert request is not None
