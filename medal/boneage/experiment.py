@@ -30,7 +30,7 @@ from medal.boneage.metrics import cohort_metrics
 from medal.boneage.module import BoneAgeModule
 from medal.boneage.plots import bland_altman, predicted_vs_true
 from medal.boneage.targets import TargetScaler
-from medal.callbacks.checkpoints import LAST, best_and_last
+from medal.callbacks.checkpoints import LAST, best_and_last, resume_from
 from medal.config import to_plain
 from medal.data.phantom.floor import read_floor
 from medal.errors import MedalError
@@ -208,12 +208,12 @@ def run_boneage(cfg: DictConfig) -> dict[str, float]:
         callbacks.append(averaging)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     last = ckpt_dir / f"{LAST}.ckpt"
-    resume_from = str(last) if status == "resume" and last.is_file() else None
-    if resume_from:
+    ckpt_path = resume_from(last, status == "resume")
+    if ckpt_path:
         log.info("resuming from %s", last)
     with warnings.catch_warnings():  # frozen blocks keep their BatchNorm in eval mode on purpose
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if not trainer.is_global_zero:
         return {}
     module = _test_module(checkpoint.best_model_path, module).to(trainer.strategy.root_device)

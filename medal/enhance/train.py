@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
 from medal.atomic import atomic_path
-from medal.callbacks.checkpoints import LAST, best_and_last
+from medal.callbacks.checkpoints import LAST, best_and_last, resume_from
 from medal.config import to_plain
 from medal.enhance.module import Enhancer, build_generator
 from medal.enhance.pairs import PairDataModule, PairedAugment, PairSplit
@@ -106,7 +106,7 @@ def train_gan(
         trainer_cfg, max_epochs=int(method.epochs), callbacks=[checkpoint, latest], logger=loggers or False
     )
     last = ckpt_dir / f"{LAST}.ckpt"
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if status == "resume" and last.is_file() else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from(last, status == "resume"), weights_only=True)
     best = checkpoint.best_model_path or str(last)
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]  # tensors only: no unpickling
     generator = {k.removeprefix("generator."): v.contiguous() for k, v in state.items() if k.startswith("generator.")}

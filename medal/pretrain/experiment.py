@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from medal.boneage.experiment import begin_run, run_settings
 from medal.boneage.targets import TargetScaler
-from medal.callbacks.checkpoints import LAST, latest
+from medal.callbacks.checkpoints import LAST, latest, resume_from
 from medal.config import options_from
 from medal.data.datamodule import BoneAgeDataModule, build_boneage_datamodule
 from medal.errors import MedalError
@@ -150,10 +150,10 @@ def run_pretrain(cfg: DictConfig) -> dict[str, float]:
     loggers = build_loggers(cfg)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[curve, latest(ckpt_dir)], logger=loggers or False)
     last = ckpt_dir / f"{LAST}.ckpt"
-    resume_from = str(last) if status == "resume" and last.is_file() else None
-    if resume_from:
+    ckpt_path = resume_from(last, status == "resume")
+    if ckpt_path:
         log.info("resuming from %s", last)
-    trainer.fit(module, ckpt_path=resume_from, **fit_data)
+    trainer.fit(module, ckpt_path=ckpt_path, weights_only=True, **fit_data)
     if not trainer.is_global_zero:
         return {}
 
