@@ -63,6 +63,8 @@ def parts_for(override: str) -> list[OptionalPart]:
         ['wandb']
         >>> parts_for("trainer=gpu")
         []
+        >>> parts_for("table.source=wandb_offline")
+        []
     """
     key, _, value = override.lstrip("+~").partition("=")
     value = value.strip().lower()
@@ -73,8 +75,8 @@ def parts_for(override: str) -> list[OptionalPart]:
             return [SUBMITIT]
     if (key == "hydra/sweeper" and value == "optuna") or (key == "hparams_search" and value.startswith("optuna")):
         return [OPTUNA]
-    if (key == "logger" and "wandb" in value) or (key == "table.source" and value.startswith("wandb")):
-        return [WANDB]
+    if (key == "logger" and "wandb" in value) or (key == "table.source" and value == "wandb"):
+        return [WANDB]  # table.source=wandb_offline reads medal's own record of each run: no wandb needed
     return []
 
 

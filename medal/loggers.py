@@ -11,6 +11,7 @@ import logging
 import netrc
 import os
 import sys
+from argparse import Namespace
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from lightning_fabric.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from medal import wandb_record
 from medal.errors import MedalError
 from medal.extras import WANDB, require
 
@@ -51,6 +54,32 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class RecordingWandbLogger(WandbLogger):
+    """Lightning's `WandbLogger`, which also keeps medal's plain record of what it sends in the W&B run's files
+    folder (`medal/wandb_record.py`): what `medal table table.source=wandb_offline` reads, since an offline
+    run keeps its config, history and summary only in W&B's private log. Images are kept when given as files
+    (medal logs its figures as PNG paths)."""
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
+        super().log_hyperparams(params)
+        run = self.experiment
+        config = vars(params) if isinstance(params, Namespace) else dict(params)
+        wandb_record.write_run(run.dir, run.id, run.project, run.group or "", run.tags or (), config)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        super().log_metrics(metrics, step)
+        wandb_record.append_history(self.experiment.dir, metrics, step)
+
+    @rank_zero_only
+    def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: Any) -> None:
+        super().log_image(key, images, step, **kwargs)
+        files = [image for image in images if isinstance(image, str | Path)]
+        if files:
+            wandb_record.keep_image(self.experiment.dir, key, files)
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
@@ -118,7 +147,8 @@ def wandb_logger(
     offline: bool | None = None,
     **init_kwargs: Any,
 ) -> WandbLogger:
-    """A WandbLogger writing under `save_dir/wandb/`; `offline=None` decides from the environment.
+    """A WandbLogger writing under `save_dir/wandb/` (with medal's record of the run inside the run's folder);
+    `offline=None` decides from the environment.
 
     `tags` are the run's Hydra overrides (`finetune=ptl`, ...) so runs of a sweep can be filtered by
     them; the display name defaults to the same overrides joined, which tells the runs of a group apart.
@@ -129,7 +159,7 @@ def wandb_logger(
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if offline:
         log.info("W&B runs offline in %s/wandb (sync later with `wandb sync`)", save_dir)
-    return WandbLogger(
+    return RecordingWandbLogger(
         save_dir=str(save_dir),
         project=project,
         tags=tag_list,
@@ -140,12 +170,15 @@ def wandb_logger(
 
 
 def summarize_run(metrics: Mapping[str, Any], status: str) -> None:
-    """Copy a run's final metrics and status into the open W&B run's summary (no-op without W&B).
+    """Copy a run's final metrics and status into the open W&B run's summary and medal's record of the run
+    (no-op without W&B).
 
-    metrics.json and the W&B summary then hold the same numbers, so tables built from either agree.
+    metrics.json, the W&B summary and the record then hold the same numbers, so tables built from any agree.
     """
     wandb = sys.modules.get("wandb")
     run = getattr(wandb, "run", None) if wandb is not None else None
     if run is None:
         return
-    run.summary.update({"status": status, **{k: v for k, v in metrics.items() if v is not None}})
+    measured = {k: v for k, v in metrics.items() if v is not None}
+    run.summary.update({"status": status, **measured})
+    wandb_record.write_summary(run.dir, status, measured)

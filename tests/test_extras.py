@@ -14,7 +14,7 @@ from medal.loggers import wandb_logger
 
 
 @pytest.mark.parametrize(("override", "extra"), [
-    ("logger=wandb", "wandb"), ("logger=[csv,wandb]", "wandb"), ("table.source=wandb_offline", "wandb"),
+    ("logger=wandb", "wandb"), ("logger=[csv,wandb]", "wandb"), ("table.source=wandb", "wandb"),
     ("hydra/launcher=joblib", "launchers"), ("hydra/launcher=slurm_gpu", "launchers"),
     ("hydra/launcher=submitit_local", "launchers"), ("hparams_search=optuna_boneage", "optuna"),
     ("hydra/sweeper=optuna", "optuna"),

@@ -1,9 +1,11 @@
-"""W&B offline: the logger writes into the run dir, and the disk reader recovers config, summary, history, images
-— the same table as the multirun-folder reader."""
+"""W&B offline: the logger writes into the run dir with medal's record of the run, and the disk reader recovers
+config, summary, history, images from that record — the same table as the multirun-folder reader; a damaged
+record, a record of another schema and a W&B run without one are refused in one line."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +13,7 @@ import pytest
 import wandb
 from helpers.fake_runs import GRID, write_multirun
 from helpers.hydra_compose import compose_task
+from omegaconf import OmegaConf
 from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
@@ -21,6 +24,7 @@ from medal.tables.folder_runs import collect_runs
 from medal.tables.make import make_table
 from medal.tables.table import FIGURE12, build_table
 from medal.tables.wandb_runs import collect_disk_runs, read_disk_run
+from medal.wandb_record import HISTORY_FILE, RECORD_DIR, RUN_FILE, SCHEMA, SUMMARY_FILE
 
 
 def _flush_wandb() -> None:
@@ -121,19 +125,130 @@ def test_table_task_from_wandb_offline(tmp_path: Path, mirrored_sweep: Path) -> 
     assert (tmp_path / "run" / "figure11.png").stat().st_size > 10_000
 
 
-def test_datastore_records_spanning_blocks(tmp_path: Path) -> None:
-    """Records bigger than a 32 KiB block (FIRST/MIDDLE/LAST chunks) and many small ones read back whole."""
-    long_text = "".join(chr(65 + i % 26) for i in range(80_000))
-    run = wandb.init(mode="offline", dir=tmp_path, project="medal", config={"note": long_text})
-    for step in range(400):
-        run.log({"train/loss": 1.0 / (step + 1), "epoch": step})
+def test_a_real_task_run_reads_back_the_same_from_its_wandb_record_as_from_its_folder(tiny_phantoms: Path,
+                                                                                    tmp_path: Path,
+                                                                                    one_thread: None) -> None:
+    """`medal boneage logger=[csv,wandb]` through the task runner: Lightning's own calls (hyper-parameters at fit
+    start, step and epoch rows) reach the record, and the summary equals metrics.json."""
+    from medal.boneage.experiment import run_boneage
+    from medal.tasks.runner import run_task
+
+    cfg = compose_task("boneage", ["model=tiny", "data.images=raw", "data.image_size=64", "finetune=all",
+                                   "scheduler=null", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+                                   "trainer.precision=32-true", "evaluation.bootstrap=50", "evaluation.plots=false",
+                                   f"data.root={tiny_phantoms}", "logger=[csv,wandb]",
+                                   "+experiment_name=figure12"], tmp_path)
+    run_task(run_boneage, cfg)
+    _flush_wandb()
+    hydra_dir = tmp_path / "run" / ".hydra"  # what Hydra's launcher writes beside a run
+    hydra_dir.mkdir()
+    OmegaConf.save({k: v for k, v in cfg.items() if k != "hydra"}, hydra_dir / "config.yaml", resolve=True)
+    OmegaConf.save(list(cfg.hydra.overrides.task), hydra_dir / "overrides.yaml")
+    (folder,) = collect_runs(tmp_path / "run")
+    (logged,) = collect_disk_runs(tmp_path / "run", group="figure12")
+    assert logged.status == folder.status == "ok"
+    assert logged.metrics == folder.metrics and "test/mae" in logged.metrics
+    assert logged.get("finetune.name") == folder.get("finetune.name") == "all"
+    assert logged.get("model.name") == folder.get("model.name") == "tiny"
+    assert logged.history["epoch"].tolist() == folder.history["epoch"].tolist() == [0, 1]
+    for key in ("train/loss", "val/mae"):
+        assert logged.history[key].tolist() == pytest.approx(folder.history[key].tolist()), key
+
+
+@pytest.fixture
+def offline_run(tmp_path: Path) -> Path:
+    """A real offline W&B run logged through medal's logger: config, three epochs, a figure, a final summary."""
+    logger = wandb_logger(save_dir=tmp_path, group="figure12", tags=["finetune=ptl"], offline=True)
+    logger.log_hyperparams({"finetune": {"name": "ptl"}, "seed": 0})
+    for epoch in range(3):
+        logger.log_metrics({"train/loss": 1.0 / (epoch + 1), "epoch": epoch}, step=epoch)
+    png = tmp_path / "figure.png"
+    Image.new("L", (8, 8), 200).save(png)
+    log_figure([logger], "test/figure", png)
+    summarize_run({"test/mae": 7.25}, status="ok")
+    wandb.finish()
+    _flush_wandb()
+    (run_dir,) = _offline_dirs(tmp_path)
+    return run_dir
+
+
+def test_the_record_is_all_the_offline_reader_needs(offline_run: Path) -> None:
+    """W&B's private log is not read: with the .wandb file damaged beyond use, the run reads the same."""
+    (log_file,) = offline_run.glob("run-*.wandb")
+    log_file.write_bytes(b"\0" * log_file.stat().st_size)
+    run = read_disk_run(offline_run)
+    assert (run.status, run.metrics, run.overrides) == ("ok", {"test/mae": 7.25}, ["finetune=ptl"])
+    assert run.config == {"finetune": {"name": "ptl"}, "seed": 0} and run.extra["group"] == "figure12"
+    assert run.history["train/loss"].tolist() == pytest.approx([1.0, 0.5, 1 / 3])
+    (image,) = run.extra["images"]["test/figure"]
+    assert Image.open(image).getpixel((0, 0)) == 200
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", [RUN_FILE, SUMMARY_FILE])
+def test_a_damaged_record_file_is_refused_in_one_line_naming_it(offline_run: Path, name: str) -> None:
+    path = offline_run / RECORD_DIR / name
+    _flip(path, 0)  # the opening brace
+    with pytest.raises(MedalError, match=rf"^{re.escape(str(path))}: damaged medal W&B record \(.*\); rebuild the "
+                                         r"table from the run folders \(table.source=DIR\) or rerun that job$"):
+        collect_disk_runs(offline_run.parent)
+
+
+def test_a_damaged_history_row_is_refused_naming_the_line_but_a_cut_off_last_row_ends_the_history(
+        offline_run: Path) -> None:
+    history = offline_run / RECORD_DIR / HISTORY_FILE
+    rows = history.read_bytes()
+    history.write_bytes(rows[:-8])  # killed while writing the last row: the history ends before it
+    assert read_disk_run(offline_run).history["train/loss"].tolist() == pytest.approx([1.0, 0.5])
+    history.write_bytes(rows)
+    _flip(history, rows.index(b"\n") + 1)  # the first byte of the second row
+    with pytest.raises(MedalError, match=rf"^{re.escape(str(history))}:2: damaged medal W&B history row"):
+        read_disk_run(offline_run)
+
+
+def test_a_record_of_another_schema_is_refused_in_one_line(offline_run: Path) -> None:
+    path = offline_run / RECORD_DIR / RUN_FILE
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "schema": SCHEMA + 1}))
+    with pytest.raises(MedalError, match=rf"^{re.escape(str(path))}: medal W&B record schema {SCHEMA + 1}, but this "
+                                         rf"medal reads schema {SCHEMA}: "):
+        read_disk_run(offline_run)
+
+
+def test_a_killed_run_reads_as_incomplete(offline_run: Path) -> None:
+    (offline_run / RECORD_DIR / SUMMARY_FILE).unlink()
+    run = read_disk_run(offline_run)
+    assert run.status == "incomplete" and run.metrics == {} and len(run.history) == 3
+
+
+def test_a_wandb_run_logged_without_medal_is_refused_in_one_line(tmp_path: Path) -> None:
+    run = wandb.init(mode="offline", dir=tmp_path, project="medal", config={"seed": 0})
+    run.log({"train/loss": 1.0, "epoch": 0})
     run.finish()
     _flush_wandb()
     (run_dir,) = _offline_dirs(tmp_path)
-    result = read_disk_run(run_dir)
-    assert result.config["note"] == long_text
-    assert len(result.history) == 400 and result.history["train/loss"].iloc[-1] == pytest.approx(1 / 400)
-    assert result.status == "ok"
+    with pytest.raises(MedalError, match=rf"^{re.escape(str(run_dir.resolve()))}: a W&B run without medal's record "
+                                         r"\(files/medal/run.json\): .*table.source=DIR\)$"):
+        collect_disk_runs(tmp_path)
+
+
+def test_the_wandb_extra_has_a_ceiling_that_the_tested_release_meets() -> None:
+    """The record lives in W&B's run folder layout (`<run>/files/`): releases past the ceiling are untested."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    extra = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["wandb"]
+    (requirement,) = (Requirement(r) for r in extra)
+    assert any(spec.operator == "<" for spec in requirement.specifier)
+    assert requirement.specifier.contains(version("wandb"))
 
 
 class _RecordedRun:
