@@ -1,0 +1,122 @@
+"""`medal export` + `medal predict` end to end for what the chain offers beyond one plain regressor: mirror
+test-time augmentation (`predict.tta=flip`, with its own calibration table) and a bundle of several regressors
+(an ensemble), each checked against the same networks called directly or predicted alone.
+
+Two tiny regressors on whole radiographs (different training seeds, the same split), three bundles (each alone,
+both together), shared by the module: seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers.bundles import export, predict, train_regressor
+
+from medal.boneage.evaluate import autocast_for
+from medal.bundle.load import load_bundle
+from medal.data.cache import cached_form
+from medal.data.images import decode
+from medal.data.rsna import read_index
+from medal.hardware import use_bf16
+from medal.predict.conformal import conformal_radius
+from medal.predict.rows import PREDICTIONS, read_rows
+
+COVERAGE = 0.8
+MEMBER = ["model.sex_input=true", "data.split.val_fraction=0.3"]  # the split's seed is not the training seed
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{"first", "second": one regressor each; "ensemble": both}."""
+    root = tmp_path_factory.mktemp("members")
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny nets on a shared machine
+    try:
+        runs = [train_regressor(tiny_phantoms, root / f"seed{seed}", *MEMBER, f"seed={seed}") for seed in (0, 1)]
+        return {"first": export(runs[:1], root / "first")[0], "second": export(runs[1:], root / "second")[0],
+                "ensemble": export(runs, root / "ensemble")[0]}
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight labelled radiographs with their sex, as a CSV input."""
+    index = read_index(tiny_phantoms, strict=False).sort_values("id").head(8)
+    path = tmp_path_factory.mktemp("inputs") / "eight.csv"
+    pd.DataFrame({"id": index["id"], "path": index["path"], "male": index["male"].astype(int)}).to_csv(path,
+                                                                                                        index=False)
+    return path
+
+
+def _predicted(bundle: Path, inputs: Path, out: Path, *extra: str) -> pd.DataFrame:
+    predict(bundle, inputs, out.parent, out, f"predict.coverage={COVERAGE}", *extra)
+    rows = read_rows(out / PREDICTIONS).set_index("id")
+    assert (rows["status"] == "ok").all(), rows["message"].tolist()
+    assert np.isfinite(rows[["boneage", "low", "high"]].to_numpy()).all()
+    return rows
+
+
+def _direct(bundle: Path, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(months of each image, months of its mirror image) from the bundle's one regressor called directly on its
+    input as the training cache holds it (`cached_form` at the regressor's size and fit), with the bf16 autocast
+    its run recorded (`predict.bf16=as_trained`)."""
+    loaded = load_bundle(bundle)
+    (spec,) = loaded.chain.regressors
+    module = loaded.regressor(spec).eval()
+    x = torch.from_numpy(np.stack([cached_form(decode(p).image, spec.image_size, spec.fit).astype(np.float32)
+                                   for p in rows["path"]]))[:, None]
+    male = torch.tensor((rows["sex"] == "M").to_numpy(dtype=np.float32))
+    with torch.inference_mode(), autocast_for(torch.device("cpu"), use_bf16(spec.bf16, "cpu")):
+        return module(x, male).float().numpy(), module(x.flip(-1), male).float().numpy()
+
+
+def test_mirror_tta_averages_each_image_with_its_mirror_and_takes_its_interval_from_the_flip_table(
+        bundles: dict[str, Path], inputs: Path, tmp_path: Path, one_thread: None) -> None:
+    bundle = bundles["first"]
+    plain = _predicted(bundle, inputs, tmp_path / "none")
+    flip = _predicted(bundle, inputs, tmp_path / "flip", "predict.tta=flip")
+    assert not np.allclose(flip["boneage"], plain["boneage"], atol=1e-3)  # the mirror changes the estimate
+
+    months, mirrored = _direct(bundle, flip)
+    assert plain["boneage"].to_numpy() == pytest.approx(months, abs=1e-4)
+    assert flip["boneage"].to_numpy() == pytest.approx((months + mirrored) / 2, abs=1e-4)  # conf/predict.yaml's claim
+
+    calibration = load_bundle(bundle).calibration
+    tables = calibration["residuals"]
+    assert tables["flip"]["all"] != tables["none"]["all"]  # two tables, so the check below tells them apart
+    for rows, mode in ((plain, "none"), (flip, "flip")):
+        radius = np.array([conformal_radius(tables[mode][used], COVERAGE) for used in rows["calibration"]])
+        other = np.array([conformal_radius(tables["flip" if mode == "none" else "none"][used], COVERAGE)
+                          for used in rows["calibration"]])
+        assert np.isfinite(radius).all() and not np.allclose(radius, other)
+        assert (rows["high"] - rows["boneage"]).to_numpy() == pytest.approx(radius, abs=1e-5)
+        assert rows["low"].to_numpy() == pytest.approx(np.maximum(0.0, rows["boneage"] - radius), abs=1e-5)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert len(manifest["parts"]["regressors"]) == 1
+
+
+def test_an_ensemble_estimates_the_mean_of_its_members_and_fills_the_spread(
+        bundles: dict[str, Path], inputs: Path, tmp_path: Path, one_thread: None) -> None:
+    first = _predicted(bundles["first"], inputs, tmp_path / "first")
+    second = _predicted(bundles["second"], inputs, tmp_path / "second")
+    both = _predicted(bundles["ensemble"], inputs, tmp_path / "both")
+    manifest = json.loads((bundles["ensemble"] / "bundle.json").read_text())
+    assert [r["name"] for r in manifest["parts"]["regressors"]] == ["all_1", "all_2"]
+    assert not np.allclose(first["boneage"], second["boneage"], atol=1e-2)  # two different members
+
+    members = np.stack([first["boneage"].to_numpy(), second["boneage"].to_numpy()])
+    assert both["boneage"].to_numpy() == pytest.approx(members.mean(0), abs=1e-5)
+    assert both["spread"].to_numpy() == pytest.approx(members.std(0), abs=1e-5)  # the members' sd
+    assert (both["spread"] > 0).all()
+    assert first["spread"].isna().all() and second["spread"].isna().all()  # one model: no spread
+
+    # its interval comes from the ensemble's own calibration (the residuals of the mean, not of a member)
+    tables = load_bundle(bundles["ensemble"]).calibration["residuals"]["none"]
+    radius = np.array([conformal_radius(tables[used], COVERAGE) for used in both["calibration"]])
+    assert (both["high"] - both["boneage"]).to_numpy() == pytest.approx(radius, abs=1e-5)
