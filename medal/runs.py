@@ -21,6 +21,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class Reused(dict):
+    """The metrics of work an earlier run finished in the same folder, returned as they were recorded.
+
+    A task returns them in this type when it skips finished work (a rerun of a sweep in its old folder), so the
+    task runner leaves that run's metrics.json (its time, its mtime) as the run that did the work wrote it.
+    """
+
+
 def write_metrics(out_dir: str | Path, metrics: dict[str, Any], status: str = "ok", error: str | None = None) -> Path:
     """Write `{"status": ..., "<split>/<metric>[_<cohort>]": number, ...}` atomically."""
     out = Path(out_dir)

@@ -24,6 +24,25 @@ def test_successful_run_writes_status_and_metrics_and_returns_optimized_metric(t
     assert metrics["status"] == "ok" and metrics["test/mae"] == 8.0 and metrics["time/run_s"] >= 0
 
 
+def test_work_finished_by_an_earlier_run_keeps_that_runs_metrics_json(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A rerun of a sweep in its old folder: the task returns the recorded metrics as `Reused`, and the runner
+    leaves the finished run's metrics.json (its time, its mtime) alone."""
+    from medal.runs import Reused
+
+    runner.run_task(lambda cfg: {"val/mae": 7.5}, _cfg(tmp_path))
+    path = tmp_path / "metrics.json"
+    before, stamp = path.read_text(), path.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="medal"):
+        value = runner.run_task(lambda cfg: Reused({"val/mae": 7.5}), _cfg(tmp_path))
+    assert value == 7.5 and path.read_text() == before and path.stat().st_mtime_ns == stamp
+    assert any("finished by an earlier run; skipped" in r.getMessage() for r in caplog.records)
+
+    path.write_text(json.dumps({"status": "failed", "error": "x"}))  # not a finished run: written as usual
+    assert runner.run_task(lambda cfg: Reused({"val/mae": 6.0}), _cfg(tmp_path)) == 6.0
+    assert json.loads(path.read_text())["status"] == "ok"
+
+
 def test_bad_input_is_one_line_and_exit_status_1(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     def fail(cfg):
         raise MedalError("train.csv row 3: age 'abc' is not a number; fix or remove the row")

@@ -38,6 +38,7 @@ from medal.hardware import use_bf16
 from medal.loggers import build_loggers, log_figure
 from medal.models.stages import FINETUNE_MODES
 from medal.resume import Marker
+from medal.runs import Reused
 
 log = logging.getLogger("medal.boneage")
 
@@ -192,7 +193,7 @@ def run_boneage(cfg: DictConfig) -> dict[str, float]:
     if status == "done":
         log.info("%s already holds this run, finished; its metrics are returned (a new run needs another folder)",
                  out_dir)
-        return dict(marker.read()["metrics"])
+        return Reused(marker.read()["metrics"])
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = build_boneage_datamodule(cfg)
     datamodule.prepare_data()

@@ -39,6 +39,7 @@ from medal.pretrain.data import source_datamodule, ssl_images
 from medal.pretrain.module import PretrainModule, SimCLRModule, SourceTaskModule
 from medal.pretrain.probe import probe_scores
 from medal.resume import Marker
+from medal.runs import Reused
 
 log = logging.getLogger("medal.pretrain")
 
@@ -132,7 +133,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, float]:
     status = begin_run(marker, settings, ckpt_dir)
     if status == "done":
         log.info("%s already holds this pretraining run, finished; its metrics are returned", out_dir)
-        return dict(marker.read()["metrics"])
+        return Reused(marker.read()["metrics"])
     probe = None if cfg.probe is None else options_from(ProbeOptions, cfg.probe, "probe")
     pl.seed_everything(int(cfg.seed), workers=True)
     target = None

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from medal.config import CONF_DIR
 from medal.errors import MedalError
 from medal.loggers import summarize_run
-from medal.runs import write_metrics
+from medal.runs import Reused, read_metrics, write_metrics
 
 log = logging.getLogger("medal")
 
@@ -63,7 +63,8 @@ def run_task(fn: TaskFn, cfg: DictConfig) -> float | None:
     out_dir = Path(cfg.paths.output_dir)
     started = time.perf_counter()
     try:
-        metrics = dict(fn(cfg) or {})
+        returned = fn(cfg)
+        metrics = dict(returned or {})
     except MedalError as err:
         log.error("%s", err)
         write_metrics(out_dir, {}, status="failed", error=str(err))
@@ -78,6 +79,9 @@ def run_task(fn: TaskFn, cfg: DictConfig) -> float | None:
         if _in_multirun():
             return None
         raise
+    if isinstance(returned, Reused) and _finished_ok(out_dir):
+        log.info("%s: finished by an earlier run; skipped, its metrics.json is kept", out_dir)
+        return optimized_value(read_metrics(out_dir), cfg.get("optimized_metric"))
     metrics.setdefault("time/run_s", time.perf_counter() - started)
     if _is_worker_rank():
         return None
@@ -85,6 +89,14 @@ def run_task(fn: TaskFn, cfg: DictConfig) -> float | None:
     finish_loggers(metrics, failed=False)
     log.info("metrics written to %s", out_dir / "metrics.json")
     return optimized_value(metrics, cfg.get("optimized_metric"))  # optional: set by tasks a sweeper may tune
+
+
+def _finished_ok(out_dir: Path) -> bool:
+    """The folder's metrics.json says the run finished (status ok)."""
+    try:
+        return read_metrics(out_dir).get("status") == "ok"
+    except (OSError, ValueError):
+        return False
 
 
 def optimized_value(metrics: dict[str, Any], key: str | None) -> float | None:
