@@ -43,7 +43,8 @@ log = logging.getLogger("medal.bundle")
 ARTIFACTS = {"bundle": "bundle/bundle.json", "card": "bundle/docs/README.md"}
 DATA_FORMAT = {
     "inputs": {"image": {"type": "radiograph", "format": "PNG (8/16-bit, palette, RGB), JPEG or DICOM",
-                         "channels": 1, "note": "one left-hand radiograph per file, any size"},
+                         "channels": 1, "note": "one left-hand radiograph per file, any size (a right hand is mirrored where DICOM "
+                                 "laterality says R)"},
                "male": {"type": "sex", "values": "1 male, 0 female; from a CSV, RSNA labels or DICOM PatientSex"}},
     "outputs": {"boneage": {"type": "regression", "unit": "months"},
                 "interval": {"type": "split-conformal interval", "unit": "months"}},

@@ -8,7 +8,8 @@ status `not_a_hand_radiograph` and a one-line reason, a file whose
 - NumberOfFrames exceeds `max_frames` (a hand radiograph is one frame);
 - PhotometricInterpretation is not one of `photometric` (PALETTE COLOR, for example), or whose colour pixels
   (RGB, YBR) are not grey: their channels differ by more than `max_colour` on average;
-- BodyPartExamined names another part (`body_parts`, compared upper-case without spaces, `_` or `-`);
+- BodyPartExamined contains none of `body_parts` (compared upper-case without spaces, `_` or `-`, so
+  `LEFT HAND` and `HAND_WRIST` pass, `CHEST` does not);
 - laterality (ImageLaterality, else Laterality) is B, both hands (`laterality`: a right hand is mirrored to the
   left hand the models learnt from, or refused with `laterality=refuse`).
 

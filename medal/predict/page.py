@@ -51,15 +51,15 @@ def _counts(rows: pd.DataFrame) -> str:
             f"<tr><th>all</th><th>{len(rows)}</th></tr></tbody></table>")
 
 
-def _age(r: object) -> str:
+def _age(age: object, source: object, gap: object, gap_low: object, gap_high: object, sds: object,
+         assessment: object) -> str:
     """The clinician's cells of an estimate: chronological age (source), gap with interval, SDS, assessment."""
     esc = html.escape
-    age = _num(r.chronological_age)  # type: ignore[attr-defined]
-    if not age:
+    if not _num(age):
         return "<td>not given</td><td></td><td></td><td>no chronological age</td>"
-    gap = f"{_num(r.age_gap):s} ({_num(r.age_gap_low)} to {_num(r.age_gap_high)})"  # type: ignore[attr-defined]
-    return (f"<td>{age} <small>({esc(str(r.age_source))})</small></td><td>{esc(gap)}</td>"  # type: ignore[attr-defined]
-            f"<td>{_num(r.sds, 2)}</td><td>{esc(str(r.assessment))}</td>")  # type: ignore[attr-defined]
+    return (f"<td>{_num(age)} <small>({esc(str(source))})</small></td>"
+            f"<td>{_num(gap)} ({_num(gap_low)} to {_num(gap_high)})</td><td>{_num(sds, 2)}</td>"
+            f"<td>{esc(str(assessment))}</td>")
 
 
 def write_page(rows: pd.DataFrame, out_dir: Path, title: str, summary: list[str], max_rows: int) -> Path:
@@ -87,7 +87,8 @@ def write_page(rows: pd.DataFrame, out_dir: Path, title: str, summary: list[str]
         cells = [esc(str(r.id)), _img(r.thumb, f"{r.id} mask"), _img(r.overlay, f"{r.id} CAM"), esc(str(r.sex)),
                  _num(r.boneage), interval, _num(r.spread), _num(r.seg_confidence, 3),
                  f'<span class="flag">{esc(str(r.flag))}</span>' if isinstance(r.flag, str) and r.flag else ""]
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + _age(r) + "</tr>")
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + _age(r.chronological_age, r.age_source, r.age_gap, r.age_gap_low, r.age_gap_high, r.sds, r.assessment)
+                    + "</tr>")
     body.append("</tbody></table>")
     body.append(f"<h2>Without an estimate ({len(refused)})</h2>")
     if len(refused):
