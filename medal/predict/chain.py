@@ -179,7 +179,7 @@ class ChainModule(pl.LightningModule):
         if bundle.calibration is None and not calibrating:
             raise MedalError(f"bundle={bundle.root}: no calibration.json; re-export it with `medal export`")
         self.gate = gate_options
-        record = ood.read_gate(bundle.root)
+        record = None if calibrating else ood.read_gate(bundle.root)  # export's own passes judge nothing
         self.valid = valid_range.DEFAULT if record is None else record.valid_range
         self.ood = None if record is None else ood.load_model(bundle.root, record)
         seg, enh = self.chain.segmenter, self.chain.enhancer
