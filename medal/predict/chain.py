@@ -360,7 +360,8 @@ class ChainModule(pl.LightningModule):
         status, reason, low, high = valid_range.cut(float(estimate[0]), radius, self.valid)
         if status != "ok":
             return {**row, "status": status, "message": reason}
-        flag = ";".join(f for f in (qc.flags(measures, cal["qc"]), "interval_unbounded" * math.isinf(radius)) if f)
+        flags = [qc.flags(measures, cal["qc"])] + (["interval_unbounded"] if math.isinf(radius) else [])
+        flag = ";".join(f for f in flags if f)  # unbounded: too few calibration images, the interval is the range
         return {**row, "boneage": float(estimate[0]), "low": low, "high": high, "spread": float(spread[0]),
                 "flag": flag, "calibration": used,
                 **chronology.assess(float(estimate[0]), low, high, row["chronological_age"], sex)}
