@@ -40,6 +40,16 @@ def tiny_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def raw_regressor(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny `medal boneage` run on whole radiographs of `tiny_phantoms`, with a sex input (so the sex
+    is needed) and 30 % validation images (the bundles' calibration images); trained once per session."""
+    from helpers.bundles import train_regressor
+
+    root = tmp_path_factory.mktemp("raw_regressor")
+    return train_regressor(tiny_phantoms, root / "train", "model.sex_input=true", "data.split.val_fraction=0.3")
+
+
 @pytest.fixture
 def one_thread():
     """Tiny nets on a shared 2-core machine: one intra-op thread is faster than two fighting."""

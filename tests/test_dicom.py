@@ -77,6 +77,14 @@ def test_a_csv_input_reads_sex_and_reference_and_resolves_relative_paths(tmp_pat
     assert frame["path"].tolist() == [str(tmp_path / "imgs" / "1.png"), str(tmp_path / "imgs" / "2.png")]
     assert frame["male"].tolist()[0] == 1.0 and np.isnan(frame["male"].tolist()[1])
     assert frame["reference"].tolist()[0] == 120.0 and frame["sex_source"].tolist() == ["csv", ""]
+    pd.DataFrame({"id": ["1", "2"], "path": ["imgs/1.png", "imgs/2.png"],
+                  "chronological_age": ["126.5", ""]}).to_csv(tmp_path / "ages.csv", index=False)
+    ages = read_inputs(tmp_path / "ages.csv")["chronological_age"].tolist()
+    assert ages[0] == 126.5 and np.isnan(ages[1])
+    pd.DataFrame({"id": ["1"], "path": ["imgs/1.png"], "chronological_age": ["ten"]}).to_csv(tmp_path / "a.csv",
+                                                                                              index=False)
+    with pytest.raises(MedalError, match=r"a.csv:2: chronological_age='ten' is not a number of months"):
+        read_inputs(tmp_path / "a.csv")
     pd.DataFrame({"id": ["1"], "file": ["imgs/1.png"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(MedalError, match=r"bad.csv: no path column"):
         read_inputs(tmp_path / "bad.csv")

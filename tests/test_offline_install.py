@@ -131,6 +131,9 @@ def test_the_folder_holds_one_wheel_per_package_and_lists_them(tmp_path: Path,
 def test_the_locked_runtime_set_leaves_the_optional_parts_out() -> None:
     core = {p.name for p in mw.export_pins([])}
     assert {"torch", "hydra-core", "kornia", "timm"} <= core
+    # the DICOM decoders travel with every install (medal.data.dicom_codecs); the GPL pylibjpeg-libjpeg does not
+    assert {"python-gdcm", "pylibjpeg", "pylibjpeg-openjpeg", "imagecodecs", "scikit-learn"} <= core
+    assert "pylibjpeg-libjpeg" not in core
     # joblib itself is core: scikit-learn, which baal (medal.active's heuristics) needs, depends on it
     assert not core & {"wandb", "optuna", "submitit", "hydra-joblib-launcher", "sqlalchemy"}
     everything = {p.name for p in mw.export_pins(["wandb", "launchers", "optuna"])}

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers.browser import CHROMIUM, NO_CHROMIUM, render_dom
-from helpers.bundles import export, predict, train_regressor
+from helpers.bundles import export, predict
 from helpers.rsna_layouts import truncate
 
 from medal.bundle.load import load_bundle
@@ -32,11 +32,10 @@ from medal.predict.rows import PREDICTIONS, read_rows
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bundle(raw_regressor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle of one tiny regressor with a sex input (so the sex is needed), exported with ONNX copies."""
     root = tmp_path_factory.mktemp("raw_bundle")
-    run = train_regressor(tiny_phantoms, root / "train", "model.sex_input=true", "data.split.val_fraction=0.3")
-    path, metrics = export([run], root / "export", "export.onnx=true")
+    path, metrics = export([raw_regressor], root / "export", "export.onnx=true")
     assert metrics["export/calibration_images"] >= 15
     return path
 

@@ -8,6 +8,8 @@ under `docs/`, metadata in a manifest):
     models/committee.safetensors, models/generator.safetensors, models/regressor_<name>.safetensors
     models/*.onnx            with export.onnx=true (checked against PyTorch; the largest difference recorded)
     calibration.json         conformal residuals and quality fences on the validation split
+    gate.json, models/ood.safetensors   valid age range, out-of-distribution score and its threshold
+                             (`medal.predict.ood.write_gate`)
     docs/README.md           what it is, how to use it, what it was trained on
 
 The folder's `medal.resume.Marker` (`.medal/export.json`, policy rebuild) holds the sources' stamps: the same
@@ -28,10 +30,11 @@ from safetensors.torch import load_file, save_file
 from medal.atomic import atomic_path, write_json, write_text
 from medal.bundle.manifest import CALIBRATION, INFERENCE, MANIFEST, build_manifest, versions, write_manifest
 from medal.bundle.sources import Sources, find_sources, pipeline_regressors
-from medal.config import to_plain
+from medal.config import options_from, to_plain
 from medal.data.cache import file_stamp
 from medal.errors import MedalError
 from medal.hardware import inference_device
+from medal.predict.ood import GATE, GateExportOptions, write_gate
 from medal.resume import Marker
 
 log = logging.getLogger("medal.bundle")
@@ -40,7 +43,8 @@ log = logging.getLogger("medal.bundle")
 ARTIFACTS = {"bundle": "bundle/bundle.json", "card": "bundle/docs/README.md"}
 DATA_FORMAT = {
     "inputs": {"image": {"type": "radiograph", "format": "PNG (8/16-bit, palette, RGB), JPEG or DICOM",
-                         "channels": 1, "note": "one left-hand radiograph per file, any size"},
+                         "channels": 1, "note": "one left-hand radiograph per file, any size (a right hand is mirrored where DICOM "
+                                 "laterality says R)"},
                "male": {"type": "sex", "values": "1 male, 0 female; from a CSV, RSNA labels or DICOM PatientSex"}},
     "outputs": {"boneage": {"type": "regression", "unit": "months"},
                 "interval": {"type": "split-conformal interval", "unit": "months"}},
@@ -93,15 +97,15 @@ def export_parts(sources: Sources) -> dict[str, Any]:
 
 
 def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device: str, batch_size: int,
-                  num_workers: int, min_cohort: int) -> dict[str, float]:
+                  num_workers: int, min_cohort: int, gate: GateExportOptions) -> dict[str, float]:
     """Write (or reuse) the bundle of `sources` at `root`; returns export metrics."""
     from medal.bundle.load import Bundle
     from medal.predict.calibrate import calibrate, validation_inputs
 
     parts = export_parts(sources)
-    outputs = [root / d for d in ("models", "configs", "docs")] + [root / MANIFEST, root / CALIBRATION]
+    outputs = [root / d for d in ("models", "configs", "docs")] + [root / MANIFEST, root / CALIBRATION, root / GATE]
     marker = Marker.in_folder(root, "export", policy="rebuild", outputs=outputs, what="a model bundle")
-    if marker.begin(parts) == "done" and (root / MANIFEST).is_file():
+    if marker.begin({**parts, "gate": gate.__dict__}) == "done" and (root / MANIFEST).is_file():
         log.info("%s: the bundle of these runs is there already", root)
         return dict(marker.read()["metrics"])
     files = write_weights(sources, root)
@@ -115,6 +119,9 @@ def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device
     metrics: dict[str, float] = {"export/calibration_images": float(calibration["images"]),
                                  "export/val_mae": calibration["mae"]["none"],
                                  "export/val_mae_tta": calibration["mae"]["flip"]}
+    gate_files, gate_metrics = write_gate(bundle, sources.data, gate, device, batch_size, num_workers)
+    files += gate_files
+    metrics |= gate_metrics
     extra: dict[str, Any] = {}
     if onnx:
         from medal.bundle.onnx import export_onnx
@@ -130,7 +137,7 @@ def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device
     manifest = build_manifest(root, name=name, description=description, files=files,
                               parts={**sources.parts, **extra}, data=sources.data, data_format=DATA_FORMAT)
     write_manifest(root, manifest)
-    marker.finish(parts, metrics=metrics)
+    marker.finish({**parts, "gate": gate.__dict__}, metrics=metrics)
     log.info("bundle written to %s (%d files; validation MAE %.2f months)", root, len(manifest["files"]),
              metrics["export/val_mae"])
     return metrics
@@ -147,7 +154,8 @@ def run_export(cfg: DictConfig) -> dict[str, float]:
     root = Path(str(exp.out)).expanduser().resolve()
     metrics = export_bundle(sources, root, name=str(exp.name), onnx=bool(exp.onnx), device=device,
                             batch_size=int(exp.batch_size), num_workers=int(exp.num_workers),
-                            min_cohort=int(exp.min_cohort))
+                            min_cohort=int(exp.min_cohort),
+                            gate=options_from(GateExportOptions, exp.gate, "export.gate"))
     (Path(cfg.paths.output_dir)).mkdir(parents=True, exist_ok=True)
     log.info("use it: medal predict bundle=%s input=<folder of radiographs>", root)
     return {**metrics, "export/regressors": float(len(sources.regressors))}

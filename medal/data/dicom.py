@@ -13,21 +13,90 @@ the RSNA PNGs medal trains on are such exports, so a DICOM file is rendered as a
    MONOCHROME2 files and PNGs; RGB / YBR files become luma (ITU-R 601, as the PNG reader does).
 
 Multi-frame objects are refused in one line (a hand radiograph is one frame), and so is a compressed
-transfer syntax no installed decoder handles (the message names it).
+transfer syntax no installed decoder handles (the message names it, and what each decoder said: their
+tracebacks stay out of the log, `medal.data.dicom_codecs.quiet`). Which library decodes which syntax:
+`medal.data.dicom_codecs`.
+
+`DicomHeader` holds the attributes `medal predict` judges a file by before it estimates anything (Modality,
+frames, samples, photometric interpretation, BodyPartExamined, laterality) and those that give the patient's
+age (PatientAge, PatientBirthDate with the study's date); a missing or blank attribute is None (unknown). Its
+`read_header` reads them without decoding the pixels.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from medal.data import dicom_codecs
 from medal.errors import MedalError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _MAGIC_OFFSET, _MAGIC = 128, b"DICM"
 _NOT_DICOM = (".png", ".jpg", ".jpeg")  # decoded by Pillow; not opened to look for the magic
 _LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What a file's header says about the image and the patient; None where the attribute is missing or blank.
+
+    `birth_date` is read only to compute an age (`medal.predict.chronology`); it is never written out.
+    """
+
+    modality: str | None
+    frames: int
+    samples_per_pixel: int
+    photometric: str | None
+    body_part: str | None  # BodyPartExamined
+    laterality: str | None  # ImageLaterality, else (series) Laterality: L, R, B (both) or U (unpaired)
+    view: str | None  # ViewPosition (PA, AP, ...)
+    sex: str | None  # 'M' or 'F'
+    patient_age: str | None  # PatientAge as written (AS: nnnD, nnnW, nnnM or nnnY)
+    birth_date: str | None  # PatientBirthDate (YYYYMMDD)
+    study_date: str | None  # StudyDate, else AcquisitionDate, SeriesDate, ContentDate (YYYYMMDD)
+    transfer_syntax: str
+
+
+def _text(ds: Any, *keywords: str) -> str | None:
+    """The first non-blank value among `keywords`, stripped and upper-cased; None when all are missing or blank."""
+    for keyword in keywords:
+        value = ds.get(keyword, None)
+        text = "" if value is None else str(value).strip().upper()
+        if text:
+            return text
+    return None
+
+
+def header_of(ds: Any) -> DicomHeader:  # a pydicom Dataset
+    """The `DicomHeader` of a read dataset."""
+    sex = _text(ds, "PatientSex")
+    meta = getattr(ds, "file_meta", None)
+    return DicomHeader(
+        modality=_text(ds, "Modality"), frames=int(_text(ds, "NumberOfFrames") or 1),
+        samples_per_pixel=int(_text(ds, "SamplesPerPixel") or 1), photometric=_text(ds, "PhotometricInterpretation"),
+        body_part=_text(ds, "BodyPartExamined"), laterality=_text(ds, "ImageLaterality", "Laterality"),
+        view=_text(ds, "ViewPosition"), sex=sex[:1] if sex and sex[:1] in ("M", "F") else None,
+        patient_age=_text(ds, "PatientAge"), birth_date=_text(ds, "PatientBirthDate"),
+        study_date=_text(ds, "StudyDate", "AcquisitionDate", "SeriesDate", "ContentDate"),
+        transfer_syntax=str(getattr(meta, "TransferSyntaxUID", "") or "unknown"))
+
+
+def read_header(path: str | Path) -> DicomHeader:
+    """The header of the DICOM file at `path`, pixels not decoded; MedalError when it is not DICOM."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with dicom_codecs.quiet():
+            return header_of(pydicom.dcmread(path, stop_before_pixels=True))
+    except InvalidDicomError as err:
+        raise MedalError(f"{path}: not a DICOM file ({err}); export it as DICOM Part 10, PNG or JPEG") from None
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as err:
+        raise MedalError(f"{path}: unreadable or truncated DICOM header ({err}); re-export it or remove it") from None
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -101,8 +170,23 @@ def _grey(ds, pixels: np.ndarray) -> np.ndarray:  # noqa: ANN001
     return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
-def read_dicom(path: str | Path) -> tuple[np.ndarray, str | None]:
-    """(float32 HxW in [0, 1], bright bone; 'M', 'F' or None from PatientSex) of one DICOM file.
+def colourfulness(rgb: np.ndarray) -> float:
+    """Mean spread between the channels of an RGB image (values in [0, 1]): 0 for grey stored as colour.
+
+    Examples:
+        >>> grey = np.repeat(np.linspace(0, 1, 12).reshape(3, 4, 1), 3, axis=2)
+        >>> colourfulness(grey)
+        0.0
+        >>> bars = np.zeros((2, 3, 3)); bars[:, 0, 0] = bars[:, 1, 1] = bars[:, 2, 2] = 1.0
+        >>> colourfulness(bars)
+        1.0
+    """
+    x = np.asarray(rgb, dtype=np.float64)
+    return float(np.mean(x.max(axis=-1) - x.min(axis=-1)))
+
+
+def read_dicom(path: str | Path) -> tuple[np.ndarray, DicomHeader, float]:
+    """(float32 HxW in [0, 1], bright bone; its header; the colourfulness of a colour file, else 0) of one file.
 
     Raises:
         MedalError: not DICOM, no pixel data, several frames, or a transfer syntax nothing here decodes.
@@ -111,28 +195,34 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, str | None]:
     from pydicom.errors import InvalidDicomError
 
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    except InvalidDicomError as err:
-        raise MedalError(f"{path}: not a DICOM file ({err}); export it as DICOM Part 10, PNG or JPEG") from None
-    except (AttributeError, KeyError):
-        raise MedalError(f"{path}: DICOM without pixel data; it holds no image") from None
-    except (NotImplementedError, RuntimeError) as err:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise MedalError(f"{path}: cannot decode DICOM transfer syntax {syntax} ({err}); install a decoder "
-                         "(`pip install pylibjpeg pylibjpeg-libjpeg`) or convert the file") from None
-    except (OSError, ValueError, EOFError) as err:
-        raise MedalError(f"{path}: unreadable or truncated DICOM ({err}); re-export it or remove it") from None
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise MedalError(f"{path}: DICOM with {frames} frames; a hand radiograph is one frame")
-    samples = int(getattr(ds, "SamplesPerPixel", 1))
-    if samples == 3:  # pydicom converts YBR to RGB
-        image = (np.asarray(pixels, dtype=np.float64) @ _LUMA) / (2 ** int(ds.BitsStored) - 1)
+    dicom_codecs.register()
+    with dicom_codecs.quiet() as notes:
+        try:
+            ds = pydicom.dcmread(path)
+            header = header_of(ds)
+            if header.frames > 1:
+                raise MedalError(f"{path}: DICOM with {header.frames} frames; a hand radiograph is one frame")
+            pixels = ds.pixel_array
+        except InvalidDicomError as err:
+            raise MedalError(f"{path}: not a DICOM file ({err}); export it as DICOM Part 10, PNG or JPEG") from None
+        except (AttributeError, KeyError):
+            raise MedalError(f"{path}: DICOM without pixel data; it holds no image") from None
+        except (NotImplementedError, RuntimeError) as err:
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            name = getattr(syntax, "name", syntax or "unknown")
+            said = "; ".join(line.strip() for line in str(err).splitlines()[1:3]) or str(err).splitlines()[0]
+            raise MedalError(f"{path}: cannot decode DICOM transfer syntax {name} ({said}); convert the file to "
+                             "an uncompressed or lossless syntax medal reads (README: DICOM)") from None
+        except (OSError, ValueError, EOFError, TypeError) as err:
+            raise MedalError(f"{path}: unreadable or truncated DICOM ({str(err).splitlines()[0] if str(err) else err!r}); "
+                             "re-export it or remove it") from None
+    del notes  # pydicom's complaints about a file it decoded after all: not medal's to report
+    colour = 0.0
+    if header.samples_per_pixel == 3:  # pydicom converts YBR to RGB
+        rgb = np.asarray(pixels, dtype=np.float64) / (2 ** int(ds.BitsStored) - 1)
+        image, colour = rgb @ _LUMA, colourfulness(rgb)
     else:
         image = _grey(ds, pixels)
-        if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        if header.photometric == "MONOCHROME1":
             image = 1.0 - image
-    sex = str(ds.get("PatientSex", "") or "").strip().upper()[:1]
-    return np.clip(image, 0.0, 1.0).astype(np.float32), (sex if sex in ("M", "F") else None)
+    return np.clip(image, 0.0, 1.0).astype(np.float32), header, colour

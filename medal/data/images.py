@@ -22,12 +22,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medal.atomic import atomic_path
 from medal.errors import MedalError
+
+if TYPE_CHECKING:
+    from medal.data.dicom import DicomHeader
 
 _RGB_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma, as PIL's "L"
 #: Bit depths a 16-bit container may really hold (`stored_window` picks the smallest that fits).
@@ -42,11 +46,14 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 class Decoded:
     """One decode of a file: `image` as `read_image` gives it, `radiograph` as `read_radiograph` gives it (the
     same array unless the file is 16-bit with a narrower stored range), and `sex` ('M'/'F') where a DICOM
-    header says."""
+    header says. A DICOM file also gives its `dicom` header and `colour`, the spread between its RGB channels
+    (0 for greyscale, or grey stored as colour; `medal.data.dicom.colourfulness`)."""
 
     image: np.ndarray
     radiograph: np.ndarray
     sex: str | None = None
+    dicom: DicomHeader | None = None
+    colour: float = 0.0
 
 
 def decode(path: str | Path) -> Decoded:
@@ -54,8 +61,8 @@ def decode(path: str | Path) -> Decoded:
     from medal.data.dicom import is_dicom, read_dicom
 
     if Path(path).is_file() and is_dicom(path):
-        image, sex = read_dicom(path)
-        return Decoded(image, image, sex)
+        image, header, colour = read_dicom(path)
+        return Decoded(image, image, header.sex, header, colour)
     image, sixteen_bit = _decode(path)
     return Decoded(image, apply_window(image, stored_window(image)) if sixteen_bit else image)
 

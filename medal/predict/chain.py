@@ -10,15 +10,22 @@ rounding the RoI file had (`as_derived`) -> the enhancer (`enhance.run.to_workin
 -> the conformal interval -> CAM. Every step is the function the training tasks use, so an exported bundle
 reproduces its bone age run's test predictions (tests/test_predict.py holds it to 1e-4 months).
 
-Statuses: `ok`, `unreadable` (the file does not decode), `empty_image` (one flat grey level), `no_sex` (a
-model needs the sex and neither the input nor the DICOM header gives it), `no_hand` (the committee finds no
-pixel of hand), `no_model` (no regressor of the bundle applies to this sex). Only `ok` rows have estimates.
+Statuses (`medal.predict.rows.STATUSES`): `ok`, `unreadable` (the file does not decode), `empty_image` (one flat
+grey level), `not_a_hand_radiograph` (the DICOM attributes say so, `medal.predict.gate`, checked before the
+pixels are decoded), `no_sex` (a model needs the sex and neither the input nor the DICOM header gives it),
+`no_hand` (the committee finds no pixel of hand), `out_of_distribution` (the regressors' features are unlike
+the training images', `medal.predict.ood`), `no_model` (no regressor of the bundle applies to this sex),
+`out_of_range` (the estimate lies outside the bundle's valid range, `medal.predict.valid_range`). Only `ok`
+rows have estimates; their intervals are cut to the valid range. A right hand (DICOM laterality R) is
+mirrored to the left hand the models learnt from. The clinician's columns (chronological age, the gap, SDS):
+`medal.predict.chronology`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,11 +40,12 @@ from medal.boneage.evaluate import autocast_for
 from medal.bundle.load import Bundle
 from medal.bundle.spec import ChainSpec
 from medal.data.cache import cached_form
+from medal.data.dicom import is_dicom, read_header
 from medal.data.images import as_derived, decode, resize
 from medal.enhance.run import clahe_method, generator_method, identity, to_roi_size, to_working
 from medal.errors import MedalError
 from medal.hardware import use_bf16
-from medal.predict import conformal, ensemble, qc
+from medal.predict import chronology, conformal, ensemble, gate, ood, qc, valid_range
 from medal.preprocess.coarse import is_inverted
 from medal.preprocess.masks import FLAT, binarise
 from medal.segment.infer import hand_roi
@@ -74,19 +82,40 @@ class InputImages(Dataset):
     `work` (S, S) for a segmenting chain, or `inputs` (one (S, S) array per regressor) for a raw one.
     """
 
-    def __init__(self, frame: pd.DataFrame, chain: ChainSpec, sex_policy: str) -> None:
+    def __init__(self, frame: pd.DataFrame, chain: ChainSpec, sex_policy: str,
+                 gate_options: gate.GateOptions | None = None) -> None:
         self.rows = frame.to_dict("records")
-        self.chain, self.sex_policy = chain, sex_policy
+        self.chain, self.sex_policy, self.gate = chain, sex_policy, gate_options  # gate None: export's own passes
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _refusal(self, path: str) -> dict[str, str] | None:
+        """Status and message of a DICOM file the gate refuses by its header (pixels not decoded), or None."""
+        if self.gate is None or not is_dicom(path):
+            return None
+        try:
+            reason = gate.refusal(read_header(path), self.gate)
+        except MedalError as err:
+            return {"status": "unreadable", "message": str(err)}
+        return None if reason is None else {"status": "not_a_hand_radiograph", "message": reason}
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         sample = {**self.rows[i], "status": "ok", "message": ""}
+        refused = self._refusal(sample["path"])
+        if refused is not None:
+            return {**sample, **refused}
         try:
             decoded = decode(sample["path"])
         except MedalError as err:
             return {**sample, "status": "unreadable", "message": str(err)}
+        age, source = chronology.chronological_age(sample.get("chronological_age", np.nan), decoded.dicom)
+        sample.update(chronological_age=age, age_source=source)
+        reason = None if self.gate is None else gate.colour_refusal(decoded.colour, self.gate)
+        if reason is not None:
+            return {**sample, "status": "not_a_hand_radiograph", "message": reason}
+        if self.gate is not None and gate.mirrored(decoded.dicom):  # a right hand, read as the left one
+            decoded = replace(decoded, image=decoded.image[:, ::-1].copy(), radiograph=decoded.radiograph[:, ::-1].copy())
         if decoded.sex is not None and not np.isfinite(sample["male"]):
             sample.update(male=float(decoded.sex == "M"), sex_source="dicom")
         image = decoded.image
@@ -137,20 +166,27 @@ class Measured:
     agreement: float = float("nan")
     thumb: np.ndarray | None = None
     overlay: np.ndarray | None = None
+    features: dict[int, np.ndarray] = field(default_factory=dict)  # regressor -> pooled features (D,), for OOD
 
 
 class ChainModule(pl.LightningModule):
     """The bundle's networks as one LightningModule, so `Trainer.predict` batches it, on one device or DDP."""
 
-    def __init__(self, bundle: Bundle, options: ChainOptions, calibrating: bool = False) -> None:
+    def __init__(self, bundle: Bundle, options: ChainOptions, calibrating: bool = False,
+                 gate_options: gate.GateOptions | None = None) -> None:
         super().__init__()
         self.bundle, self.chain, self.options, self.calibrating = bundle, bundle.chain, options, calibrating
         if bundle.calibration is None and not calibrating:
             raise MedalError(f"bundle={bundle.root}: no calibration.json; re-export it with `medal export`")
+        self.gate = gate_options
+        record = None if calibrating else ood.read_gate(bundle.root)  # export's own passes judge nothing
+        self.valid = valid_range.DEFAULT if record is None else record.valid_range
+        self.ood = None if record is None else ood.load_model(bundle.root, record)
         seg, enh = self.chain.segmenter, self.chain.enhancer
         self.committee = bundle.committee() if seg is not None else None
         self.generator = bundle.generator() if enh is not None and enh.method == "gan" else None
         self.regressors = torch.nn.ModuleList([bundle.regressor(r) for r in self.chain.regressors])
+        self.tap = ood.FeatureTap(self.regressors)
         self._seg_model: Any = None
         self._enhance: Any = None
 
@@ -223,6 +259,7 @@ class ChainModule(pl.LightningModule):
         without and (when asked, or calibrating) with the mirror image."""
         modes = TTA if self.calibrating or self.options.tta == "flip" else ("none",)
         n = len(measured)
+        self.tap.arm()
         per_mode: dict[str, dict[bool, list[np.ndarray]]] = {t: {True: [], False: []} for t in modes}
         for k, (spec, module) in enumerate(zip(self.chain.regressors, self.regressors, strict=True)):
             if images is None:
@@ -241,9 +278,11 @@ class ChainModule(pl.LightningModule):
                     per_mode[mode][male].append(value)
                     if not spec.sex_input:
                         per_mode[mode][False].append(value)
+        pooled = self.tap.take()
         for j, m in enumerate(measured):
             m.predictions = {mode: {s: np.array([row[j] for row in rows]) for s, rows in by_sex.items()}
                              for mode, by_sex in per_mode.items()}
+            m.features = {k: f[j] for k, f in pooled.items()}
         if self.options.cam and not self.calibrating:
             self._cams(measured, images)
 
@@ -297,9 +336,16 @@ class ChainModule(pl.LightningModule):
         row = {"id": s["id"], "sex": sex, "sex_source": s["sex_source"] or ("averaged" if sex == "unknown" else ""),
                "boneage": np.nan, "low": np.nan, "high": np.nan, "spread": np.nan, "seg_confidence": m.agreement,
                "mask_fraction": m.mask_fraction, "flag": "", "status": s["status"], "message": s["message"],
-               "path": s["path"], "reference": s["reference"], "calibration": ""}
+               "path": s["path"], "reference": s["reference"], "calibration": "",
+               "chronological_age": s.get("chronological_age", np.nan), "age_source": s.get("age_source", ""),
+               "ood_score": np.nan}
         if s["status"] != "ok":
             return row
+        if self.ood is not None and m.features:
+            row["ood_score"] = float(self.ood.score({k: f[None] for k, f in m.features.items()})[0])
+            reason = self.ood.reason(row["ood_score"]) if self.gate is not None and self.gate.ood else None
+            if reason is not None:
+                return {**row, "status": "out_of_distribution", "message": reason}
         cohorts = [r.cohort for r in self.chain.regressors]
         estimate, spread = ensemble.combine({k: v[:, None] for k, v in m.predictions[self.options.tta].items()}, cohorts,
                                             np.array([male if np.isfinite(male) else np.nan]))
@@ -311,9 +357,14 @@ class ChainModule(pl.LightningModule):
         used, residuals = conformal.cohort_residuals(cal["residuals"][self.options.tta], group, int(cal["min_cohort"]))
         radius = conformal.conformal_radius(residuals, self.options.coverage)
         measures = {"mask_fraction": m.mask_fraction, "agreement": m.agreement}
-        return {**row, "boneage": float(estimate[0]), "low": max(0.0, float(estimate[0]) - radius),
-                "high": float(estimate[0]) + radius, "spread": float(spread[0]),
-                "flag": qc.flags(measures, cal["qc"]), "calibration": used}
+        status, reason, low, high = valid_range.cut(float(estimate[0]), radius, self.valid)
+        if status != "ok":
+            return {**row, "status": status, "message": reason}
+        flags = [qc.flags(measures, cal["qc"])] + (["interval_unbounded"] if math.isinf(radius) else [])
+        flag = ";".join(f for f in flags if f)  # unbounded: too few calibration images, the interval is the range
+        return {**row, "boneage": float(estimate[0]), "low": low, "high": high, "spread": float(spread[0]),
+                "flag": flag, "calibration": used,
+                **chronology.assess(float(estimate[0]), low, high, row["chronological_age"], sex)}
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
         return [(self.finish(m), m.thumb, m.overlay) for m in self.measure(batch)]

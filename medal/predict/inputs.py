@@ -3,7 +3,8 @@
 Every source becomes one table: `id, path, male` (1.0, 0.0 or NaN when unknown), `sex_source` (where the sex
 came from: `csv`, `labels`, later `dicom` for a header's PatientSex) and `reference` (a known bone age in
 months, NaN where there is none: the RSNA layout's labels or a CSV's `boneage` column, used only to report the
-error and the coverage of the intervals). Shards split the table by a hash of the id, so the same image always
+error and the coverage of the intervals), and `chronological_age` (months, NaN where the input gives none: a
+CSV's `chronological_age` column; a DICOM header's age is read later, with the pixels). Shards split the table by a hash of the id, so the same image always
 lands in the same shard, whatever else the input holds.
 """
 
@@ -23,7 +24,7 @@ from medal.errors import MedalError
 
 log = logging.getLogger("medal.predict")
 
-COLUMNS = ["id", "path", "male", "sex_source", "reference"]
+COLUMNS = ["id", "path", "male", "sex_source", "reference", "chronological_age"]
 
 
 def shard_of(image_id: str, num_shards: int) -> int:
@@ -50,7 +51,8 @@ def _from_rsna(root: Path) -> pd.DataFrame:
     index = read_index(root, strict=False)
     return pd.DataFrame({"id": index["id"].astype(str), "path": index["path"].astype(str),
                          "male": index["male"].map(lambda m: np.nan if pd.isna(m) else float(bool(m))),
-                         "sex_source": "labels", "reference": index["boneage"].astype(float)})
+                         "sex_source": "labels", "reference": index["boneage"].astype(float),
+                         "chronological_age": np.nan})
 
 
 def _from_folder(root: Path) -> pd.DataFrame:
@@ -65,14 +67,31 @@ def _from_folder(root: Path) -> pd.DataFrame:
     stems = [p.relative_to(root).with_suffix("").as_posix() for p in files]
     ids = [p.relative_to(root).as_posix() if stems.count(s) > 1 else s for p, s in zip(files, stems, strict=True)]
     return pd.DataFrame({"id": ids, "path": [str(p) for p in files], "male": np.nan, "sex_source": "",
-                         "reference": np.nan})
+                         "reference": np.nan, "chronological_age": np.nan})
+
+
+def _months(path: Path, table: pd.DataFrame, columns: dict[str, str], name: str) -> np.ndarray:
+    """A CSV's column of ages in months as floats (NaN where blank or absent); a non-number is one line."""
+    if name not in columns:
+        return np.full(len(table), np.nan)
+    raw = table[columns[name]].astype(str).str.strip()
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = values.isna() & raw.ne("")
+    if bad.any():
+        line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+        raise MedalError(f"input={path}:{line}: {name}={raw[bad].iloc[0]!r} is not a number of months; fix or "
+                         "blank it")
+    if (values < 0).any():
+        raise MedalError(f"input={path}: {name} has a negative age; ages are months since birth")
+    return values.astype(float).to_numpy()
 
 
 def _from_csv(path: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise MedalError(f"input={path}: not a readable CSV ({err}); give columns id,path[,male][,boneage]") from None
+        raise MedalError(f"input={path}: not a readable CSV ({err}); give columns id,path[,male][,boneage]"
+                         "[,chronological_age]") from None
     columns = {c.strip().lower(): c for c in table.columns}
     missing = [c for c in ("id", "path") if c not in columns]
     if missing:
@@ -86,11 +105,10 @@ def _from_csv(path: Path) -> pd.DataFrame:
             if value is None and str(raw).strip():
                 log.warning("%s:%d: male=%r is not a sex (True/False, 1/0, M/F); taken as unknown", path, line, raw)
         male = [np.nan if v is None else float(v) for v in parsed]
-    reference = (pd.to_numeric(table[columns["boneage"]], errors="coerce") if "boneage" in columns
-                 else pd.Series(np.nan, index=table.index))
+    reference, age = (_months(path, table, columns, name) for name in ("boneage", "chronological_age"))
     frame = pd.DataFrame({"id": table[columns["id"]].astype(str), "path": [str(p) for p in paths], "male": male,
                           "sex_source": ["csv" if np.isfinite(m) else "" for m in male],
-                          "reference": reference.astype(float).to_numpy()})
+                          "reference": reference, "chronological_age": age})
     duplicated = frame["id"][frame["id"].duplicated()]
     if len(duplicated):
         raise MedalError(f"input={path}: id {duplicated.iloc[0]} appears more than once; ids name the outputs")

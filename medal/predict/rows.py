@@ -20,7 +20,25 @@ from medal.atomic import atomic_path
 
 PREDICTIONS = "predictions.csv"
 COLUMNS = ["id", "sex", "sex_source", "boneage", "low", "high", "spread", "seg_confidence", "mask_fraction",
-           "flag", "status", "message", "calibration", "path", "reference", "overlay", "thumb"]
+           "flag", "status", "message", "calibration", "path", "reference", "overlay", "thumb",
+           # the clinician's question (medal.predict.chronology): ages in months, never a birth date
+           "chronological_age", "age_source", "age_gap", "age_gap_low", "age_gap_high", "sds", "assessment",
+           "ood_score"]  # the out-of-distribution score (medal.predict.ood); refused above the bundle's threshold
+#: Every status a row can have; only `ok` rows carry an estimate (`boneage`, `low`, `high`).
+STATUSES = [
+    "ok",
+    "unreadable",  # the file does not decode (the message says why: truncated, no decoder, no pixel data)
+    "empty_image",  # one flat grey level
+    "not_a_hand_radiograph",  # the DICOM attributes say so (medal.predict.gate: modality, frames, colour, ...)
+    "out_of_distribution",  # the bundle's networks see nothing like their calibration images (medal.predict.ood)
+    "no_sex",  # a model needs the sex and the input gives none
+    "no_hand",  # the committee finds no pixel of hand
+    "no_model",  # no regressor of the bundle applies to this sex
+    "out_of_range",  # the estimate lies outside the bundle's valid range (medal.predict.valid_range)
+]
+#: Numeric columns (empty cells read back as NaN).
+NUMERIC = ["boneage", "low", "high", "spread", "seg_confidence", "mask_fraction", "reference", "chronological_age",
+           "age_gap", "age_gap_low", "age_gap_high", "sds", "ood_score"]
 
 
 def _cell(value: Any) -> Any:
@@ -58,11 +76,8 @@ def read_rows(path: Path) -> pd.DataFrame:
         text = text[: text.rfind("\n") + 1]
     if not text.strip():
         return pd.DataFrame(columns=COLUMNS)
-    frame = pd.read_csv(io.StringIO(text), dtype={"id": str, "flag": str, "message": str, "sex_source": str,
-                                                  "calibration": str, "overlay": str, "thumb": str},
-                        keep_default_na=False, na_values={c: [""] for c in ("boneage", "low", "high", "spread",
-                                                                               "seg_confidence", "mask_fraction",
-                                                                               "reference")})
+    frame = pd.read_csv(io.StringIO(text), dtype={c: str for c in COLUMNS if c not in NUMERIC},
+                        keep_default_na=False, na_values={c: [""] for c in NUMERIC})
     return frame.drop_duplicates("id", keep="last").reset_index(drop=True)
 
 

@@ -34,7 +34,9 @@ from medal.config import options_from, to_plain
 from medal.errors import MedalError
 from medal.predict.chain import ChainModule, ChainOptions, InputImages, collate
 from medal.predict.conformal import empirical_coverage
+from medal.predict.gate import GateOptions
 from medal.predict.inputs import read_inputs, shard_of
+from medal.predict.ood import read_gate
 from medal.predict.page import PAGE, write_page
 from medal.predict.rows import PREDICTIONS, RowWriter, read_rows, write_ordered
 from medal.resume import Marker, fingerprint
@@ -81,6 +83,23 @@ def _options(cfg: DictConfig) -> tuple[ChainOptions, dict[str, Any]]:
     return options_from(ChainOptions, {k: node.pop(k) for k in chain_keys if k in node}, "predict"), node
 
 
+def gate_state(bundle: Bundle, options: GateOptions) -> str:
+    """One line on what the bundle's gate can do (logged, and on the page): its OOD threshold and valid range."""
+    record = read_gate(bundle.root)
+    if record is None:
+        return (f"bundle {bundle.root} records no gate (exported before medal had one): the out-of-distribution "
+                "gate is off and the valid range is the default 0-240 months; re-export the bundle to record both")
+    valid = record.valid_range
+    span = f"valid range {valid.low:.0f}-{valid.high:.0f} months ({valid.source})"
+    ood = record.ood
+    if not options.ood:
+        return f"out-of-distribution gate off (predict.gate.ood=false); {span}"
+    if ood is None or ood["threshold"] is None:
+        return f"out-of-distribution gate off for this bundle ({(ood or {}).get('note', 'not fitted')}); {span}"
+    return (f"out-of-distribution gate on: threshold {ood['threshold']:.2f}, calibrated for {ood['false_reject']:.0%} "
+            f"false rejects on {ood['calibration']['images']} {ood['calibration']['split']} images; {span}")
+
+
 def check_output(out_dir: Path, source: str, paths: list[str]) -> None:
     """Refuse a run folder that could overwrite, or later be read as, the input: inside an input folder, holding
     the input CSV, or holding any input image."""
@@ -115,13 +134,15 @@ def summarise(rows: pd.DataFrame, coverage: float) -> dict[str, float]:
 
 
 def finish_run(out_dir: Path, rows: pd.DataFrame, order: list[str], bundle: str, calibration_images: int,
-               options: dict[str, Any], max_rows: int, extra: dict[str, float]) -> dict[str, float]:
+               options: dict[str, Any], max_rows: int, extra: dict[str, float],
+               notes: tuple[str, ...] = ()) -> dict[str, float]:
     """predictions.csv in input order, the page and the metrics of a finished run (or of merged shards)."""
     ordered = write_ordered(rows, order, out_dir / PREDICTIONS)
     metrics = {**summarise(ordered, float(options["coverage"])), **extra}
     lines = [f"Bundle {bundle}; {int(metrics['predict/ok'])} of {len(ordered)} images estimated; intervals at "
              f"{float(options['coverage']):.0%} coverage (split-conformal on {calibration_images} validation "
              f"images), test-time augmentation: {options['tta']}."]
+    lines += list(notes)
     if "predict/coverage" in metrics:
         lines.append(f"Reference ages given: MAE {metrics['predict/mae']:.2f} months, "
                      f"{metrics['predict/coverage']:.1%} of references inside their interval.")
@@ -140,6 +161,7 @@ def _settings(bundle: Bundle, frame: pd.DataFrame, source: str, options: ChainOp
 def run_predict(cfg: DictConfig) -> dict[str, float]:
     """The task: predict every image of the input's shard not yet in this run folder's predictions.csv."""
     options, node = _options(cfg)
+    gate_options = options_from(GateOptions, node.pop("gate"), "predict.gate")
     out_dir = Path(cfg.paths.output_dir)
     if node["merge"]:
         from medal.predict.merge import merge_parts
@@ -153,6 +175,9 @@ def run_predict(cfg: DictConfig) -> dict[str, float]:
         raise MedalError(f"predict.shard={shard}: must be in 0..{shards - 1} (predict.num_shards={shards})")
     frame = frame[[shard_of(i, shards) == shard for i in frame["id"]]].reset_index(drop=True)
     settings = _settings(bundle, frame, str(cfg.input), options, node)
+    settings["options"]["gate"] = gate_options.__dict__
+    gate_line = gate_state(bundle, gate_options)
+    log.info("%s", gate_line)
     marker = Marker.in_folder(out_dir, MARKER, policy="refuse", what="predictions")
     status = marker.begin(settings)
     if status == "done":
@@ -171,9 +196,11 @@ def run_predict(cfg: DictConfig) -> dict[str, float]:
     sink = RowSink(out_dir, part)
     trainer.callbacks.append(sink)
     if len(todo):
-        loader = DataLoader(InputImages(todo, bundle.chain, options.sex), batch_size=int(node["batch_size"]),
-                            num_workers=int(node["num_workers"]), collate_fn=collate)
-        trainer.predict(ChainModule(bundle, options), dataloaders=loader, return_predictions=False)
+        loader = DataLoader(InputImages(todo, bundle.chain, options.sex, gate_options),
+                            batch_size=int(node["batch_size"]), num_workers=int(node["num_workers"]),
+                            collate_fn=collate)
+        trainer.predict(ChainModule(bundle, options, gate_options=gate_options), dataloaders=loader,
+                        return_predictions=False)
         trainer.strategy.barrier("predict rows written")  # every rank's part is on disk before rank 0 reads them
     if not trainer.is_global_zero:
         return {}
@@ -183,7 +210,8 @@ def run_predict(cfg: DictConfig) -> dict[str, float]:
     extra = {"predict/seconds": seconds, "predict/images_per_s": len(todo) / seconds if len(todo) else float("nan"),
              "predict/calibration_images": float(bundle.calibration["images"])}
     metrics = finish_run(out_dir, rows, list(frame["id"]), f"{bundle.manifest['name']} ({bundle.root})",
-                         int(bundle.calibration["images"]), options.__dict__, int(node["max_page_rows"]), extra)
+                         int(bundle.calibration["images"]), options.__dict__, int(node["max_page_rows"]), extra,
+                         (gate_line[0].upper() + gate_line[1:] + ".",))
     if world > 1:
         shutil.rmtree(out_dir / "parts", ignore_errors=True)
     marker.finish(settings, metrics=metrics)
