@@ -24,6 +24,7 @@ from medal.data.images import decode
 from medal.data.rsna import read_index
 from medal.hardware import use_bf16
 from medal.predict.conformal import conformal_radius
+from medal.predict.ood import read_gate
 from medal.predict.rows import PREDICTIONS, read_rows
 
 COVERAGE = 0.8
@@ -88,6 +89,7 @@ def test_mirror_tta_averages_each_image_with_its_mirror_and_takes_its_interval_f
     assert flip["boneage"].to_numpy() == pytest.approx((months + mirrored) / 2, abs=1e-4)  # conf/predict.yaml's claim
 
     calibration = load_bundle(bundle).calibration
+    valid = read_gate(bundle).valid_range
     tables = calibration["residuals"]
     assert tables["flip"]["all"] != tables["none"]["all"]  # two tables, so the check below tells them apart
     for rows, mode in ((plain, "none"), (flip, "flip")):
@@ -95,8 +97,9 @@ def test_mirror_tta_averages_each_image_with_its_mirror_and_takes_its_interval_f
         other = np.array([conformal_radius(tables["flip" if mode == "none" else "none"][used], COVERAGE)
                           for used in rows["calibration"]])
         assert np.isfinite(radius).all() and not np.allclose(radius, other)
-        assert (rows["high"] - rows["boneage"]).to_numpy() == pytest.approx(radius, abs=1e-5)
-        assert rows["low"].to_numpy() == pytest.approx(np.maximum(0.0, rows["boneage"] - radius), abs=1e-5)
+        # the interval is estimate +- radius, cut at both ends to the bundle's valid range (medal.predict.valid_range)
+        assert rows["high"].to_numpy() == pytest.approx(np.minimum(valid.high, rows["boneage"] + radius), abs=1e-5)
+        assert rows["low"].to_numpy() == pytest.approx(np.maximum(valid.low, rows["boneage"] - radius), abs=1e-5)
     manifest = json.loads((bundle / "bundle.json").read_text())
     assert len(manifest["parts"]["regressors"]) == 1
 
