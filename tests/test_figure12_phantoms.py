@@ -51,7 +51,7 @@ def test_analysis_reads_orderings_differences_and_stages_from_planted_runs() -> 
     facts = fig.analyse(table, runs)
 
     assert table.cell("ptl", ("gan_l1", "all")).values == [7.5, 8.5]
-    assert table._reference("ptl", ("gan_l1", "all")) == 7.664  # the paper's enhanced column sits beside gan_l1
+    assert table._published("ptl", ("gan_l1", "all")) == 7.664  # the paper's enhanced column sits beside gan_l1
     for column, order in facts["orderings"].items():
         assert order["ours"] == ["ptl", "all", "above_entry", "above_mid", "above_exit", "above_fc"], column
     assert facts["orderings"]["gan_l1 / all"]["spearman"] == 1.0

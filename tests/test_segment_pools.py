@@ -13,6 +13,7 @@ from medal.active import compare
 from medal.data.phantom import generate_dataset
 from medal.data.phantom.acquisition import HARD_KINDS, Nuisance, sample_acquisition
 from medal.errors import MedalError
+from medal.stats import paired_units
 
 
 def test_hard_acquisitions_are_a_minority_of_named_kinds_and_leave_other_images_unchanged() -> None:
@@ -57,7 +58,8 @@ def test_comparison_statistics_over_seeds() -> None:
     assert points[0][2] == pytest.approx(4.303 * 0.02 / math.sqrt(3), rel=1e-3)  # t(0.975, 2) * se
     assert compare.labels_to_reach(random[1], "d", 0.86) == 16 and math.isinf(compare.labels_to_reach(random[2], "d", 0.95))
     auc = [compare.area_under_curve(h, "d") for h in better]
-    diff = compare.paired_difference(auc, [compare.area_under_curve(h, "d") for h in random])
-    assert diff["mean"] == pytest.approx(0.04) and diff["beyond_spread"] == 1.0  # every seed 0.04 better
-    noise = compare.paired_difference([0.86, 0.85, 0.88], [0.865, 0.87, 0.86])
-    assert noise["beyond_spread"] == 0.0 and noise["p"] > 0.2
+    diff = paired_units(auc, [compare.area_under_curve(h, "d") for h in random])
+    assert diff.mean == pytest.approx(0.04) and diff.p == pytest.approx(0.25)  # every seed better: 2 / 2^3
+    noise = paired_units([0.86, 0.85, 0.88], [0.865, 0.87, 0.86])
+    assert noise.low < 0 < noise.high and noise.p > 0.2
+    assert compare.labels_at(random[0], "d", 0.865) == pytest.approx(20.0)  # halfway from 16 (0.85) to 24 (0.88)

@@ -53,7 +53,7 @@ def test_markdown_marks_failed_and_missing_never_zero(multirun: Path) -> None:
         mode, enhance, cohort = GRID[num]
         assert rows[FIGURE12.labels[mode]][columns.index((enhance, cohort))] == mark
     mode, enhance, cohort = GRID[0]
-    expected = f"{planted_mae(mode, enhance, cohort):.3f}"
+    expected = f"{planted_mae(mode, enhance, cohort):.3f} (n=1)"  # n even for one run
     assert rows["above FC"][0].strip("*") == expected
     assert "0.000" not in table.to_markdown()
     # lower MAE is better: the PTL row (lowest planted values) is bold in every column it has a value
@@ -148,7 +148,8 @@ def test_table_task_writes_all_outputs(tmp_path: Path, multirun: Path) -> None:
     cfg = compose_task("table", [f"table.source={multirun}", "table.compare=paper"], tmp_path)
     counts = make_table(cfg)
     out = Path(cfg.paths.output_dir)
-    assert counts == {"table/runs": 35, "table/cells_ok": 34, "table/cells_failed": 1, "table/cells_missing": 1}
+    assert counts == {"table/runs": 35, "table/cells_ok": 34, "table/cells_failed": 1, "table/cells_missing": 1,
+                      "table/comparisons": 0, "table/differences_holding": 0}
     for name in ("table.md", "table.csv", "table.tex", "figure11.png"):
         assert (out / name).stat().st_size > 100, name
     assert "7.664" in (out / "table.md").read_text()
@@ -197,4 +198,4 @@ def test_best_from_the_config_bolds_the_highest_value(tmp_path: Path) -> None:
     cfg = compose_task("table", [f"table.source={tmp_path}", *base, "table.best=max"], tmp_path)
     table = build_table(runs, table_spec(cfg.table))
     high = max(planted_mae(f, "gan", "all") for f in ("ptl", "all"))
-    assert f"**{high:.3f}**" in table.to_markdown() and "bold = best (max) per column" in table.to_markdown()
+    assert f"**{high:.3f} (n=1)**" in table.to_markdown() and "bold = best (max) per column" in table.to_markdown()

@@ -13,9 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from medal.boneage.predictions import COHORT_ROWS, COLUMNS
 from medal.errors import MedalError
-
-COHORT_ROWS = (("", None), ("_male", "M"), ("_female", "F"))  # metric-name suffix, `sex` value (None = all)
 
 
 def autocast_for(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -45,7 +44,7 @@ def predict_frame(module: nn.Module, loader: DataLoader, split: str, bf16: bool 
                                  "predicted": float(pred), "split": split})
     finally:
         module.train(was_training)
-    return pd.DataFrame(rows, columns=["id", "sex", "true", "predicted", "split"])
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def mean_predictor_mae(train_months: np.ndarray, frame: pd.DataFrame, split: str) -> dict[str, float]:

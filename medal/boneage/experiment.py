@@ -29,6 +29,7 @@ from medal.boneage.evaluate import floor_mae, mean_predictor_mae, predict_frame
 from medal.boneage.metrics import cohort_metrics
 from medal.boneage.module import BoneAgeModule
 from medal.boneage.plots import bland_altman, predicted_vs_true
+from medal.boneage.predictions import PREDICTIONS_FILE
 from medal.boneage.targets import TargetScaler
 from medal.callbacks.checkpoints import LAST, best_and_last, resume_from
 from medal.config import to_plain
@@ -42,7 +43,6 @@ from medal.runs import Reused
 
 log = logging.getLogger("medal.boneage")
 
-PREDICTIONS_FILE = "predictions.csv"
 ARTIFACTS = {"predicted_vs_true": "plots/predicted_vs_true.png", "bland_altman": "plots/bland_altman.png"}  # outputs by name, in the run folder
 RUN_MARKER = "boneage"  # <run dir>/.medal/boneage.json
 #: Top-level keys that do not change what a run computes: where it writes, how it is logged or named.

@@ -39,6 +39,7 @@ class RunResult:
     overrides: list[str] = field(default_factory=list)
     history: pd.DataFrame | None = None  # one row per epoch, columns = logged metric names
     extra: dict[str, Any] = field(default_factory=dict)  # source-specific facts (W&B group, id, images)
+    folder: Path | None = None  # the Hydra run folder (its predictions.csv); None for runs read from W&B
 
     def get(self, key: str, default: Any = None) -> Any:
         """Dotted config lookup (`finetune.name`); `default` when any part is missing."""
@@ -144,7 +145,7 @@ def read_run(run_dir: str | Path) -> RunResult:
     history_file = run_dir / HISTORY_CSV
     history = epoch_history(pd.read_csv(history_file)) if history_file.exists() else None
     return RunResult(name=str(run_dir), config=config, metrics=metrics, status=status,
-                     overrides=overrides, history=history)
+                     overrides=overrides, history=history, folder=run_dir)
 
 
 def collect_runs(root: str | Path) -> list[RunResult]:

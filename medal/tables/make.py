@@ -60,23 +60,29 @@ def table_spec(tcfg: DictConfig) -> TableSpec:
         changes["best"] = str(tcfg.best)
     if tcfg.baselines is not None:
         changes["baselines"] = {str(k): str(v) for k, v in tcfg.baselines.items()}
+    changes.update(reference_row=None if tcfg.reference is None else str(tcfg.reference),
+                   all_pairs=bool(tcfg.all_pairs), pair_by=tuple(str(k) for k in tcfg.pair_by),
+                   alpha=float(tcfg.alpha), resamples=int(tcfg.bootstrap))
     if tcfg.preset is None:
         if not changes.get("rows") or not changes.get("columns"):
             raise MedalError("table.preset=null needs table.rows=KEY and table.columns=[KEY,...]")
         return TableSpec(**changes)
     preset = PRESETS[tcfg.preset]
-    if {"rows", "columns"} & changes.keys():  # another layout: the preset's fixed orders/reference no longer fit
-        changes.setdefault("reference", None)
+    if {"rows", "columns"} & changes.keys():  # another layout: the preset's fixed orders/published numbers no longer fit
+        changes.setdefault("published", None)
         if METRIC_AXIS in (changes.get("rows"), *changes.get("columns", ())):  # no single metric per cell
             changes.setdefault("baselines", {})
     return dataclasses.replace(preset, **changes)
 
 
 def write_outputs(table: Table, out_dir: Path) -> dict[str, Path]:
-    """table.md / table.csv / table.tex, each written atomically."""
+    """table.md / table.csv / table.tex (+ comparisons.csv when the table has paired differences), each written
+    atomically."""
     paths = {}
-    for name, text in (("table.md", table.to_markdown()), ("table.csv", table.to_csv()),
-                       ("table.tex", table.to_latex())):
+    files = [("table.md", table.to_markdown()), ("table.csv", table.to_csv()), ("table.tex", table.to_latex())]
+    if table.comparisons:
+        files.append(("comparisons.csv", table.comparisons_csv()))
+    for name, text in files:
         paths[name] = write_text(out_dir / name, text)
     return paths
 
@@ -104,5 +110,7 @@ def make_table(cfg: DictConfig) -> dict[str, float]:
             log.warning("figure11.png not drawn: %s", err)
         else:
             save_figure(fig, out_dir / "figure11.png")
+    tested = [c for c in table.comparisons if c.difference is not None]
     return {"table/runs": len(runs), "table/cells_ok": counts["ok"], "table/cells_failed": counts["failed"],
-            "table/cells_missing": counts["missing"]}
+            "table/cells_missing": counts["missing"], "table/comparisons": len(tested),
+            "table/differences_holding": sum(c.holds(table.spec.alpha) for c in tested)}

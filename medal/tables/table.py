@@ -8,6 +8,9 @@ The pseudo key `metric` puts several metrics on an axis (e.g. one model scored p
 Baseline rows (`baselines`: label -> metric) follow the table's rows: per column, the mean of a reference
 metric over that column's runs, e.g. the phantoms' noise floor and the train-mean predictor beside Figure 12's
 MAEs. A baseline no run recorded (the floor on real data) gets no row.
+Paired differences (`reference_row`, or `all_pairs`): every row against the reference row, or every pair of rows,
+within each column, paired per seed/fold and per test image where the runs' predictions allow (`paired.py`),
+Holm-corrected over the whole table; a cell whose difference from the reference holds is marked `†`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from typing import Any
 from medal.errors import MedalError
 from medal.models.stages import FINETUNE_MODES
 from medal.tables.folder_runs import RunResult
+from medal.tables.paired import PAIR_BY, Comparison, Pairing, fmt_p, with_holm
 
 METRIC_AXIS = "metric"
 MISSING_MARK, FAILED_MARK = "—", "failed"
+HOLDS_MARK = "†"  # beside a cell whose paired difference from the reference row holds after Holm's correction
 
 # Figure 12 of the paper (MAE in months, RSNA test set, Xception at 299 px); DOMAIN.md.
 _PAPER_ROWS = {  # mode: (enhanced: all, male, female), (not enhanced: all, male, female)
@@ -57,9 +62,14 @@ class TableSpec:
     title: str = ""
     decimals: int = 3
     best: str | None = None  # "min" or "max": bold the best value of each column
-    reference: Mapping[tuple[str, ...], float] | None = None
-    reference_name: str = "paper"
+    published: Mapping[tuple[str, ...], float] | None = None  # published numbers per cell (the paper's)
+    published_name: str = "paper"
     baselines: Mapping[str, str] = field(default_factory=dict)  # row label -> metric, per column (not with `metric` axes)
+    reference_row: Any = None  # paired differences of every row against this row, per column
+    all_pairs: bool = False  # paired differences of every pair of rows instead
+    pair_by: tuple[str, ...] = PAIR_BY  # config keys whose values pair runs across rows (seed, fold)
+    alpha: float = 0.05  # family-wise error rate of Holm's correction over the table's comparisons
+    resamples: int = 10_000  # of the per-image paired bootstrap
 
     def __post_init__(self) -> None:
         axes = (self.rows, *self.columns)
@@ -71,6 +81,11 @@ class TableSpec:
             raise MedalError(f"table.best={self.best!r}: use min, max or null")
         if self.baselines and METRIC_AXIS in axes:
             raise MedalError("table.baselines: baseline rows need one metric per cell; drop them or the `metric` axis")
+        if self.reference_row is not None and self.all_pairs:
+            raise MedalError(f"table.reference={self.reference_row} and table.all_pairs=true: choose one")
+        if not 0 < self.alpha < 1 or self.resamples < 100:
+            raise MedalError(f"table.alpha={self.alpha}, table.bootstrap={self.resamples}: alpha in (0, 1), "
+                             ">= 100 resamples")
 
 
 FIGURE12 = TableSpec(
@@ -84,7 +99,7 @@ FIGURE12 = TableSpec(
             "ptl": "PTL", "gan": "enhanced", "none": "not enhanced"},
     title="Figure 12: test MAE (months) by fine-tune mode, with/without enhancement, per cohort",
     best="min",
-    reference=FIGURE12_PAPER,
+    published=FIGURE12_PAPER,
     baselines={"noise floor": "test/mae_floor", "mean predictor": "test/mae_mean_predictor"},
 )
 PRESETS: dict[str, TableSpec] = {"figure12": FIGURE12}
@@ -96,6 +111,7 @@ class Cell:
 
     values: list[float] = field(default_factory=list)
     failed: int = 0
+    runs: list[RunResult] = field(default_factory=list)  # the run of each value, for paired comparisons
 
     @property
     def mean(self) -> float | None:
@@ -120,6 +136,8 @@ class Table:
     cells: dict[tuple[Any, tuple[Any, ...]], Cell]
     compare: bool = False
     baseline_cells: dict[tuple[str, tuple[Any, ...]], Cell] = field(default_factory=dict)
+    comparisons: list[Comparison] = field(default_factory=list)  # Holm-corrected over the table
+    reference: Any = None  # the row the comparisons are against (spec.reference_row, as the runs spell it)
 
     @property
     def baseline_rows(self) -> list[str]:
@@ -159,27 +177,27 @@ class Table:
         if cell.state != "ok":
             return FAILED_MARK if cell.state == "failed" else MISSING_MARK
         text = f"{cell.mean:.{d}f}" if cell.std is None else f"{cell.mean:.{d}f} ± {cell.std:.{d}f}"
-        if len(cell.values) > 1:
-            text += f" (n={len(cell.values)})"
+        text += f" (n={len(cell.values)})"
         if cell.failed:
             text += f" ({cell.failed} failed)"
         return text
 
-    def _reference(self, row: Any, column: Sequence[Any]) -> float | None:
-        return (self.spec.reference or {}).get((str(row), *map(str, column)))
+    def _published(self, row: Any, column: Sequence[Any]) -> float | None:
+        return (self.spec.published or {}).get((str(row), *map(str, column)))
 
     def _display_rows(self) -> list[list[tuple[str, bool]]]:
-        """Each row as (text, is best of its column) pairs: the row label, our cells, then reference cells."""
+        """Each row as (text, is best of its column) pairs: the row label, our cells, then published cells."""
         best = self._best()
         lines = []
         for row in self.row_values:
             line = [(self._label(self.spec.rows, row), False)]
             for column in self.column_values:
                 cell = self.cell(row, column)
-                line.append((self.format_cell(cell), cell.mean is not None and best.get(column) == cell.mean))
+                mark = f" {HOLDS_MARK}" if (row, column) in self.marked() else ""
+                line.append((self.format_cell(cell) + mark, cell.mean is not None and best.get(column) == cell.mean))
             if self.compare:
                 for column in self.column_values:
-                    ref = self._reference(row, column)
+                    ref = self._published(row, column)
                     line.append((MISSING_MARK if ref is None else f"{ref:.{self.spec.decimals}f}", False))
             lines.append(line)
         for label in self.baseline_rows:
@@ -192,11 +210,89 @@ class Table:
             lines.append(line)
         return lines
 
+    def marked(self) -> set[tuple[Any, tuple[Any, ...]]]:
+        """Cells whose difference from the reference row (of their column) holds beyond chance."""
+        if self.reference is None:
+            return set()
+        return {c.a for c in self.comparisons if c.holds(self.spec.alpha) and c.b == (self.reference, c.a[1])}
+
+    def metric_of(self, row: Any, column: Sequence[Any]) -> str:
+        """The metric a cell holds (the `metric` axis's value where the table has one)."""
+        axes = dict(zip((self.spec.rows, *self.spec.columns), (row, *column), strict=True))
+        return str(axes[METRIC_AXIS]) if METRIC_AXIS in axes else str(self.spec.metric)
+
+    def comparison_label(self, comparison: Comparison) -> tuple[str, str]:
+        """(column, "a − b") as the outputs write them; a comparison across columns names both cells."""
+        (row_a, col_a), (row_b, col_b) = comparison.a, comparison.b
+        a, b = self._label(self.spec.rows, row_a), self._label(self.spec.rows, row_b)
+        if col_a == col_b:
+            return self.column_label(col_a), f"{a} − {b}"
+        return "", f"{a} / {self.column_label(col_a)} − {b} / {self.column_label(col_b)}"
+
+    def comparison_note(self) -> str:
+        """What the comparisons are and which pairing each used: the footnote under the table."""
+        tested = [c for c in self.comparisons if c.difference is not None]
+        if not self.comparisons:
+            return ""
+        held = sum(c.holds(self.spec.alpha) for c in tested)
+        what = (f"every row against {self._label(self.spec.rows, self.reference)}"
+                if self.reference is not None else "every pair of rows")
+        how = sorted({c.paired_by.split(" (")[0] + (" x images" if "images" in c.paired_by else "")
+                      for c in tested})
+        note = (f"Paired differences ({what}, within each column): {held} of {len(tested)} hold beyond chance "
+                f"(Holm-adjusted p < {self.spec.alpha} over the {len(tested)}); paired by "
+                f"{', '.join(how) or 'nothing'}: per unit, the exact sign-flip test (95% t interval); per test "
+                "image where the runs' predictions.csv share a test set, a paired bootstrap over units and images.")
+        if self.reference is not None:
+            note += f" {HOLDS_MARK} = differs from {self._label(self.spec.rows, self.reference)}."
+        untested = len(self.comparisons) - len(tested)
+        if untested:
+            note += f" {untested} comparison(s) had no test (see the list)."
+        return note
+
+    def comparison_rows(self) -> list[list[str]]:
+        """One row of text per comparison: column, a − b, difference, 95% CI, p, Holm p, holds, paired by, note."""
+        d = self.spec.decimals
+        rows = []
+        for c in self.comparisons:
+            column, label = self.comparison_label(c)
+            diff = c.difference
+            if diff is None:
+                rows.append([column, label, "–", "–", "–", "–", "no test", c.paired_by or "–", c.note])
+                continue
+            rows.append([column, label, f"{diff.mean:+.{d}f}", f"[{diff.low:+.{d}f}, {diff.high:+.{d}f}]",
+                         fmt_p(diff.p), fmt_p(c.p_holm), "yes" if c.holds(self.spec.alpha) else "no", c.paired_by,
+                         c.note])
+        return rows
+
+    COMPARISON_HEADS = ("column", "difference", "Δ", "95% CI", "p", "p (Holm)", "holds", "paired by", "note")
+
+    def comparisons_markdown(self) -> str:
+        if not self.comparisons:
+            return ""
+        lines = ["| " + " | ".join(self.COMPARISON_HEADS) + " |", "|---|---|---:|---|---:|---:|---|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in self.comparison_rows()]
+        return "\n".join(lines) + "\n"
+
+    def comparisons_csv(self) -> str:
+        """Full precision: one line per comparison (cells a and b by their keys)."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["a_row", "a_column", "b_row", "b_column", "metric", "difference", "low", "high", "p",
+                         "p_holm", "holds", "units", "images", "method", "paired_by", "note"])
+        for c in self.comparisons:
+            d = c.difference
+            numbers = ([repr(d.mean), repr(d.low), repr(d.high), repr(d.p), repr(c.p_holm),
+                        c.holds(self.spec.alpha), d.n, d.images, d.method] if d else [""] * 9)
+            writer.writerow([c.a[0], ";".join(map(str, c.a[1])), c.b[0], ";".join(map(str, c.b[1])),
+                             self.metric_of(*c.a), *numbers, c.paired_by, c.note])
+        return out.getvalue()
+
     def headers(self) -> list[str]:
         heads = [self.spec.labels.get(self.spec.rows, self.spec.rows)]
         heads += [self.column_label(c) for c in self.column_values]
         if self.compare:
-            heads += [f"{self.spec.reference_name}: {self.column_label(c)}" for c in self.column_values]
+            heads += [f"{self.spec.published_name}: {self.column_label(c)}" for c in self.column_values]
         return heads
 
     def to_markdown(self) -> str:
@@ -209,10 +305,13 @@ class Table:
         note = f"\n\nCells: `{metric}`; '{MISSING_MARK}' = no run, '{FAILED_MARK}' = every run of the cell failed"
         note += f"; bold = best ({self.spec.best}) per column." if self.spec.best else "."
         if self.compare:
-            note += f" `{self.spec.reference_name}:` columns are the published numbers, for comparison."
+            note += f" `{self.spec.published_name}:` columns are the published numbers, for comparison."
         if self.baseline_rows:
             note += " Last rows: " + "; ".join(f"{label} = `{self.spec.baselines[label]}`" for label in
                                               self.baseline_rows) + ", averaged over the column's runs."
+        note += " ± = sd over the cell's runs (seeds or folds), n = runs."
+        if self.comparisons:
+            note += " " + self.comparison_note() + "\n\n" + self.comparisons_markdown().rstrip("\n")
         return title + "\n".join(lines) + note + "\n"
 
     def to_csv(self) -> str:
@@ -223,7 +322,7 @@ class Table:
         writer = csv.writer(out, lineterminator="\n")
         header = [self.spec.rows, *names, *(f"n[{n}]" for n in names)]
         if self.compare:
-            header += [f"{self.spec.reference_name}[{n}]" for n in names]
+            header += [f"{self.spec.published_name}[{n}]" for n in names]
         writer.writerow(header)
         rows = [(row, [self.cell(row, c) for c in self.column_values]) for row in self.row_values]
         rows += [(label, [self.baseline_cells.get((label, c), Cell()) for c in self.column_values])
@@ -232,7 +331,7 @@ class Table:
             line = [row] + [repr(c.mean) if c.mean is not None else c.state for c in cells]
             line += [len(c.values) for c in cells]
             if self.compare:
-                line += ["" if (ref := self._reference(row, c)) is None else ref for c in self.column_values]
+                line += ["" if (ref := self._published(row, c)) is None else ref for c in self.column_values]
             writer.writerow(line)
         return out.getvalue()
 
@@ -241,7 +340,7 @@ class Table:
         n_cols = len(self.column_values)
         blocks = [("", self.column_values)]
         if self.compare:
-            blocks.append((self.spec.reference_name, self.column_values))
+            blocks.append((self.spec.published_name, self.column_values))
         spec = "l" + "r" * n_cols * len(blocks)
         lines = [r"\begin{tabular}{" + spec + "}", r"\toprule"]
         if self.compare:
@@ -260,6 +359,11 @@ class Table:
             lines.append(" & ".join(rf"\textbf{{{_tex(text)}}}" if best else _tex(text) for text, best in row)
                          + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
+        if self.comparisons:
+            lines += ["", r"\par\smallskip", _tex(self.comparison_note()), "", r"\begin{tabular}{llrlrrlll}",
+                      r"\toprule", " & ".join(_tex(h) for h in self.COMPARISON_HEADS) + r" \\", r"\midrule"]
+            lines += [" & ".join(_tex(text) for text in row) + r" \\" for row in self.comparison_rows()]
+            lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
 
 
@@ -279,7 +383,8 @@ def _spans(columns: Sequence[tuple[Any, ...]], level: int) -> list[tuple[Any, in
 
 def _tex(text: str) -> str:
     for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                          ("±", r"$\pm$"), ("—", "---")):
+                          ("±", r"$\pm$"), ("—", "---"), (HOLDS_MARK, r"\textsuperscript{\dag}"), ("−", "$-$"),
+                          ("Δ", r"$\Delta$"), ("<", r"$<$"), ("–", "--")):
         text = text.replace(char, escaped)
     return text
 
@@ -295,7 +400,7 @@ def _ordered(seen: Iterable[Any], order: Sequence[Any] | None) -> list[Any]:
 
 def build_table(runs: Sequence[RunResult], spec: TableSpec, compare: bool = False) -> Table:
     """Place every run in its cell. Runs lacking a row/column key are ignored (they belong to another table)."""
-    if compare and not spec.reference:
+    if compare and not spec.published:
         raise MedalError("table.compare=paper: this table has no published numbers; use table.preset=figure12")
     axes = (spec.rows, *spec.columns)
     metrics = spec.metrics if METRIC_AXIS in axes else (spec.metric,)
@@ -313,6 +418,7 @@ def build_table(runs: Sequence[RunResult], spec: TableSpec, compare: bool = Fals
             value = run.metrics.get(metric) if run.ok else None
             if value is not None:
                 cell.values.append(value)
+                cell.runs.append(run)
             elif run.status == "failed":
                 cell.failed += 1
             for label, baseline in spec.baselines.items():
@@ -322,8 +428,35 @@ def build_table(runs: Sequence[RunResult], spec: TableSpec, compare: bool = Fals
     orders = {key: spec.orders.get(key) or (metrics if key == METRIC_AXIS else None) for key in axes}
     row_values = _ordered(seen[spec.rows], orders[spec.rows])
     column_values = _product([_ordered(seen[k], orders[k]) for k in spec.columns])
-    return Table(spec=spec, row_values=row_values, column_values=column_values, cells=cells, compare=compare,
-                 baseline_cells=baseline_cells)
+    table = Table(spec=spec, row_values=row_values, column_values=column_values, cells=cells, compare=compare,
+                  baseline_cells=baseline_cells)
+    if spec.reference_row is not None:
+        table.reference = next((r for r in row_values if str(r) == str(spec.reference_row)), None)
+        if table.reference is None:
+            raise MedalError(f"table.reference={spec.reference_row}: no such row; the rows are "
+                             f"{', '.join(map(str, row_values))}")
+    table.comparisons = row_comparisons(table)
+    return table
+
+
+def row_comparisons(table: Table) -> list[Comparison]:
+    """The paired differences the spec asks for (every row against `reference_row`, or `all_pairs`), within each
+    column, Holm-corrected together; none when it asks for neither."""
+    spec, ref = table.spec, table.reference
+    if ref is None and not spec.all_pairs:
+        return []
+    pairing = Pairing(pair_by=spec.pair_by, resamples=spec.resamples)
+    rows = table.row_values
+    pairs = ([(r, ref) for r in rows if r != ref] if ref is not None
+             else [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]])
+    found = []
+    for column in table.column_values:
+        for a, b in pairs:
+            cell_a, cell_b = table.cell(a, column), table.cell(b, column)
+            if cell_a.values and cell_b.values:
+                found.append(pairing.compare(cell_a.runs, cell_b.runs, table.metric_of(a, column), (a, column),
+                                             (b, column)))
+    return with_holm(found)
 
 
 def _product(levels: list[list[Any]]) -> list[tuple[Any, ...]]:
