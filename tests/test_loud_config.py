@@ -25,7 +25,7 @@ from medal.errors import MedalError
 from medal.loggers import build_loggers
 from medal.models.discriminators import build_discriminator
 from medal.models.regressor import build_regressor
-from medal.models.stages import FINETUNE_MODES, FIXED_MODES, PACED_MODE
+from medal.models.stages import FINETUNE_MODES, FIXED_MODES, PACED_MODE, PACED_MODES
 from medal.models.unet import UNet
 from medal.tables.table import FIGURE12
 
@@ -42,12 +42,15 @@ def _plain(value: Any) -> Any:
 
 
 # -- one list of fine-tune modes ---------------------------------------------------------------------------
-def test_every_finetune_mode_has_its_config_and_nothing_else_does() -> None:
+def test_every_finetune_mode_has_its_config_and_nothing_else_does(tmp_path: Path) -> None:
     assert {p.stem for p in (CONF / "finetune").glob("*.yaml")} == set(FINETUNE_MODES)
     for mode in FIXED_MODES:
         cfg = OmegaConf.load(CONF / "finetune" / f"{mode}.yaml")
         assert cfg.name == cfg.mode == mode and cfg._target_.endswith("FixedFinetuning")
-    assert OmegaConf.load(CONF / "finetune" / f"{PACED_MODE}.yaml")._target_.endswith("PacedTransferLearning")
+    for mode in PACED_MODES:
+        cfg = compose_task("boneage", [f"finetune={mode}"], tmp_path).finetune
+        assert cfg.name == mode and cfg._target_.endswith("PacedTransferLearning")
+    assert PACED_MODES[0] == PACED_MODE
 
 
 def test_figure12_rows_and_sweep_follow_the_one_list() -> None:
@@ -57,7 +60,7 @@ def test_figure12_rows_and_sweep_follow_the_one_list() -> None:
 
 
 def test_an_unknown_fixed_mode_is_refused_naming_the_list() -> None:
-    with pytest.raises(MedalError, match=r"finetune.mode='above_head': choose one of above_fc, .*, all \(or finetune=ptl\)"):
+    with pytest.raises(MedalError, match=r"finetune.mode='above_head': choose one of above_fc, .*, all \(or a finetune=ptl\* mode\)"):
         FixedFinetuning("above_head")
 
 

@@ -8,8 +8,11 @@ for a network learning from random weights (issue 12: 31.8 months against 12.8 w
 The unit is the config's `scheduler.per`; there is no default, so a config always says which it means.
 
 torch's `LambdaLR` sizes its per-group state when it is built, so groups that paced transfer learning
-adds later would keep a constant lr; this scheduler adopts every new group when it first sees it and
-decays it from that step on (a Keras model recompiled for a new stage starts its decay anew as well).
+adds later would keep a constant lr; this scheduler adopts every new group. Where a group's decay counts from
+is the group's `decay_start` (kept in the optimizer's state, so it survives a resume), which paced transfer
+learning's `finetune.schedule` sets (medal.callbacks.paced): from the step it joined (`adopt()`'s default; a
+group met unadopted is adopted from its first update), from the start of training (`adopt(group, start=0)`: it
+joins the running decay), or from now for every group (`restart()`: a Keras model recompiled for a new stage).
 """
 
 from __future__ import annotations
@@ -41,19 +44,29 @@ class InverseTimeDecay(LRScheduler):
         self.decay = float(decay)
         super().__init__(optimizer, last_epoch)
 
-    def adopt(self, group: dict[str, Any], updates_done: int | None = None) -> None:
-        """Start decaying `group` from its current lr; `updates_done` = optimizer steps taken before it joined."""
+    def adopt(self, group: dict[str, Any], start: int | None = None) -> None:
+        """Decay `group` from its current lr (kept as `initial_lr`), counting t from step `start` (default: now),
+        and set its lr to the schedule's value now. A group adopted before keeps its `initial_lr` and start."""
         group.setdefault("initial_lr", group["lr"])
-        group.setdefault("decay_start", self.last_epoch if updates_done is None else updates_done)
+        group.setdefault("decay_start", self.last_epoch if start is None else start)
+        group["lr"] = self._lr(group)
+
+    def restart(self) -> None:
+        """Every group back to its `initial_lr`, its decay counted from now (a fresh schedule)."""
+        for group in self.optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["decay_start"] = self.last_epoch
+            group["lr"] = self._lr(group)
+
+    def _lr(self, group: dict[str, Any]) -> float:
+        return group["initial_lr"] * inverse_time(self.last_epoch - group["decay_start"], self.decay)
 
     def get_lr(self) -> list[float]:
-        lrs = []
         for group in self.optimizer.param_groups:
             # A group not adopted when it was added is met here, right after its first update.
-            self.adopt(group, updates_done=max(self.last_epoch - 1, 0))
-            lrs.append(group["initial_lr"] * inverse_time(self.last_epoch - group["decay_start"], self.decay))
+            self.adopt(group, start=max(self.last_epoch - 1, 0))
         self.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
-        return lrs
+        return [self._lr(g) for g in self.optimizer.param_groups]
 
 
 #: `scheduler.per` -> Lightning's `interval`: what one step of the decay's counter t is.

@@ -59,7 +59,7 @@ class FixedFinetuning(BaseFinetuning):
     def __init__(self, mode: str) -> None:
         super().__init__()
         if mode not in FIXED_MODES:
-            raise MedalError(f"finetune.mode={mode!r}: choose one of {', '.join(FIXED_MODES)} (or finetune=ptl)")
+            raise MedalError(f"finetune.mode={mode!r}: choose one of {', '.join(FIXED_MODES)} (or a finetune=ptl* mode)")
         self.mode = mode
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:

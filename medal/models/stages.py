@@ -15,7 +15,11 @@ BACKBONE_BLOCKS: tuple[str, ...] = STAGES[1:]
 
 #: Number of stages (from the top, see `STAGES`) each fixed fine-tune mode trains, in Figure 12's row order.
 FIXED_MODES: dict[str, int] = {"above_fc": 1, "above_exit": 2, "above_mid": 3, "above_entry": 4, "all": 5}
-#: Paced transfer learning: every stage in turn, each when the loss plateaus (`callbacks/paced.py`).
+#: Paced transfer learning: every stage in turn, each when the loss plateaus (`callbacks/paced.py`), with the
+#: reference code's stage learning rates: the paper's row of Figure 12.
 PACED_MODE = "ptl"
-#: Every `finetune=` choice, in the row order of the paper's Figure 12.
-FINETUNE_MODES: tuple[str, ...] = (*FIXED_MODES, PACED_MODE)
+#: Every reading of paced transfer learning (`conf/finetune/ptl*.yaml`): the reference code's rates, the paper's
+#: text (every stage at the base rate, one decay), ULMFiT's discriminative rates, a fresh decay per stage.
+PACED_MODES: tuple[str, ...] = (PACED_MODE, "ptl_paper", "ptl_discriminative", "ptl_restart")
+#: Every `finetune=` choice, in the row order of the paper's Figure 12 (the PTL variants after its PTL row).
+FINETUNE_MODES: tuple[str, ...] = (*FIXED_MODES, *PACED_MODES)
