@@ -1,7 +1,8 @@
-"""Figure 12 on phantoms, with signal (`make figure12`): 6 fine-tune modes x {enhanced, not} x {all, male, female}
-x 3 seeds from a source-pretrained backbone, mean ± sd over seeds beside the noise floor.
+"""Figure 12 on phantoms, with signal (`make figure12`): 9 fine-tune modes (the five fixed ones and four readings of
+PTL) x {enhanced, not} x {all, male, female} x 5 seeds from a source-pretrained backbone, mean ± sd over seeds beside
+the noise floor, and which of the paper's orderings hold beyond chance (paired statistics, medal.stats).
 
-    python scripts/figure12_phantoms.py [--root outputs/figure12_phantoms] [--n 1000] [--size 64] [--epochs 12]
+    python scripts/figure12_phantoms.py [--root outputs/figure12_ptl] [--n 1000] [--size 64] [--epochs 12]
 
 Every step is a `medal` command in `<root>` (MEDAL_ROOT=root), one torch thread per process:
 
@@ -15,24 +16,33 @@ Every step is a `medal` command in `<root>` (MEDAL_ROOT=root), one torch thread 
    because that is the paper's situation (ImageNet weights: another domain and another task, no target image
    seen) and because its features were the better frozen features in scripts/bench_pretrain.py.
 4. Per seed, two multiruns of `medal boneage -m experiment=figure12` (joblib launcher, `--jobs` processes):
-   the five fixed modes, then PTL with `finetune.patience=1` and `finetune.max_epochs_per_stage` = epochs // 5,
-   so that it reaches every stage (head, exit, middle, entry, stem) within the epochs; its per-epoch stage is
-   logged (`ptl/stage`) and its transitions reported. Seeds vary initialisation of the head and the data
-   order; the split (data.split.seed) and the backbone are the same in every run.
+   the four PTL readings (`ptl`: the reference code's stage rates; `ptl_paper`: every stage at the base rate
+   with one decay; `ptl_discriminative`: ULMFiT's lr / 2.6^depth; `ptl_restart`: the decay restarted at each
+   unfreeze) with `finetune.patience=1` and `finetune.max_epochs_per_stage` = epochs // 5, so that each reaches
+   every stage (head, exit, middle, entry, stem) within the epochs; then the five fixed modes. Every run trains
+   the same `--epochs` (trainer.max_epochs: the one budget; the report shows the epochs each mode's runs
+   logged), with the decay counted per epoch (`scheduler.per=epoch`). Seeds vary the head's initialisation and
+   the data order; the split (data.split.seed) and the backbone are the same in every run.
 5. The Figure 12 table (mean ± sd over seeds, the noise floor and the mean predictor as rows, the paper's
-   numbers beside), Figure 11's loss curves with PTL's stage changes, the ordering of the modes per column
-   against the paper's, and each enhanced-minus-not difference against the seeds' spread:
-   `<root>/figure12_phantoms.md|json`, `<root>/table.md|csv|tex`, `<root>/figure11.png`.
+   numbers beside), Figure 11's loss curves with PTL's stage changes, the point orderings per column against
+   the paper's, and the paper's orderings tested (PTL best; all layers < above entry < above middle < above exit
+   < above FC in MAE; enhanced < not enhanced; each PTL reading against the reference one): each a paired
+   difference per seed and per test image (a paired bootstrap over seeds and images from the runs'
+   predictions.csv), Holm-corrected over all of them, and called `holds`, `reversed` or `not resolved`:
+   `<root>/figure12_phantoms.md|json`, `<root>/table.md|csv|tex`, `<root>/comparisons.csv`, `<root>/figure11.png`.
 
 Resumable: every task keeps its own record (medal.resume) and a rerun of the same command returns finished
 runs' metrics and continues an interrupted one from its last checkpoint, so a stopped run continues where it
-stopped. Synthetic hands and a 0.37 M-parameter network: NOT the paper's RSNA result.
+stopped (`--table-only` tabulates what has finished). Synthetic hands and a 0.37 M-parameter network: NOT the
+paper's RSNA result.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -40,20 +50,25 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medal.atomic import write_text
-from medal.models.stages import FINETUNE_MODES, FIXED_MODES, PACED_MODE
+from medal.models.stages import FINETUNE_MODES, FIXED_MODES, PACED_MODE, PACED_MODES, STAGES
 from medal.tables.folder_runs import RunResult, collect_runs
 from medal.tables.make import write_outputs
+from medal.tables.paired import Comparison, Pairing, fmt_p, with_holm
 from medal.tables.table import FIGURE12, FIGURE12_PAPER, Table, TableSpec, build_table
 
 ENHANCER = "gan_l1"  # the enhanced column; "none" is the RoIs themselves
 ENHANCEMENTS = (ENHANCER, "none")
 COHORTS = ("all", "male", "female")
-PTL_STAGES = 5  # head, exit, middle, entry, stem (medal.models.stages)
-HEAD_ONLY = next(iter(FIXED_MODES))  # above_fc: what PTL equalled when it never left its first stage
+PTL_STAGES = len(STAGES)  # head, exit, middle, entry, stem
+PAPER_MODES = (*FIXED_MODES, PACED_MODE)  # the rows the paper has numbers for
+SWEEPS = ("paced", "fixed")  # sweeps/seed<k>/<sweep>/<job>: the folders this script's runs live in
+METRIC, ALPHA = "test/mae", 0.05
+HOLDS, REVERSED, UNRESOLVED = "holds", "reversed", "not resolved"
 
 
 def medal(args: list[str], root: Path, wait: bool = True) -> subprocess.Popen | None:
@@ -145,85 +160,201 @@ def stage_transitions(run: RunResult) -> list[tuple[int, int]]:
     return out
 
 
-def analyse(table: Table, runs: Sequence[RunResult]) -> dict[str, Any]:
-    """Orderings per column against the paper's, enhanced-minus-not per mode and cohort, PTL against above FC,
-    and PTL's stage transitions; every number read from the table's cells or the runs' logs."""
-    columns = [c for c in table.column_values if all(table.cell(m, c).values for m in FINETUNE_MODES)]
-    orders = {}
-    for column in columns:
-        ours = ordering({m: table.cell(m, column).mean for m in FINETUNE_MODES})
-        paper_column = ("gan" if column[0] == ENHANCER else column[0], column[1])
-        paper = ordering({m: FIGURE12_PAPER[(m, *paper_column)] for m in FINETUNE_MODES})
-        orders[" / ".join(column)] = {"ours": ours, "paper": paper, "spearman": spearman(ours, paper)}
-    diffs = []
-    for mode in FINETUNE_MODES:
-        for cohort in COHORTS:
-            enhanced, plain = table.cell(mode, (ENHANCER, cohort)), table.cell(mode, ("none", cohort))
-            if not (enhanced.values and plain.values):
-                continue
-            spreads = [c.std for c in (enhanced, plain) if c.std is not None]  # none with a single seed
-            spread = max(spreads) if spreads else None
-            diff = enhanced.mean - plain.mean
-            diffs.append({"mode": mode, "cohort": cohort, "enhanced": enhanced.mean, "not_enhanced": plain.mean,
-                          "difference": diff, "seed_sd": spread,
-                          "beyond_spread": None if spread is None else abs(diff) > spread})
-    ptl_vs_fc = []
+def epochs_trained(run: RunResult) -> int | None:
+    """Epochs a run logged (its budget as spent), from its per-epoch history."""
+    if run.history is None or "epoch" not in run.history.columns or run.history.empty:
+        return None
+    return int(run.history["epoch"].nunique())
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One comparison the paper's orderings make: `lower` should have the lower MAE than `higher` (`expected`), or,
+    for a PTL reading against the reference one, no direction is claimed (`expected` False)."""
+
+    family: str
+    lower: tuple[str, tuple[str, str]]
+    higher: tuple[str, tuple[str, str]]
+    expected: bool = True
+
+
+def claims(table: Table) -> list[Claim]:
+    """Every comparison of the paper's orderings that the table has both cells of: per column, each PTL reading
+    against each fixed mode (PTL best) and the fixed modes' neighbours (more trained blocks, lower MAE); per mode
+    and cohort, enhanced against not; and each new PTL reading against the reference code's `ptl`."""
+    fixed = list(FIXED_MODES)  # above_fc ... all: more trained blocks along the list
+    out = []
     for column in table.column_values:
-        ptl, fc = table.cell(PACED_MODE, column), table.cell(HEAD_ONLY, column)
-        if ptl.values and fc.values:
-            ptl_vs_fc.append({"column": " / ".join(column), "ptl": ptl.mean, "above_fc": fc.mean,
-                              "difference": ptl.mean - fc.mean,
-                              "seed_sd": max((c.std for c in (ptl, fc) if c.std is not None), default=None)})
-    transitions = [{"seed": r.get("seed"), "enhance": r.get("enhance.name"), "cohort": r.get("cohort.name"),
-                    "transitions": stage_transitions(r)}
-                   for r in runs if r.ok and r.get("finetune.name") == PACED_MODE]
-    return {"orderings": orders, "enhancement": diffs, "ptl_vs_above_fc": ptl_vs_fc, "ptl_stages": transitions}
+        for mode in PACED_MODES:
+            out += [Claim("PTL best", (mode, column), (f, column)) for f in fixed]
+        present = [f for f in fixed if table.cell(f, column).values]  # neighbours among the modes that ran
+        out += [Claim("more blocks trained, lower MAE", (present[i + 1], column), (present[i], column))
+                for i in range(len(present) - 1)]
+        out += [Claim("PTL readings", (mode, column), (PACED_MODE, column), expected=False)
+                for mode in PACED_MODES[1:]]
+    for mode in FINETUNE_MODES:
+        out += [Claim("enhanced < not enhanced", (mode, (ENHANCER, c)), (mode, ("none", c))) for c in COHORTS]
+    return [c for c in out if table.cell(*c.lower).values and table.cell(*c.higher).values]
 
 
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def verdict(comparison: Comparison, expected: bool) -> str:
+    """`holds` (beyond chance in the claimed direction), `reversed` (beyond chance, the other way) or
+    `not resolved`; without a claimed direction, which side is lower (`lower`, `higher`) or `not resolved`."""
+    if not comparison.holds(ALPHA):
+        return UNRESOLVED
+    lower = comparison.difference.mean < 0
+    if not expected:
+        return "lower" if lower else "higher"
+    return HOLDS if lower else REVERSED
+
+
+def tested_claims(table: Table, pairing: Pairing) -> list[dict[str, Any]]:
+    """Each claim as lower - higher on test MAE (paired per seed and, where predictions.csv allow, per image),
+    Holm-corrected over all of them, with its verdict."""
+    found = claims(table)
+    compared = with_holm([pairing.compare(table.cell(*c.lower).runs, table.cell(*c.higher).runs, METRIC, c.lower,
+                                          c.higher) for c in found])
+    rows = []
+    for claim, comparison in zip(found, compared, strict=True):
+        d = comparison.difference
+        rows.append({"family": claim.family, "lower": claim.lower[0], "higher": claim.higher[0],
+                     "column": " / ".join(claim.lower[1]),
+                     "other_column": None if claim.higher[1] == claim.lower[1] else " / ".join(claim.higher[1]),
+                     "difference": None if d is None else d.mean, "low": None if d is None else d.low,
+                     "high": None if d is None else d.high, "p": None if d is None else d.p,
+                     "p_holm": comparison.p_holm, "paired_by": comparison.paired_by, "note": comparison.note,
+                     "verdict": verdict(comparison, claim.expected)})
+    return rows
+
+
+def claim_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per claim (family and pair of modes): in how many columns it holds, is reversed, is not resolved.
+
+    Examples:
+        >>> rows = [{"family": "f", "lower": "a", "higher": "b", "verdict": v} for v in ("holds", "holds", "not resolved")]
+        >>> claim_summary(rows)
+        [{'family': 'f', 'claim': 'a < b', 'holds': 2, 'reversed': 0, 'not resolved': 1, 'lower': 0, 'higher': 0}]
+    """
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["family"], f"{row['lower']} < {row['higher']}")
+        entry = out.setdefault(key, {"family": key[0], "claim": key[1], HOLDS: 0, REVERSED: 0, UNRESOLVED: 0,
+                                     "lower": 0, "higher": 0})
+        entry[row["verdict"]] += 1
+    return list(out.values())
+
+
+def ptl_best(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per PTL reading and column: does it beat every fixed mode beyond chance (the paper's claim), and which
+    fixed modes beat it beyond chance (where PTL still loses)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in (r for r in rows if r["family"] == "PTL best"):
+        entry = out.setdefault((row["lower"], row["column"]), {"mode": row["lower"], "column": row["column"],
+                                                               "beats": [], "loses_to": [], "unresolved": []})
+        key = {HOLDS: "beats", REVERSED: "loses_to", UNRESOLVED: "unresolved"}[row["verdict"]]
+        entry[key].append(row["higher"])
+    for entry in out.values():
+        entry["best"] = len(entry["beats"]) == len(FIXED_MODES)
+    return list(out.values())
+
+
+def analyse(table: Table, runs: Sequence[RunResult], pairing: Pairing | None = None) -> dict[str, Any]:
+    """Point orderings per column against the paper's, the paper's orderings tested with paired statistics,
+    PTL's stage transitions and the epochs every mode spent; every number read from the table's cells (and their
+    runs' predictions) or the runs' logs."""
+    pairing = pairing or Pairing()
+    orders = {}
+    for column in table.column_values:
+        if not all(table.cell(m, column).values for m in PAPER_MODES):
+            continue
+        ours = ordering({m: table.cell(m, column).mean for m in FINETUNE_MODES if table.cell(m, column).values})
+        paper_column = ("gan" if column[0] == ENHANCER else column[0], column[1])
+        paper = ordering({m: FIGURE12_PAPER[(m, *paper_column)] for m in PAPER_MODES})
+        orders[" / ".join(column)] = {"ours": ours, "paper": paper,
+                                      "spearman": spearman([m for m in ours if m in PAPER_MODES], paper)}
+    tested = tested_claims(table, pairing)
+    transitions = [{"mode": r.get("finetune.name"), "seed": r.get("seed"), "enhance": r.get("enhance.name"),
+                    "cohort": r.get("cohort.name"), "transitions": stage_transitions(r)}
+                   for r in runs if r.ok and r.get("finetune.name") in PACED_MODES]
+    budget: dict[str, list[int]] = {}
+    for run in runs:
+        if run.ok and (epochs := epochs_trained(run)) is not None:
+            budget.setdefault(str(run.get("finetune.name")), []).append(epochs)
+    return {"orderings": orders, "claims": tested, "summary": claim_summary(tested), "ptl_best": ptl_best(tested),
+            "ptl_stages": transitions,
+            "epochs_trained": {m: sorted(set(v)) for m, v in budget.items()}}
 
 
 def report(table: Table, facts: dict[str, Any], settings: dict[str, Any], timings: dict[str, float]) -> str:
-    """The markdown report: settings, the table, orderings, differences and PTL's stages."""
+    """The markdown report: settings, the table, which orderings hold, the comparisons, PTL's stages."""
     lines = ["# Figure 12 on phantoms", "", f"Command: `{settings['command']}`", "",
              "Synthetic hands and a 0.37 M-parameter network on 2 CPU cores: **not** the paper's RSNA result "
              "(the `paper:` columns are).", "", "## Settings", ""]
     lines += [f"- {k}: {v}" for k, v in settings.items() if k != "command"]
+    budget = facts["epochs_trained"]
+    lines.append("- epochs each mode's runs logged (the budget as spent): " + "; ".join(
+        f"{m} {'/'.join(map(str, budget[m]))}" for m in FINETUNE_MODES if m in budget))
     if timings:
         lines += ["", "| step | seconds |", "|---|---:|", *(f"| {k} | {v:.0f} |" for k, v in timings.items())]
-    lines.append("")
-    lines += ["## Table", "", table.to_markdown(), "", "## Ordering of the modes (best first)", "",
+    n = sum(r["p_holm"] is not None for r in facts["claims"])
+    how = sorted({r["paired_by"].split(" (")[0] + (" x test images, paired bootstrap" if "images" in r["paired_by"]
+                                                     else ", sign-flip test") for r in facts["claims"]
+                  if r["p_holm"] is not None})
+    lines += ["", "## Table", "", table.to_markdown(), "", "## Which of the paper's orderings hold beyond chance", "",
+              f"Each claim is a paired difference of test MAE (lower minus higher, months), paired by "
+              f"{'; '.join(how) or 'nothing'}; Holm-corrected over all {n} comparisons at {ALPHA}. `holds`: "
+              "beyond chance in the paper's direction; `reversed`: beyond chance the other way; `not resolved`: "
+              "neither. Counts are columns (enhancement x cohort), or cohorts for enhancement.", "",
+              "| claim | comparison | holds | reversed | not resolved |", "|---|---|---:|---:|---:|"]
+    for entry in facts["summary"]:
+        if entry["family"] == "PTL readings":
+            continue
+        lines.append(f"| {entry['family']} | {entry['claim']} | {entry[HOLDS]} | {entry[REVERSED]} | "
+                     f"{entry[UNRESOLVED]} |")
+    lines += ["", "**PTL best?** Per PTL reading and column: the fixed modes it beats beyond chance, and those that "
+              "beat it (where PTL still loses).", "", "| PTL reading | column | best (beats all five) | beats | "
+              "loses to | not resolved |", "|---|---|---|---|---|---|"]
+    for e in facts["ptl_best"]:
+        lines.append(f"| {e['mode']} | {e['column']} | {'yes' if e['best'] else 'no'} | {', '.join(e['beats']) or '–'}"
+                     f" | {', '.join(e['loses_to']) or '–'} | {', '.join(e['unresolved']) or '–'} |")
+    readings = [e for e in facts["summary"] if e["family"] == "PTL readings"]
+    if readings:
+        lines += ["", "**The PTL readings against the reference code's `ptl`** (columns where the reading's MAE is "
+                  "lower / higher beyond chance / not resolved):", ""]
+        lines += [f"- {e['claim'].split(' < ')[0]}: lower in {e['lower']}, higher in {e['higher']}, not resolved "
+                  f"in {e[UNRESOLVED]}" for e in readings]
+    lines += ["", "### Every comparison", "", "| claim | column | lower − higher | 95% CI | p | p (Holm) | verdict | "
+              "paired by |", "|---|---|---:|---|---:|---:|---|---|"]
+    for r in facts["claims"]:
+        column = r["column"] if r["other_column"] is None else f"{r['column']} vs {r['other_column']}"
+        if r["difference"] is None:
+            lines.append(f"| {r['lower']} < {r['higher']} | {column} | – | – | – | – | no test: {r['note']} | – |")
+            continue
+        lines.append(f"| {r['lower']} < {r['higher']} | {column} | {r['difference']:+.2f} | "
+                     f"[{r['low']:+.2f}, {r['high']:+.2f}] | {fmt_p(r['p'])} | {fmt_p(r['p_holm'])} | "
+                     f"{r['verdict']} | {r['paired_by']} |")
+    lines += ["", "## Point orderings of the modes (best first; Spearman over the paper's six rows)", "",
               "| column | phantoms | paper | Spearman |", "|---|---|---|---:|"]
     for column, o in facts["orderings"].items():
         lines.append(f"| {column} | {' < '.join(o['ours'])} | {' < '.join(o['paper'])} | {o['spearman']:.2f} |")
-    lines += ["", "## Enhanced minus not enhanced (months; negative: enhancement helped)", "",
-              "| mode | cohort | enhanced | not enhanced | difference | larger seed sd | beyond the spread |",
-              "|---|---|---:|---:|---:|---:|---|"]
-    for d in facts["enhancement"]:
-        lines.append(f"| {d['mode']} | {d['cohort']} | {d['enhanced']:.2f} | {d['not_enhanced']:.2f} | "
-                     f"{d['difference']:+.2f} | {_num(d['seed_sd'])} | "
-                     f"{'n/a' if d['beyond_spread'] is None else 'yes' if d['beyond_spread'] else 'no'} |")
-    lines += ["", "## PTL minus above FC (months)", "", "| column | PTL | above FC | difference | larger seed sd |",
-              "|---|---:|---:|---:|---:|"]
-    lines += [f"| {d['column']} | {d['ptl']:.2f} | {d['above_fc']:.2f} | {d['difference']:+.2f} | "
-              f"{_num(d['seed_sd'])} |" for d in facts["ptl_vs_above_fc"]]
     lines += ["", "## PTL's stages (epoch: stage, 0 = head only ... 4 = stem too; from the logged `ptl/stage`)", ""]
-    lines += [f"- seed {t['seed']}, {t['enhance']}, {t['cohort']}: "
+    lines += [f"- {t['mode']}, seed {t['seed']}, {t['enhance']}, {t['cohort']}: "
               + ", ".join(f"{e}: {s}" for e, s in t["transitions"]) for t in facts["ptl_stages"]]
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("outputs/figure12_phantoms"))
+    parser.add_argument("--root", type=Path, default=Path("outputs/figure12_ptl"))
     parser.add_argument("--n", type=int, default=1000, help="labelled target phantoms (80/10/10 split)")
     parser.add_argument("--phantom-size", type=int, default=256, help="phantom image height (px)")
     parser.add_argument("--roi-size", type=int, default=128, help="RoI size (px)")
     parser.add_argument("--size", type=int, default=64, help="network input size (px)")
     parser.add_argument("--epochs", type=int, default=12, help="fine-tuning epochs per run")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--cohorts", nargs="+", default=list(COHORTS), choices=COHORTS)
+    parser.add_argument("--modes", nargs="+", default=list(FINETUNE_MODES), choices=FINETUNE_MODES,
+                        help="fine-tune modes to run (default: all nine; fewer for a quick slice)")
     parser.add_argument("--source-n", type=int, default=2000, help="source phantoms (another profile)")
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--gan-epochs", type=int, default=6)
@@ -271,14 +402,30 @@ def train_all(args: argparse.Namespace, root: Path) -> dict[str, float]:
               f"data.image_size={args.size}", f"trainer.max_epochs={args.epochs}", "trainer.precision=32-true",
               "scheduler.per=epoch", "logger=csv", "evaluation.plots=false", "evaluation.bootstrap=200"]
     ptl = ["finetune.patience=1", f"finetune.max_epochs_per_stage={ptl_cap(args.epochs)}"]
+    paced, fixed = ([m for m in modes if m in args.modes] for modes in (PACED_MODES, FIXED_MODES))
     for seed in args.seeds:  # seed slowest: a stopped run leaves whole seeds behind it
         sweeps = root / "sweeps" / f"seed{seed}"
-        medal(boneage_sweep(common, seed, [PACED_MODE], args.cohorts, sweeps / "ptl", args.jobs, ptl), root)
-        medal(boneage_sweep(common, seed, FIXED_MODES, args.cohorts, sweeps / "fixed", args.jobs, []), root)
-    timings[f"{len(args.seeds) * len(FINETUNE_MODES) * 2 * len(args.cohorts)} bone age runs"] = \
-        time.perf_counter() - step
+        if paced:
+            medal(boneage_sweep(common, seed, paced, args.cohorts, sweeps / SWEEPS[0], args.jobs, ptl), root)
+        if fixed:
+            medal(boneage_sweep(common, seed, fixed, args.cohorts, sweeps / SWEEPS[1], args.jobs, []), root)
+    timings[f"{expected_runs(args)} bone age runs"] = time.perf_counter() - step
     timings["total"] = time.perf_counter() - started
     return timings
+
+
+def expected_runs(args: argparse.Namespace) -> int:
+    return len(args.seeds) * len(args.modes) * len(ENHANCEMENTS) * len(args.cohorts)
+
+
+def sweep_runs(root: Path, seeds: Sequence[int]) -> list[RunResult]:
+    """The bone age runs of this script's sweeps (`sweeps/seed<k>/{paced,fixed}/<job>`) for `seeds`; a folder of
+    another layout under `sweeps/` (an earlier version's `ptl/`) is left out, so it cannot pair twice."""
+    folder = root / "sweeps"
+    if not folder.is_dir():
+        raise SystemExit(f"{folder}: no sweeps yet; run without --table-only first")
+    return [r for r in collect_runs(folder)
+            if r.folder is not None and r.folder.parent.name in SWEEPS and r.get("seed") in seeds]
 
 
 def summarise(args: argparse.Namespace, root: Path, timings: dict[str, float]) -> str:
@@ -287,18 +434,19 @@ def summarise(args: argparse.Namespace, root: Path, timings: dict[str, float]) -
     from medal.tables.curves import plot_loss_curves
 
     runs_dir = root / "runs"
-    runs = [r for r in collect_runs(root / "sweeps") if r.get("seed") in args.seeds]  # the seeds asked for
+    runs = sweep_runs(root, args.seeds)
     table = build_table(runs, figure12_spec(), compare=True)
     write_outputs(table, root)
     fig = plot_loss_curves(runs, where={"enhance.name": ENHANCER, "seed": args.seeds[0]})
     save_figure(fig, root / "figure11.png")
-    facts = analyse(table, runs)
+    facts = analyse(table, runs, Pairing())
+    write_claims_csv(facts["claims"], root / "comparisons.csv")
     enhancer, pretrain = read_metrics(runs_dir / "enhance"), read_metrics(runs_dir / "pretrain")
     passthrough = read_metrics(runs_dir / "enhance_none")
     finished = sum(r.ok for r in runs)
     settings = {
         "command": "python scripts/figure12_phantoms.py " + " ".join(sys.argv[1:]),
-        "runs": f"{finished} finished of {len(args.seeds) * len(FINETUNE_MODES) * 2 * len(args.cohorts)}"
+        "runs": f"{finished} finished of {expected_runs(args)}"
                 + (" (`--table-only`: tabulated as the sweeps stood)" if args.table_only else ""),
         "target": f"{args.n} phantoms at {args.phantom_size} px (seed 0), RoIs cut with the true masks at "
                   f"{args.roi_size} px; network input {args.size} px; cohorts {', '.join(args.cohorts)}",
@@ -312,8 +460,9 @@ def summarise(args: argparse.Namespace, root: Path, timings: dict[str, float]) -
         "enhancer": f"`enhance={ENHANCER}` at {args.gan_size} px, {args.gan_epochs} epochs (depth 3, width 16): "
                     f"held-out PSNR {enhancer['test/psnr']:.2f} dB, SSIM {enhancer['test/ssim']:.3f} against "
                     f"pass-through {passthrough['test/psnr']:.2f} dB, {passthrough['test/ssim']:.3f}",
-        "fine-tuning": f"{args.epochs} epochs, RMSprop 1e-3 with inverse-time decay 0.05 per epoch, seeds "
-                       f"{args.seeds}, one split; PTL: patience 1, at most {ptl_cap(args.epochs)} epochs per stage",
+        "fine-tuning": f"{args.epochs} epochs for every mode (trainer.max_epochs), RMSprop 1e-3 with inverse-time "
+                       f"decay 0.05 per epoch, seeds {args.seeds}, one split; modes {', '.join(args.modes)}; every "
+                       f"PTL reading: patience 1, at most {ptl_cap(args.epochs)} epochs per stage",
     }
     text = report(table, facts, settings, timings)
     write_text(root / "figure12_phantoms.md", text)
@@ -323,6 +472,17 @@ def summarise(args: argparse.Namespace, root: Path, timings: dict[str, float]) -
          "cells": {f"{r}|{'|'.join(c)}": table.cell(r, c).values for r in table.row_values
                    for c in table.column_values}}, indent=1, default=str))
     return text
+
+
+def write_claims_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Every tested claim at full precision (the report's last table)."""
+    keys = ["family", "lower", "higher", "column", "other_column", "difference", "low", "high", "p", "p_holm",
+            "verdict", "paired_by", "note"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: row[k] for k in keys} for row in rows)
+    write_text(path, out.getvalue())
 
 
 def main() -> None:

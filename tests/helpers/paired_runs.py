@@ -22,13 +22,13 @@ def truth(images: int = IMAGES) -> pd.DataFrame:
 
 
 def write_run(job_dir: Path, row: str, seed: int, errors: np.ndarray, cohort: str = "all",
-              predictions: bool = True, ids: pd.DataFrame | None = None) -> Path:
+              predictions: bool = True, ids: pd.DataFrame | None = None, enhance: str = "none") -> Path:
     """One finished run of fine-tune mode `row`: absolute errors `errors` (one per test image, months), predictions
     above the truth by them; `predictions=False` leaves no predictions.csv (as a W&B source would)."""
     frame = truth(len(errors)) if ids is None else ids
     (job_dir / ".hydra").mkdir(parents=True)
     config = {"task_name": "boneage", "seed": seed, "finetune": {"name": row}, "cohort": {"name": cohort},
-              "enhance": {"name": "none"}}
+              "enhance": {"name": enhance}}
     (job_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     predicted = frame["true"].to_numpy() + np.asarray(errors, dtype=np.float64)
     male = (frame["sex"] == "M").to_numpy()
