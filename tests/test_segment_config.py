@@ -20,6 +20,7 @@ from medal.active.scoring import (
     StratifiedRandom,
     VoteEntropy,
 )
+from medal.active.stratified import AcquisitionRandom, StratifiedPower
 from medal.config import CONF_DIR
 from medal.errors import MedalError
 from medal.overrides import override_problem
@@ -28,7 +29,8 @@ from medal.segment.segmenter import RandomLabelsBaseline, Segmenter
 
 STRATEGY_CLASSES = {"qbc": QBC, "qbc_paper": QBC, "random": Random, "random_stratified": StratifiedRandom,
                     "entropy": Entropy, "entropy_power": Power, "bald": BALD, "bald_mc": BALD,
-                    "vote_entropy": VoteEntropy, "coreset": CoreSet, "hybrid": Hybrid, "unet_random": Baseline}
+                    "vote_entropy": VoteEntropy, "coreset": CoreSet, "hybrid": Hybrid, "unet_random": Baseline,
+                    "random_acquisition": AcquisitionRandom, "entropy_power_stratified": StratifiedPower}
 
 
 def test_every_strategy_file_is_listed_here() -> None:
