@@ -38,7 +38,7 @@ bench: setup  ## every benchmark -> outputs/bench/*.json, *.md and summary.md
 	  echo "== $$s"; $(RUN) python $$s || exit 1; done
 	$(RUN) python scripts/bench_summary.py
 
-figure12-smoke: setup  ## Figure 12 (36 runs) on phantoms, tiny model; tables from the folder and offline W&B must match
+figure12-smoke: setup  ## Figure 12 (54 runs) on phantoms, tiny model; tables from the folder and offline W&B must match
 	$(RUN) python scripts/figure12_smoke.py --root outputs/figure12_smoke --n 96 --epochs 3
 
 wheels: setup  ## wheels for an offline install: make wheels PY=3.12 PLATFORM=manylinux_2_28_x86_64 [EXCLUDE_INSTALLED_FROM=base-freeze.txt] [EXTRAS=wandb,launchers,optuna]
@@ -48,8 +48,8 @@ wheels: setup  ## wheels for an offline install: make wheels PY=3.12 PLATFORM=ma
 gpu-check:  ## medal at the paper's sizes on one GPU in <= 8 min -> outputs/bench/gpu/ (GPU_CHECK_ARGS="--device cpu --tiny" on a CPU)
 	$(GPU_PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
-figure12: setup  ## Figure 12 on phantoms with signal: pretrained backbone, GAN-enhanced RoIs, 108 runs (3 seeds)
-	nice -n 5 $(RUN) python scripts/figure12_phantoms.py --root outputs/figure12_phantoms
+figure12: setup  ## Figure 12 on phantoms with signal: 5 fixed modes + 4 PTL readings, GAN-enhanced RoIs, 270 runs (5 seeds)
+	nice -n 5 $(RUN) python scripts/figure12_phantoms.py --root outputs/figure12_ptl
 
 lint: setup
 	$(RUN) ruff check medal tests scripts

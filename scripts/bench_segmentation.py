@@ -11,17 +11,24 @@ than the spread over seeds: otherwise the pool or the budget leaves nothing for 
 measure is the worst-decile Dice (the hard cases are what annotation should fix): querying the worst-segmented
 images buys hard cases, not typical ones, so on the mean Dice it need not win at all.
 
-Reported per arm, over seeds (mean and 95% CI): held-out Dice and worst-decile Dice after every round (the
-learning curve: several budgets), at full size at the end, their area under the learning curve (mean over the
-query rounds) with the paired difference from random, labels needed to reach `--target` Dice, the editing effort
-a person would face (Dice between the proposal the folder oracle would export as `<id>_start.png` and the truth,
-and the share of pixels changed, per round), the share of hard acquisitions among the queried images, and the
-spread of the strategy's scores (a degenerate score has cv ~0). Last, pool-scoring throughput of one committee.
+Every arm is measured against `--baseline`, by default the foreground-aware random (`random_stratified`: the
+stronger random of nnActive; plain `random` runs beside it). Reported per arm, over seeds (mean and 95% CI):
+held-out Dice and worst-decile Dice after every round (the learning curve: several budgets), at full size at the
+end, their area under the learning curve (mean over the query rounds) with the paired difference from the
+baseline (per seed: 95% t interval, exact sign-flip p, Holm-corrected over every arm and both measures: the
+statistics of `medal table`, medal.stats), the labels each arm needs to reach the baseline's worst-decile Dice at
+the full budget (the annotation saved; the goal is half), labels needed to reach `--target` Dice, the editing
+effort a person would face (Dice between the proposal the folder oracle would export as `<id>_start.png` and the
+truth, and the share of pixels changed, per round), the share of hard acquisitions among the queried images, and
+the spread of the strategy's scores (a degenerate score has cv ~0). Then a diagnostic of the random baselines'
+strata on one committee trained on the first seed's initial labels: how much of the pool's per-image Dice each
+stratification captures (eta squared) and the hard share each allocation draws. Last, pool-scoring throughput.
 
     python scripts/bench_segmentation.py                          # the CPU benchmark of `make bench` (2 cores)
-    python scripts/bench_segmentation.py --seeds 0 1 --arms random oracle qbc   # a quick look
-    python scripts/bench_segmentation.py --seeds 0 1 2 3 4 --arms random_stratified qbc qbc_paper entropy \
-        entropy_power bald bald_mc coreset hybrid unet_random   # every strategy, 5 seeds (the second table of docs/results.md)
+    python scripts/bench_segmentation.py --seeds 0 1 --arms qbc --budget 24   # a quick look
+    python scripts/bench_segmentation.py --seeds 0 1 2 3 4 --arms qbc_paper entropy_power bald_mc hybrid \
+        vote_entropy unet_random   # the other strategies
+    python scripts/bench_segmentation.py --baseline random_acquisition   # the same runs against another random
     python scripts/bench_segmentation.py --device cuda --net paper --n 600 --raw-size 256 --size 128 \
         --initial 20 --per-round 20 --budget 120 --steps 200 --workers 4    # the paper's 192-map nets, one GPU
 Writes outputs/bench/<name>.{json,md}, <name>_curve.png and <name>_worst_curve.png (name: segmentation, or
@@ -45,10 +52,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from medal.active import compare
+from medal.active import compare, strategies
 from medal.active.loop import lowres
 from medal.active.model import SegModel
 from medal.active.scoring import QBC, Candidates
+from medal.active.stratified import allocate, eta_squared, foreground_share
 from medal.bench import BENCH_DIR, BenchRow, write_bench
 from medal.config import CONF_DIR
 from medal.data.images import read_image
@@ -61,15 +69,21 @@ from medal.segment.evaluate import held_out_scores, per_image_dice
 from medal.segment.experiment import build_learner, configure
 from medal.segment.figures import learning_curve
 from medal.segment.metrics import mask_scores
+from medal.stats import holm, mean_ci, paired_units
 
 log = logging.getLogger("medal.bench")
 ORACLE, RANDOM, BASELINE = "oracle", "random", "unet_random"
-ARMS = ("oracle", "random", "random_stratified", "qbc", "qbc_paper", "entropy", "entropy_power", "bald", "bald_mc",
-        "vote_entropy", "coreset", "hybrid", "unet_random")
-# 6 arms x 10 seeds fit the 2-core budget (60 runs); the other strategies run when named in --arms. Ten seeds, not
-# five: with five, random's spread over seeds hid the yardstick (docs/experiments.md, "Calibrating the yardstick").
-DEFAULT_ARMS = ("oracle", "random", "qbc", "entropy", "bald", "coreset")
-CURVE_ARMS = ("oracle", "random", "random_stratified", "qbc", "entropy", "bald", "coreset")  # drawn in the figures
+STRATIFIED = "random_stratified"  # the foreground-aware random: the default baseline
+RANDOMS = ("random", "random_stratified", "random_acquisition")  # the random baselines (no model uncertainty)
+ARMS = ("oracle", "random", "random_stratified", "random_acquisition", "qbc", "qbc_paper", "entropy", "entropy_power",
+        "entropy_power_stratified", "bald", "bald_mc", "vote_entropy", "coreset", "hybrid", "unet_random")
+# 9 arms x 10 seeds = 90 runs, about 1.5 h on two idle cores; the other strategies run when named in --arms. Ten
+# seeds, not five: with five, random's spread over seeds hid the yardstick (docs/experiments.md, "Calibrating the
+# yardstick").
+DEFAULT_ARMS = ("oracle", "random", "random_stratified", "random_acquisition", "qbc", "entropy",
+                "entropy_power_stratified", "bald", "coreset")
+CURVE_ARMS = ("oracle", "random", "random_stratified", "random_acquisition", "qbc", "entropy",
+              "entropy_power_stratified", "bald", "coreset")  # drawn in the figures
 DICE, WORST = "test/dice", "test/dice_worst_decile"
 NETS = {  # overrides of conf/segment.yaml: (FC-DenseNet member, U-Net baseline); "paper" keeps its defaults
     "tiny": (["segment.net.first_conv=8", "segment.net.growth=4", "segment.net.down_layers=[2,2,2]",
@@ -94,7 +108,11 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     ap.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS, metavar="ARM",
                     help=f"what to run (default: {', '.join(DEFAULT_ARMS)}; also: "
-                         f"{', '.join(a for a in ARMS if a not in DEFAULT_ARMS)}); random and oracle always run")
+                         f"{', '.join(a for a in ARMS if a not in DEFAULT_ARMS)}); the baseline, random and oracle "
+                         "always run")
+    ap.add_argument("--baseline", default=STRATIFIED, choices=[a for a in ARMS if a not in (ORACLE, BASELINE)],
+                    help="the arm every other is compared with, paired by seed (default: the foreground-aware "
+                         "random_stratified)")
     ap.add_argument("--target", type=float, default=0.9, help="held-out Dice target for labels-to-reach")
     ap.add_argument("--workers", type=int, default=2, help="runs in parallel (one torch thread each)")
     ap.add_argument("--root", type=Path, default=Path("outputs"))
@@ -105,7 +123,7 @@ def parse() -> argparse.Namespace:
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device on this machine; run without it for the CPU benchmark")
-    args.arms = [a for a in ARMS if a in {*args.arms, ORACLE, RANDOM}]
+    args.arms = [a for a in ARMS if a in {*args.arms, ORACLE, RANDOM, args.baseline}]
     args.name = args.name or ("segmentation" if args.device == "cpu" else f"segmentation_{args.device}")
     return args
 
@@ -212,14 +230,15 @@ def mean_over(histories: list[list[dict]], key: str, skip_first: bool) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def summarise(arm: str, runs: list[dict], random_runs: list[dict], hard: set[str], target: float) -> dict:
-    """One arm's numbers over seeds (runs in seed order, like `random_runs`). The U-Net baseline has one round
-    (every label at once), so it has a final score but no learning curve to compare."""
+def summarise(arm: str, runs: list[dict], hard: set[str], target: float, reach: float | None) -> dict:
+    """One arm's numbers over seeds (runs in seed order). The U-Net baseline has one round (every label at once),
+    so it has a final score but no learning curve to compare. `reach`: the baseline's worst-decile Dice at the
+    full budget (None while summarising the baseline itself), whose labels-to-reach measure the annotation saved."""
     histories = [r["history"] for r in runs]
     final = {k: [r["final"][k] for r in runs] for k in ("dice", "iou", "dice_worst_decile")}
     out = {
         "curve": compare.curve(histories, DICE), "worst_curve": compare.curve(histories, WORST),
-        "final": {k: compare.mean_ci(v) for k, v in final.items()},
+        "final": {k: mean_ci(v) for k, v in final.items()},
         "edit_dice": mean_over(histories, "oracle/edit_dice", skip_first=True),
         "changed_share": mean_over(histories, "oracle/changed_share", skip_first=True),
         "query_cv": mean_over(histories, "query/cv", skip_first=False),
@@ -227,17 +246,85 @@ def summarise(arm: str, runs: list[dict], random_runs: list[dict], hard: set[str
     }
     if arm == BASELINE:
         return out
-    paired = len(runs) >= 2 and arm != RANDOM  # a paired difference needs two seeds at least
-    reach = [compare.labels_to_reach(h, DICE, target) for h in histories]
-    out.update(labels_to_target=float(np.median(reach)), reached=int(np.isfinite(reach).sum()),
+    to_target = [compare.labels_to_reach(h, DICE, target) for h in histories]
+    out.update(labels_to_target=float(np.median(to_target)), reached=int(np.isfinite(to_target).sum()),
                hard_share=float(np.nanmean([np.mean([i in hard for i, r in run["queried"].items() if r > 0])
                                             for run in runs])))
     for key, metric in (("auc", DICE), ("worst_auc", WORST)):
         values = [compare.area_under_curve(h, metric) for h in histories]
-        out[key] = compare.mean_ci(values)
-        if paired:
-            out[f"vs_random_{key}"] = compare.paired_difference(
-                values, [compare.area_under_curve(r["history"], metric) for r in random_runs])
+        out[key], out[f"{key}_values"] = mean_ci(values), values
+    if reach is not None:
+        per_seed = [compare.labels_at(h, WORST, reach) for h in histories]
+        mean_curve = [{"labelled": n, WORST: m} for n, m, _ in out["worst_curve"]]
+        out["labels_to_baseline"] = {"target": reach, "mean_curve": compare.labels_at(mean_curve, WORST, reach),
+                                     "median": float(np.median(per_seed)), "reached": int(np.isfinite(per_seed).sum())}
+    return out
+
+
+def compare_arms(summary: dict[str, dict], baseline: str, alpha: float = 0.05) -> int:
+    """Every arm's Dice AUC and worst-decile Dice AUC against the baseline's, paired by seed (medal.stats:
+    mean difference, 95% t interval, exact sign-flip p), Holm-corrected over all of them together; stored as
+    `vs_baseline_<key>` in each arm's summary. Returns the size of the family."""
+    tests = [(arm, key, paired_units(s[f"{key}_values"], summary[baseline][f"{key}_values"]))
+             for arm, s in summary.items() if arm not in (baseline, BASELINE) and len(s["auc_values"]) >= 2
+             for key in ("auc", "worst_auc")]
+    for (arm, key, d), p in zip(tests, holm([d.p for _, _, d in tests]), strict=True):
+        summary[arm][f"vs_baseline_{key}"] = {**dataclasses.asdict(d), "se": d.se, "p_holm": p, "holds": p < alpha}
+    return len(tests)
+
+
+def strata_check(args: argparse.Namespace, root: Path, work: Path, data: SegData, masks_dir: Path,
+                 hard: set[str]) -> dict:
+    """What the random baselines' strata capture, on one committee trained on the first seed's initial labels
+    (the model the first query round consults): per pool image its Dice (the difficulty a query can fix) and
+    whether its acquisition is hard; per stratification (random_stratified's predicted-size quantiles,
+    random_acquisition's clusters of image statistics) the share of the Dice's and of the hard flag's variance
+    between strata (eta squared), the hard share per stratum, and the hard share a batch of its allocation
+    draws on average. Reused while the settings stay (a `rebuild` marker beside its AL folder)."""
+    seed = args.seeds[0]
+    overrides = ["strategy=random", f"seed={seed}", f"al.dir={work / 'al' / f'strata_check_seed{seed}'}",
+                 f"al.budget={args.initial}"]
+    cfg = bench_config(args, root, work, overrides)
+    settings = {k: v for k, v in vars(args).items() if k not in {"seeds", "workers", "root", "name", "arms",
+                                                                    "target", "baseline"}}
+    settings.update(seed=seed, config=OmegaConf.to_container(cfg.segment))
+    marker = Marker.in_folder(cfg.al.dir, "strata_check", policy="rebuild", outputs=[cfg.al.dir],
+                              what="strata diagnostic")
+    if marker.status(settings) == "done":
+        return marker.read()["result"]
+    marker.begin(settings, force=True)
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    result = build_learner(configure(cfg), data).run()
+    pool = [r for r in data.where("train") if data.ids[r] not in result.pool.labelled]
+    ids, images = [data.ids[r] for r in pool], data.images[pool]
+    truth = np.stack([lowres(read_image(masks_dir / f"{i}.png") > 0.5, images.shape[-1]) for i in ids])
+    dice = per_image_dice(result.model, images, truth, 16)[0].numpy()
+    is_hard = np.array([i in hard for i in ids], dtype=float)
+    candidates = Candidates(ids, images, 16, images[:0], args.per_round, 1)
+    gen = torch.Generator().manual_seed(seed)
+    schemes = {}
+    for name in (STRATIFIED, "random_acquisition"):
+        strategy = configure(bench_config(args, root, work, [f"strategy={name}"])).strategy
+        if name == STRATIFIED:
+            strata = strategies.quantile_strata(foreground_share(result.model, candidates), strategy.strata)
+            allocation = "proportional"
+        else:
+            strata, allocation = strategy.strata_of(images, gen), strategy.allocation
+        labels = strata.numpy()
+        groups = np.unique(labels)
+        sizes = [int((labels == g).sum()) for g in groups]
+        draws = np.mean([allocate(sizes, args.per_round, allocation, gen) for _ in range(200)], axis=0)
+        hard_by = [float(is_hard[labels == g].mean()) for g in groups]
+        schemes[name] = {"strata": len(groups), "sizes": sizes, "allocation": allocation,
+                         "eta2_dice": eta_squared(dice, labels), "eta2_hard": eta_squared(is_hard, labels),
+                         "hard_share_by_stratum": hard_by, "dice_by_stratum": [float(dice[labels == g].mean())
+                                                                                for g in groups],
+                         "expected_hard_share": float(np.dot(draws, hard_by) / max(args.per_round, 1))}
+    out = {"seed": seed, "pool": len(ids), "labelled": len(result.pool.labelled), "pool_hard_share": is_hard.mean(),
+           "dice_hard": float(dice[is_hard == 1].mean()) if is_hard.any() else math.nan,
+           "dice_ordinary": float(dice[is_hard == 0].mean()), "schemes": schemes}
+    marker.finish(settings, result=out)
     return out
 
 
@@ -245,18 +332,32 @@ def fmt(mean_ci: tuple[float, float] | list[float] | None, digits: int = 4) -> s
     return "–" if mean_ci is None else f"{mean_ci[0]:.{digits}f} ± {mean_ci[1]:.{digits}f}"
 
 
-def delta(d: dict[str, float] | None) -> str:
-    """A paired difference as `+mean ± se; p=...`, flagged when it is beyond the seed spread."""
+def delta(d: dict | None) -> str:
+    """A paired difference as `+mean [low, high]; p, Holm p`, flagged when it holds after Holm's correction."""
     if d is None:
         return "–"
-    return f"{d['mean']:+.4f} ± {d['se']:.4f}; p={d['p']:.3f}{' **beyond spread**' if d['beyond_spread'] else ''}"
+    return (f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]; p={d['p']:.3g}, Holm {d['p_holm']:.3g}"
+            f"{' **holds**' if d['holds'] else ''}")
+
+
+def reach_text(s: dict, budget: int) -> str:
+    """Labels to reach the baseline's worst-decile Dice at the full budget: the mean curve's crossing
+    (interpolated), its share of the budget, and the median over seeds (seeds reaching it)."""
+    r = s.get("labels_to_baseline")
+    if r is None:
+        return "–"
+    curve = "not reached" if not math.isfinite(r["mean_curve"]) else f"{r['mean_curve']:.1f} ({r['mean_curve'] / budget:.0%})"
+    seeds = "not reached" if not math.isfinite(r["median"]) else f"{r['median']:.1f}"
+    return f"{curve}; {seeds} ({r['reached']} seeds)"
 
 
 def table(args: argparse.Namespace, summary: dict[str, dict]) -> str:
-    head = ("| arm | Dice, full size | worst-decile Dice, full size | Dice AUC (working size) | Δ AUC vs random "
-            "(paired, ± se; p) | worst-decile AUC | Δ worst AUC vs random | labels to Dice ≥ "
+    base = args.baseline
+    head = ("| arm | Dice, full size | worst-decile Dice, full size | Dice AUC (working size) | Δ Dice AUC vs "
+            f"{base} [95% CI]; p, Holm p | worst-decile AUC | Δ worst AUC vs {base} | labels to {base}'s "
+            f"worst-decile Dice at {args.budget} (mean curve, share of budget; median over seeds) | labels to Dice ≥ "
             f"{args.target} (median; seeds) | edit Dice of proposals | pixels changed | hard share of queries | "
-            "score cv | s / run |\n" + "|---" * 13 + "|")
+            "score cv | s / run |\n" + "|---" * 14 + "|")
     lines = [head]
     for arm, s in summary.items():
         reach = ("–" if "labels_to_target" not in s else
@@ -264,9 +365,23 @@ def table(args: argparse.Namespace, summary: dict[str, dict]) -> str:
         seeds = f" ({s['reached']}/{len(args.seeds)})" if "reached" in s else ""
         lines.append(
             f"| {arm} | {fmt(s['final']['dice'])} | {fmt(s['final']['dice_worst_decile'])} | {fmt(s.get('auc'))} | "
-            f"{delta(s.get('vs_random_auc'))} | {fmt(s.get('worst_auc'))} | {delta(s.get('vs_random_worst_auc'))} | "
-            f"{reach}{seeds} | {s['edit_dice']:.3f} | {100 * s['changed_share']:.2f}% | "
+            f"{delta(s.get('vs_baseline_auc'))} | {fmt(s.get('worst_auc'))} | {delta(s.get('vs_baseline_worst_auc'))} "
+            f"| {reach_text(s, args.budget)} | {reach}{seeds} | {s['edit_dice']:.3f} | {100 * s['changed_share']:.2f}% | "
             f"{s.get('hard_share', float('nan')):.2f} | {s['query_cv']:.3f} | {s['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def strata_table(check: dict) -> str:
+    lines = [f"Strata diagnostic (seed {check['seed']}, a committee trained on its {check['labelled']} initial "
+             f"labels, the {check['pool']} pool images it would score; pool hard share {check['pool_hard_share']:.2f}; "
+             f"per-image Dice {check['dice_ordinary']:.3f} on ordinary acquisitions, {check['dice_hard']:.3f} on hard "
+             "ones):", "",
+             "| baseline | strata (sizes) | allocation | η² of per-image Dice | η² of the hard flag | hard share by "
+             "stratum | expected hard share of a batch |", "|---|---|---|---:|---:|---|---:|"]
+    for name, c in check["schemes"].items():
+        lines.append(f"| {name} | {c['strata']} ({', '.join(map(str, c['sizes']))}) | {c['allocation']} | "
+                     f"{c['eta2_dice']:.3f} | {c['eta2_hard']:.3f} | "
+                     f"{', '.join(f'{h:.2f}' for h in c['hard_share_by_stratum'])} | {c['expected_hard_share']:.2f} |")
     return "\n".join(lines)
 
 
@@ -292,7 +407,8 @@ def main() -> None:
     torch.set_num_threads(1)
     throughput = scoring_throughput(data, base, args.device)
 
-    settings = {k: v for k, v in vars(args).items() if k not in {"seeds", "workers", "root", "name", "arms", "target"}}
+    settings = {k: v for k, v in vars(args).items() if k not in {"seeds", "workers", "root", "name", "arms", "target",
+                                                                    "baseline"}}
 
     def job(arm: str, seed: int) -> tuple:
         cfg = bench_config(args, root, work, [*arm_overrides(arm), f"seed={seed}",
@@ -308,7 +424,11 @@ def main() -> None:
     def runs_of(arm: str) -> list[dict]:
         return sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
 
-    summary = {arm: summarise(arm, runs_of(arm), runs_of(RANDOM), hard, args.target) for arm in args.arms}
+    base = summarise(args.baseline, runs_of(args.baseline), hard, args.target, None)
+    reach = base["worst_curve"][-1][1]  # the baseline's mean worst-decile Dice at the full budget
+    summary = {arm: summarise(arm, runs_of(arm), hard, args.target, reach) for arm in args.arms}
+    family = compare_arms(summary, args.baseline)
+    check = strata_check(args, root, work, data, masks_dir, hard)
     shown = [a for a in CURVE_ARMS if a in summary]
     png = learning_curve({a: summary[a]["curve"] for a in shown}, BENCH_DIR / f"{args.name}_curve.png",
                          metric=f"held-out Dice ({args.size} px), mean and 95% CI over {len(args.seeds)} seeds",
@@ -317,17 +437,22 @@ def main() -> None:
                                metric="held-out worst-decile Dice, mean and 95% CI")
 
     rows = []
-    rand = summary[RANDOM]["final"]["dice"][0]
+    base_dice = summary[args.baseline]["final"]["dice"][0]
     for arm, s in summary.items():
         rows.append(BenchRow(
             figure=f"{arm}: held-out Dice at {args.budget} labels (full size, mean of {len(args.seeds)} seeds)",
-            value=s["final"]["dice"][0], unit="Dice", baseline="random queries, same budget", baseline_value=rand,
-            extra=s))
-    yards = {key: summary[ORACLE].get(f"vs_random_{key}") for key in ("auc", "worst_auc")}
+            value=s["final"]["dice"][0], unit="Dice", baseline=f"{args.baseline} queries, same budget",
+            baseline_value=base_dice, extra=s))
+    yards = {key: summary[ORACLE].get(f"vs_baseline_{key}") for key in ("auc", "worst_auc")}
     for key, what in (("auc", "Dice"), ("worst_auc", "worst-decile Dice")):
-        rows.append(BenchRow(figure=f"yardstick: oracle upper bound vs random, {what} AUC over the query rounds",
-                             value=summary[ORACLE][key][0], unit="Dice", baseline="random queries",
-                             baseline_value=summary[RANDOM][key][0], extra={"paired": yards[key]}))
+        rows.append(BenchRow(figure=f"yardstick: oracle upper bound vs {args.baseline}, {what} AUC over the query "
+                                    "rounds", value=summary[ORACLE][key][0], unit="Dice",
+                             baseline=f"{args.baseline} queries", baseline_value=summary[args.baseline][key][0],
+                             extra={"paired": yards[key]}))
+    rows.append(BenchRow(figure="strata diagnostic: eta squared of per-image Dice, random_acquisition's strata",
+                         value=check["schemes"]["random_acquisition"]["eta2_dice"], unit="eta2",
+                         baseline="random_stratified's strata (predicted hand size)",
+                         baseline_value=check["schemes"][STRATIFIED]["eta2_dice"], extra=check))
     for label, what in (("fp32_channels_last", "fp32 + channels_last"), ("bf16_channels_last", "bf16 autocast + "
                                                                                      "channels_last")):
         rows.append(BenchRow(figure=f"pool scoring throughput, {what} (3 members, qbc, {args.device})",
@@ -340,11 +465,17 @@ def main() -> None:
         d = yards[key]
         if d is None:
             return f"{what}: needs >= 2 seeds"
-        spread = np.std([compare.area_under_curve(r["history"], DICE if key == "auc" else WORST)
-                         for r in runs_of(RANDOM)], ddof=1)
-        return (f"{what}: the oracle {'beats' if d['beyond_spread'] else 'does NOT beat'} random beyond the seed "
-                f"spread (paired difference {d['mean']:+.4f} ± {d['se']:.4f} se, p={d['p']:.3g}; random's sd over "
-                f"seeds {spread:.4f})")
+        spread = np.std(summary[args.baseline][f"{key}_values"], ddof=1)
+        beats = d["holds"] and d["mean"] > 0
+        return (f"{what}: the oracle {'beats' if beats else 'does NOT beat'} {args.baseline} beyond chance "
+                f"(paired difference {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}], p={d['p']:.3g}, Holm "
+                f"{d['p_holm']:.3g}; {args.baseline}'s sd over seeds {spread:.4f})")
+
+    def winners(key: str) -> str:
+        better = [a for a, s in summary.items() if (d := s.get(f"vs_baseline_{key}")) and d["holds"] and d["mean"] > 0]
+        worse = [a for a, s in summary.items() if (d := s.get(f"vs_baseline_{key}")) and d["holds"] and d["mean"] < 0]
+        return (f"above {args.baseline} beyond chance: {', '.join(better) or 'none'}; below it: "
+                f"{', '.join(worse) or 'none'}")
     notes = (
         f"Phantoms: n={args.n} at {args.raw_size} px, {args.hard:.0%} hard acquisitions (pool {sizes['train']} with "
         f"{counts['train']} hard, val {sizes['val']}, test {sizes['test']} with {counts['test']} hard); working size "
@@ -355,17 +486,24 @@ def main() -> None:
         f"medal.segment.experiment.build_learner). Seeds {args.seeds}. The {len(results)} runs took "
         f"{sum(r['seconds'] for r in results):.0f} s of compute ({args.workers} at a time; runs finished earlier "
         f"with the same settings are reused); this invocation took {wall:.0f} s ({wall / 60:.1f} min) wall-clock.\n\n"
-        f"**Yardstick** (oracle upper bound vs random, area under the learning curve). "
+        f"**Yardstick** (oracle upper bound vs {args.baseline}, area under the learning curve). "
         f"{verdict('worst_auc', 'Worst-decile Dice (primary)')}. {verdict('auc', 'Mean Dice')}.\n\n"
-        "AUC = mean held-out Dice over the query rounds (the learning curve as one number); Δ vs random is paired "
-        "by seed (same initial draw and initialisation), one-sided t-test; 'beyond spread' = mean difference above "
-        "both 2 se and random's sd over seeds. Edit Dice / pixels changed: the proposal a person would be shown "
+        f"**Against {args.baseline}** (Holm over the {family} comparisons: every arm, both measures). Worst-decile "
+        f"Dice AUC: {winners('worst_auc')}. Dice AUC: {winners('auc')}.\n\n"
+        f"AUC = mean held-out Dice over the query rounds (the learning curve as one number); Δ vs {args.baseline} is "
+        "paired by seed (same initial draw and initialisation): mean, 95% t interval, exact two-sided sign-flip p "
+        f"(with {len(args.seeds)} seeds it cannot go below {2 / 2 ** len(args.seeds):.3g}), Holm-adjusted over the "
+        "family; **holds** = Holm p < 0.05. Labels to the baseline's worst-decile Dice: where the arm's mean "
+        f"worst-decile curve reaches {reach:.4f} ({args.baseline} at {args.budget} labels, working size), "
+        "interpolated between rounds, and the median of the seeds' own crossings (a seed that never reaches it "
+        "counts as not reached; the baseline itself reaches its own mean in about half its seeds). Edit Dice / "
+        "pixels changed: the proposal a person would be shown "
         "(the folder oracle's <id>_start.png) against the truth, mean over the query rounds. Hard share: hard "
         f"acquisitions among the queried images (the pool has {counts['train'] / sizes['train']:.2f}). Score cv: "
         "coefficient of variation of the strategy's pool scores (random ~0.58, a degenerate score ~0).\n\n"
         f"{table(args, summary)}\n| coarse Otsu | {coarse_scores['dice']:.4f} | "
-        f"{coarse_scores['dice_worst_decile']:.4f} | – | – | – | – | – | – | – | – | – | – |\n\n"
-        f"Learning curves: {png}, {worst_png}."
+        f"{coarse_scores['dice_worst_decile']:.4f} | – | – | – | – | – | – | – | – | – | – | – |\n\n"
+        f"{strata_table(check)}\n\nLearning curves: {png}, {worst_png}."
     )
     path = write_bench(args.name, rows, notes)
     print(path.with_suffix(".md").read_text())

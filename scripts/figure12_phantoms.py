@@ -68,6 +68,7 @@ PTL_STAGES = len(STAGES)  # head, exit, middle, entry, stem
 PAPER_MODES = (*FIXED_MODES, PACED_MODE)  # the rows the paper has numbers for
 SWEEPS = ("paced", "fixed")  # sweeps/seed<k>/<sweep>/<job>: the folders this script's runs live in
 METRIC, ALPHA = "test/mae", 0.05
+RESAMPLES = 20_000  # per-image bootstrap: p >= 1 / 20,001, so ~190 comparisons can pass Holm at 0.05
 HOLDS, REVERSED, UNRESOLVED = "holds", "reversed", "not resolved"
 
 
@@ -217,7 +218,10 @@ def tested_claims(table: Table, pairing: Pairing) -> list[dict[str, Any]]:
     rows = []
     for claim, comparison in zip(found, compared, strict=True):
         d = comparison.difference
-        rows.append({"family": claim.family, "lower": claim.lower[0], "higher": claim.higher[0],
+        same_mode = claim.lower[0] == claim.higher[0]  # enhanced against not: one mode, two columns
+        label = (f"{claim.lower[0]}: {claim.lower[1][0]} < {claim.higher[1][0]}" if same_mode
+                 else f"{claim.lower[0]} < {claim.higher[0]}")
+        rows.append({"family": claim.family, "claim": label, "lower": claim.lower[0], "higher": claim.higher[0],
                      "column": " / ".join(claim.lower[1]),
                      "other_column": None if claim.higher[1] == claim.lower[1] else " / ".join(claim.higher[1]),
                      "difference": None if d is None else d.mean, "low": None if d is None else d.low,
@@ -231,13 +235,13 @@ def claim_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per claim (family and pair of modes): in how many columns it holds, is reversed, is not resolved.
 
     Examples:
-        >>> rows = [{"family": "f", "lower": "a", "higher": "b", "verdict": v} for v in ("holds", "holds", "not resolved")]
+        >>> rows = [{"family": "f", "claim": "a < b", "verdict": v} for v in ("holds", "holds", "not resolved")]
         >>> claim_summary(rows)
         [{'family': 'f', 'claim': 'a < b', 'holds': 2, 'reversed': 0, 'not resolved': 1, 'lower': 0, 'higher': 0}]
     """
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
-        key = (row["family"], f"{row['lower']} < {row['higher']}")
+        key = (row["family"], row["claim"])
         entry = out.setdefault(key, {"family": key[0], "claim": key[1], HOLDS: 0, REVERSED: 0, UNRESOLVED: 0,
                                      "lower": 0, "higher": 0})
         entry[row["verdict"]] += 1
@@ -328,9 +332,9 @@ def report(table: Table, facts: dict[str, Any], settings: dict[str, Any], timing
     for r in facts["claims"]:
         column = r["column"] if r["other_column"] is None else f"{r['column']} vs {r['other_column']}"
         if r["difference"] is None:
-            lines.append(f"| {r['lower']} < {r['higher']} | {column} | – | – | – | – | no test: {r['note']} | – |")
+            lines.append(f"| {r['claim']} | {column} | – | – | – | – | no test: {r['note']} | – |")
             continue
-        lines.append(f"| {r['lower']} < {r['higher']} | {column} | {r['difference']:+.2f} | "
+        lines.append(f"| {r['claim']} | {column} | {r['difference']:+.2f} | "
                      f"[{r['low']:+.2f}, {r['high']:+.2f}] | {fmt_p(r['p'])} | {fmt_p(r['p_holm'])} | "
                      f"{r['verdict']} | {r['paired_by']} |")
     lines += ["", "## Point orderings of the modes (best first; Spearman over the paper's six rows)", "",
@@ -439,7 +443,7 @@ def summarise(args: argparse.Namespace, root: Path, timings: dict[str, float]) -
     write_outputs(table, root)
     fig = plot_loss_curves(runs, where={"enhance.name": ENHANCER, "seed": args.seeds[0]})
     save_figure(fig, root / "figure11.png")
-    facts = analyse(table, runs, Pairing())
+    facts = analyse(table, runs, Pairing(resamples=RESAMPLES))
     write_claims_csv(facts["claims"], root / "comparisons.csv")
     enhancer, pretrain = read_metrics(runs_dir / "enhance"), read_metrics(runs_dir / "pretrain")
     passthrough = read_metrics(runs_dir / "enhance_none")
@@ -476,7 +480,7 @@ def summarise(args: argparse.Namespace, root: Path, timings: dict[str, float]) -
 
 def write_claims_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """Every tested claim at full precision (the report's last table)."""
-    keys = ["family", "lower", "higher", "column", "other_column", "difference", "low", "high", "p", "p_holm",
+    keys = ["family", "claim", "lower", "higher", "column", "other_column", "difference", "low", "high", "p", "p_holm",
             "verdict", "paired_by", "note"]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")

@@ -1,4 +1,5 @@
-"""Figure 12 smoke run (`make figure12-smoke`): the paper's whole 36-run multirun on phantoms, tiny.
+"""Figure 12 smoke run (`make figure12-smoke`): the whole 54-run multirun on phantoms (the paper's six rows and
+three more readings of PTL), tiny.
 
 phantoms -> segmentation (active learning, tiny) -> GAN enhancer (tiny) -> `medal boneage -m experiment=figure12`
 with `model=tiny`, 64 px and 2 epochs, logged to CSV and offline W&B -> `medal table` from the multirun folder
@@ -64,7 +65,7 @@ def medal(args: list[str], root: Path) -> float:
 
 
 def run_smoke(root: Path, n: int = 96, epochs: int = 2, jobs: int = 1) -> dict[str, float]:
-    """Run every step, check both tables agree and have 36 filled cells; return seconds per step."""
+    """Run every step, check both tables agree and have 54 filled cells; return seconds per step."""
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     timings = {name: medal(args, root) for name, args in steps(root, n, epochs, jobs)}
@@ -75,7 +76,7 @@ def run_smoke(root: Path, n: int = 96, epochs: int = 2, jobs: int = 1) -> dict[s
     if "failed" in table.split("Cells:")[0] or "—" in table.split("Cells:")[0]:
         raise SystemExit(f"not every Figure 12 cell has a value: see {root / 'table_folder' / 'table.md'}")
     lines = ["# Figure 12 smoke run", "",
-             f"Phantoms (n={n}, 128 px), `model=tiny` at 64 px, {epochs} epochs per run, 36 runs; the same table",
+             f"Phantoms (n={n}, 128 px), `model=tiny` at 64 px, {epochs} epochs per run, 54 runs; the same table",
              "was rebuilt from the multirun folder and from the offline W&B runs (identical). A plumbing check on",
              "synthetic hands with a tiny model — not the paper's RSNA result (the `paper:` columns are).", "",
              "| step | seconds |", "|---|---:|", *(f"| {k} | {v:.0f} |" for k, v in timings.items()), "", table]

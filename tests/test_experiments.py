@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medal.cli import main
 from medal.config import CONF_DIR
+from medal.models.stages import FINETUNE_MODES
 from medal.tasks import TASKS
 
 CONF = Path(CONF_DIR)
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT_TASKS = {"figure12": "boneage", "backbones": "boneage", "enhancers": "enhance",
                     "al_strategies": "segment", "demo": "pipeline",
                     "smoke": "pipeline", "pretrain_tiny": "pretrain", "boneage_cpu": "boneage"}
-SWEEP_SIZES = {"figure12": 36, "backbones": 9, "enhancers": 4, "al_strategies": 60, "demo": None, "smoke": None,
+SWEEP_SIZES = {"figure12": 54, "backbones": 9, "enhancers": 4, "al_strategies": 70, "demo": None, "smoke": None,
                "pretrain_tiny": None, "boneage_cpu": None}  # None: no sweep
 
 
@@ -43,17 +44,16 @@ def test_every_experiment_file_is_registered() -> None:
     assert {p.stem for p in (CONF / "experiment").glob("*.yaml")} == set(EXPERIMENT_TASKS)
 
 
-FIGURE12_CELLS = {(m, e, c) for m in ("above_fc", "above_exit", "above_mid", "above_entry", "all", "ptl")
-                  for e in ("gan", "none") for c in ("all", "male", "female")}
+FIGURE12_CELLS = {(m, e, c) for m in FINETUNE_MODES for e in ("gan", "none") for c in ("all", "male", "female")}
 
 
 def _check_figure12_jobs(tmp_path: Path, every_job: bool) -> None:
     base = ["experiment=figure12", "model=tiny"]
     jobs = sweep_jobs(compose_task("boneage", base, tmp_path))
-    assert len(jobs) == 36
+    assert len(jobs) == 54
     assert {tuple(o.split("=")[1] for o in job) for job in jobs} == FIGURE12_CELLS  # finetune, enhance, cohort
-    # Composing is ~0.3 s a job: the fast test composes 6 jobs covering every option of every swept group.
-    chosen = jobs if every_job else [jobs[i * 6 + (i % 2) * 3 + i % 3] for i in range(6)]
+    # Composing is ~0.3 s a job: the fast test composes 9 jobs covering every option of every swept group.
+    chosen = jobs if every_job else [jobs[i * 6 + (i % 2) * 3 + i % 3] for i in range(len(FINETUNE_MODES))]
     cells, fixed = set(), set()
     for cfg in compose_jobs("boneage", base, chosen, tmp_path):
         cells.add((cfg.finetune.name, cfg.enhance.name, cfg.cohort.name))
@@ -66,12 +66,12 @@ def _check_figure12_jobs(tmp_path: Path, every_job: bool) -> None:
         assert {c[0] for c in cells} == {c[0] for c in FIGURE12_CELLS} and len({c[1:] for c in cells}) == 6
 
 
-def test_figure12_expands_to_36_distinct_runs_with_one_seed_and_split(tmp_path: Path) -> None:
+def test_figure12_expands_to_54_distinct_runs_with_one_seed_and_split(tmp_path: Path) -> None:
     _check_figure12_jobs(tmp_path, every_job=False)
 
 
 @pytest.mark.slow
-def test_figure12_composes_all_36_jobs(tmp_path: Path) -> None:
+def test_figure12_composes_all_54_jobs(tmp_path: Path) -> None:
     _check_figure12_jobs(tmp_path, every_job=True)
 
 
@@ -168,13 +168,13 @@ def test_figure12_smoke_commands_compose(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_figure12_smoke_end_to_end(tmp_path: Path) -> None:
-    """The full 36-run Figure 12 multirun on phantoms + both tables (folder and offline W&B), identical."""
+    """The full 54-run Figure 12 multirun on phantoms + both tables (folder and offline W&B), identical."""
     timings = _smoke_module().run_smoke(tmp_path / "smoke", n=64, epochs=1, jobs=2)
     assert set(timings) >= {"figure12", "table (folder)", "table (W&B offline)"}
     folder = tmp_path / "smoke" / "table_folder"
     assert (folder / "table.csv").read_text() == (tmp_path / "smoke" / "table_wandb" / "table.csv").read_text()
     runs = [p for p in (tmp_path / "smoke" / "sweep").iterdir() if p.is_dir() and p.name.isdigit()]
-    assert len(runs) == 36
+    assert len(runs) == 54
     assert (folder / "figure11.png").stat().st_size > 10_000
 
 

@@ -73,8 +73,8 @@ def test_analysis_tests_the_papers_orderings_on_planted_runs(tmp_path: Path) -> 
     assert summary[("more blocks trained, lower MAE", "all < above_entry")]["holds"] == 6
     assert summary[("more blocks trained, lower MAE", "above_entry < above_mid")]["not resolved"] == 6  # a tie
     assert summary[("more blocks trained, lower MAE", "above_exit < above_fc")]["holds"] == 6
-    assert summary[("enhanced < not enhanced", "all < all")]["holds"] == 3
-    assert summary[("enhanced < not enhanced", "above_fc < above_fc")]["not resolved"] == 3
+    assert summary[("enhanced < not enhanced", "all: gan_l1 < none")]["holds"] == 3
+    assert summary[("enhanced < not enhanced", "above_fc: gan_l1 < none")]["not resolved"] == 3
     assert summary[("PTL readings", "ptl_paper < ptl")]["lower"] == 6
     best = {(e["mode"], e["column"]): e for e in facts["ptl_best"]}
     assert best[("ptl_paper", "gan_l1 / all")]["best"]
