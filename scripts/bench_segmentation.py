@@ -424,8 +424,8 @@ def main() -> None:
     def runs_of(arm: str) -> list[dict]:
         return sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
 
-    base = summarise(args.baseline, runs_of(args.baseline), hard, args.target, None)
-    reach = base["worst_curve"][-1][1]  # the baseline's mean worst-decile Dice at the full budget
+    reference = summarise(args.baseline, runs_of(args.baseline), hard, args.target, None)
+    reach = reference["worst_curve"][-1][1]  # the baseline's mean worst-decile Dice at the full budget
     summary = {arm: summarise(arm, runs_of(arm), hard, args.target, reach) for arm in args.arms}
     family = compare_arms(summary, args.baseline)
     check = strata_check(args, root, work, data, masks_dir, hard)

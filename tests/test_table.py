@@ -76,7 +76,7 @@ def test_csv_and_latex(multirun: Path) -> None:
     assert latex.startswith(r"\begin{tabular}{lrrrrrr}")
     assert r"\multicolumn{3}{c}{enhanced} & \multicolumn{3}{c}{not enhanced}" in latex
     body = latex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
-    assert len(body) == 6 and all(line.count("&") == 6 for line in body)
+    assert len(body) == len(FINETUNE_MODES) and all(line.count("&") == 6 for line in body)
     assert "above FC" in body[0] and "failed" in latex and "---" in latex
 
 
@@ -118,7 +118,7 @@ def test_floor_and_mean_predictor_rows_follow_the_modes(multirun: Path) -> None:
     assert float(frame.loc["noise floor", "enhance.name=gan;cohort.name=male"]) == pytest.approx(3.125)
     assert frame.loc["noise floor", "enhance.name=none;cohort.name=female"] == "missing"
     body = table.to_latex().split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
-    assert len(body) == 8 and "noise floor" in body[6]
+    assert len(body) == len(FINETUNE_MODES) + 2 and "noise floor" in body[len(FINETUNE_MODES)]
     assert "noise floor = `test/mae_floor`" in table.to_markdown()
 
 
