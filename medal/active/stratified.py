@@ -52,14 +52,22 @@ def _otsu(image: np.ndarray) -> tuple[float, float]:
     return share, between / float(image.var())
 
 
+def _statistics(image: np.ndarray) -> dict[str, float]:
+    """Every statistic of `STATISTICS` for one image (Otsu's threshold found once)."""
+    p10, p50, p90 = np.percentile(image, [10, 50, 90])
+    share, separability = _otsu(image)
+    return {"background": float(p10), "median": float(p50), "contrast": float(p90 - p10),
+            "border": float(_border(image).mean()), "otsu_share": share, "separability": separability}
+
+
 #: What each statistic measures of an acquisition (images in [0, 1], polarity as the networks see them).
 STATISTICS = {
-    "background": lambda x: float(np.percentile(x, 10)),  # the dark level: exposure, fog
-    "median": lambda x: float(np.median(x)),  # how much of the frame is bright
-    "contrast": lambda x: float(np.percentile(x, 90) - np.percentile(x, 10)),  # low-contrast exposures
-    "border": lambda x: float(_border(x).mean()),  # collimator frames and bright edges
-    "otsu_share": lambda x: _otsu(x)[0],  # the coarse mask's share of the image (hand size, or a frame)
-    "separability": lambda x: _otsu(x)[1],  # how cleanly one threshold splits the image (the coarse phase's ease)
+    "background": "the 10th percentile: the dark level (exposure, fog)",
+    "median": "the median: how much of the frame is bright",
+    "contrast": "the 10-90% range: low-contrast exposures",
+    "border": "the outer ring's mean: collimator frames and bright edges",
+    "otsu_share": "the share above Otsu's threshold: the coarse mask (hand size, or a frame)",
+    "separability": "Otsu's between-class over total variance: how cleanly one threshold splits the image",
 }
 
 
@@ -81,7 +89,8 @@ def image_statistics(images: np.ndarray, names: Sequence[str]) -> np.ndarray:
     x = np.asarray(images, dtype=np.float64)
     if x.ndim != 3:
         raise MedalError(f"image statistics: images shape {x.shape}, expected (N, S, S)")
-    return np.array([[STATISTICS[n](image) for n in names] for image in x]).reshape(len(x), len(names))
+    rows = [_statistics(image) for image in x]
+    return np.array([[row[n] for n in names] for row in rows]).reshape(len(x), len(names))
 
 
 def kmeans_strata(values: np.ndarray, strata: int, seed: int) -> torch.Tensor:
