@@ -32,9 +32,9 @@ from medal.bench import BENCH_DIR, BenchRow, write_bench
 from medal.config import CONF_DIR
 from medal.data.phantom import generate_dataset
 from medal.data.phantom.rois import true_mask_rois
-from medal.enhance.experiment import run_enhance
+from medal.enhance.experiment import held_out_pairs, run_enhance
 from medal.enhance.module import save_sample_grid
-from medal.enhance.pairs import PairDataset, matching_ids, split_ids
+from medal.enhance.pairs import PairDataset
 from medal.enhance.run import clahe_method, generator_method
 from medal.enhance.train import load_generator
 from medal.hardware import use_bf16
@@ -133,8 +133,7 @@ def main() -> None:
 
     # sample grid: input | gan | gan_l1 | clahe | gold on four held-out pairs
     pairs = cfgs["gan"].enhance.pairs
-    split = split_ids(matching_ids(pairs.input_dir, pairs.gold_dir), float(pairs.val_fraction),
-                      float(pairs.test_fraction), int(pairs.seed))
+    split = held_out_pairs(pairs, cfgs["gan"].data)  # the runs' own split (the data set's test holdout left out)
     data = PairDataset(pairs.input_dir, pairs.gold_dir, split.test[:4], args.train_size)
     x = torch.stack([d["input"] for d in data])
     y = torch.stack([d["gold"] for d in data])

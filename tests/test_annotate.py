@@ -25,6 +25,7 @@ from medal.annotate.app import Annotator, png_bytes
 from medal.annotate.request import choose, read_request, read_settings, write_request
 from medal.annotate.rounds import open_round, waiting_round
 from medal.data.images import as_derived, read_image, write_png
+from medal.data.split import HoldoutOptions
 from medal.errors import MedalError
 from medal.pipeline.plan import StageBuilder, wait_for_gold
 from medal.pipeline.stages import StopPipeline
@@ -159,7 +160,9 @@ def gold_request(tmp_path: Path) -> Path:
 def test_the_gold_request_is_recorded_once_and_leaves_the_test_split_alone(gold_request: Path) -> None:
     request = read_request(gold_request)
     assert request is not None and len(request.ids) == 5 and not {"8", "9"} & set(request.ids)
-    again = write_request(gold_request, pd.DataFrame(), None, Path("x"), Path("y"), count=3, seed=1)
+    index = pd.read_csv(gold_request.parent / "index.csv", dtype={"id": str})
+    again = write_request(gold_request, index, gold_request.parent / "work", Path("x"), Path("y"), count=3, seed=1,
+                          holdout=HoldoutOptions())
     assert again.ids == request.ids  # an existing request is kept as recorded
 
 

@@ -48,8 +48,11 @@ def test_split_is_disjoint_complete_and_uses_official_test(dataset: tuple[Path, 
                                                            tmp_path: Path) -> None:
     root, truth = dataset
     roles = _roles(_module(root, tmp_path))
+    saved = pd.read_csv(tmp_path / "out" / SPLIT_FILE, dtype=str)
+    roles["calibration"] = set(saved.loc[saved["role"] == "calibration", "id"])  # in split.csv, never served
     assert not (roles["train"] & roles["val"] or roles["train"] & roles["test"] or roles["val"] & roles["test"])
-    assert roles["train"] | roles["val"] | roles["test"] == set(truth["id"])
+    assert not roles["calibration"] & (roles["train"] | roles["val"] | roles["test"])
+    assert roles["train"] | roles["val"] | roles["test"] | roles["calibration"] == set(truth["id"])
     assert roles["test"] == set(truth.loc[truth["split"] == "test", "id"])
     assert len(roles["val"]) == 10  # 10% of the 100 training + official validation images
 
@@ -155,7 +158,9 @@ def test_strict_refuses_and_lenient_skips_bad_rows(tmp_path: Path, caplog: pytes
         _module(root, tmp_path)
     with caplog.at_level(logging.WARNING, logger="medal.data"):
         dm = _module(root, tmp_path, strict=False)
-    ids = set().union(*_roles(dm).values())
+    saved = pd.read_csv(tmp_path / "out" / SPLIT_FILE, dtype=str)
+    calibration = set(saved.loc[saved["role"] == "calibration", "id"])  # never served, but not skipped either
+    ids = set().union(*_roles(dm).values()) | (calibration - {"1010"})
     assert ids == set(truth["id"]) - {"1003", "1010"}
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("1003" in w for w in warned) and any("1010.png" in w for w in warned)

@@ -19,7 +19,7 @@ from medal.config import CONF_DIR
 from medal.data.augment import AugmentOptions
 from medal.data.progressive import ProgressiveOptions
 from medal.data.sampling import SamplerOptions
-from medal.data.split import SplitOptions
+from medal.data.split import HoldoutOptions, SplitOptions
 from medal.enhance.module import Enhancer
 from medal.errors import MedalError
 from medal.loggers import build_loggers
@@ -74,7 +74,7 @@ def test_ptl_callback_defaults_are_the_yaml_ones() -> None:
 
 def test_data_options_defaults_are_the_composed_config(tmp_path: Path) -> None:
     data = compose_task("boneage", [], tmp_path).data
-    for cls, key in ((SplitOptions, "split"), (SamplerOptions, "sampler"), (AugmentOptions, "augment"),
+    for cls, key in ((SplitOptions, "split"), (HoldoutOptions, "holdout"), (SamplerOptions, "sampler"), (AugmentOptions, "augment"),
                      (ProgressiveOptions, "progressive")):
         defaults = {f.name: _plain(f.default) for f in dataclasses.fields(cls)}
         assert defaults == OmegaConf.to_container(data[key]), key

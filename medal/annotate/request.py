@@ -3,8 +3,9 @@
 The enhancer learns from (RoI, gold standard) pairs; a gold set drawn from one corner of the data (young girls, one
 detector) teaches it one corner. `choose` spreads the request over strata of sex x age (tertiles) x acquisition
 (the source file's bit depth and polarity, the two acquisition traits every RSNA-layout image has), taking one RoI
-per stratum in turn, so every stratum is represented before any gets a second. Only training and validation images
-are candidates: the bone age test split stays untouched by anything a person made.
+per stratum in turn, so every stratum is represented before any gets a second. The data set's test holdout
+(`medal.data.split.held_out_ids`: the official test split, or the split drawn once per data set under
+`data.work_dir`) is never a candidate: no bone age test image gets a gold standard, so no GAN trains on one.
 
 The request lives in `<request_dir>/request.json` (count, seed, the ids in the order the person sees them, each
 id's stratum, the RoI and gold folders); the person's slider settings go to `<request_dir>/settings.csv`. The
@@ -25,6 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from medal.atomic import write_json, write_text
+from medal.data.split import HoldoutOptions, held_out_ids
 from medal.errors import MedalError
 
 log = logging.getLogger("medal.annotate")
@@ -88,18 +90,25 @@ def choose(table: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
     return t.set_index("id").loc[picked].reset_index()[["id", "boneage", "male", "acquisition", "stratum"]]
 
 
-def write_request(request_dir: Path, index: pd.DataFrame, work_dir: Path | None, input_dir: Path,
-                  gold_dir: Path, count: int, seed: int) -> GoldRequest:
-    """Choose and record the request (training and validation RoIs only; the polarity of each image from the coarse
-    phase's table under `work_dir` where there is one); an existing request is kept as it is."""
+def write_request(request_dir: Path, index: pd.DataFrame, work_dir: Path, input_dir: Path, gold_dir: Path,
+                  count: int, seed: int, holdout: HoldoutOptions) -> GoldRequest:
+    """Choose and record the request (never an image of the data set's test holdout, kept under `work_dir`; the
+    polarity of each image from the coarse phase's table there where there is one); an existing request is kept as
+    it is, unless it names a held-out image (made before medal fixed the holdout), which is refused."""
     from medal.segment.coarse_phase import COARSE_DIR, COARSE_TABLE
 
-    coarse_table = Path(work_dir) / COARSE_DIR / COARSE_TABLE if work_dir is not None else None
+    coarse_table = Path(work_dir) / COARSE_DIR / COARSE_TABLE
+    excluded = held_out_ids(index, work_dir, holdout)
     existing = read_request(request_dir)
     if existing is not None:
+        leaked = sorted(set(existing.ids) & excluded)
+        if leaked:
+            raise MedalError(f"{Path(request_dir) / REQUEST}: asks for gold standards of {len(leaked)} test images "
+                             f"(e.g. {leaked[0]}); delete {request_dir} and the gold standards of those images, "
+                             "then rerun to draw a request without them")
         return existing
     rois = {p.stem for p in Path(input_dir).glob("*.png")}
-    rows = index[(index["split"] != "test") & index["id"].isin(rois)]
+    rows = index[~index["id"].astype(str).isin(excluded) & index["id"].isin(rois)]
     inverted: dict[str, bool] = {}
     if coarse_table is not None and coarse_table.is_file():
         coarse = pd.read_csv(coarse_table, dtype={"id": str})
@@ -109,7 +118,7 @@ def write_request(request_dir: Path, index: pd.DataFrame, work_dir: Path | None,
                                           for i, p in zip(rows["id"], rows["path"], strict=True)]})
     picked = choose(table, count, seed)
     if len(picked) < count:
-        log.warning("gold request: %d wanted, only %d training/validation RoIs exist; asking for all of them",
+        log.warning("gold request: %d wanted, only %d RoIs outside the test holdout exist; asking for all of them",
                     count, len(picked))
     write_json(Path(request_dir) / REQUEST, {
         "count": int(count), "seed": int(seed), "input_dir": str(input_dir), "gold_dir": str(gold_dir),

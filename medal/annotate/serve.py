@@ -14,7 +14,9 @@ from medal.annotate.access import TOKEN_ENV, Access, launch_access
 from medal.annotate.app import Annotator, build_app
 from medal.annotate.request import read_request, write_request
 from medal.annotate.rounds import open_round, waiting_round
+from medal.config import options_from
 from medal.data.rsna import read_index
+from medal.data.split import HoldoutOptions
 from medal.errors import MedalError
 
 log = logging.getLogger("medal.annotate")
@@ -39,7 +41,8 @@ def open_annotator(cfg: DictConfig) -> Annotator:
                                  "annotate.gold.count=N to choose N RoIs here")
             index = read_index(cfg.data.root, strict=cfg.data.strict)
             request = write_request(Path(gold.request_dir), index, Path(cfg.data.work_dir), Path(gold.input_dir),
-                                    Path(gold.gold_dir), int(gold.count), int(cfg.seed))
+                                    Path(gold.gold_dir), int(gold.count), int(cfg.seed),
+                                    options_from(HoldoutOptions, cfg.data.holdout, "data.holdout"))
         log.info("gold: %d RoIs requested (%d answered) from %s into %s", len(request.ids),
                  len(request.answered()), request.input_dir, request.gold_dir)
         return Annotator("gold", gold=request)

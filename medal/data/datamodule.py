@@ -26,13 +26,13 @@ from medal.data.cache import FITS, build_cache, load_resized
 from medal.data.progressive import ProgressiveOptions, downscale
 from medal.data.rsna import read_index
 from medal.data.sampling import SamplerOptions, make_sampler
-from medal.data.split import SplitOptions, load_or_make_split
+from medal.data.split import HoldoutOptions, SplitOptions, fixed_holdout, load_or_make_split
 from medal.errors import MedalError
 
 log = logging.getLogger("medal.data")
 
 COHORTS = ("all", "male", "female")
-ROLES = ("train", "val", "test")
+ROLES = ("train", "val", "test")  # what the loaders serve; `calibration` images are left to `medal export`
 
 
 class BoneAgeDataset(Dataset):
@@ -98,6 +98,7 @@ class BoneAgeDataModule(pl.LightningDataModule):
     def __init__(self, root: str | Path, work_dir: str | Path, output_dir: str | Path | None = None,
                  cohort: str = "all", images: str = "raw", image_size: int = 299, fit: str = "pad",
                  cache: bool = True, strict: bool = True, split: SplitOptions | None = None,
+                 holdout: HoldoutOptions | None = None,
                  sampler: SamplerOptions | None = None, augment: AugmentOptions | None = None,
                  batch_size: int = 16, num_workers: int = 0, seed: int = 0, cache_workers: int | None = None,
                  progressive: ProgressiveOptions | None = None):
@@ -114,6 +115,7 @@ class BoneAgeDataModule(pl.LightningDataModule):
         self.cohort, self.images, self.image_size, self.fit = cohort, str(images), int(image_size), fit
         self.use_cache, self.strict, self.seed = cache, strict, seed
         self.split_options = split or SplitOptions()
+        self.holdout_options = holdout or HoldoutOptions()
         self.sampler_options = sampler or SamplerOptions()
         self.augmentation = build_augmentation(augment or AugmentOptions())
         self.progressive = progressive or ProgressiveOptions()
@@ -154,11 +156,14 @@ class BoneAgeDataModule(pl.LightningDataModule):
         if self.frames is not None:
             return
         index = read_index(self.root, strict=self.strict)
-        roles = load_or_make_split(index, self.split_options, self.output_dir)
+        holdout = fixed_holdout(index, self.work_dir, self.holdout_options)
+        roles = load_or_make_split(index, self.split_options, self.output_dir, holdout)
         frame = self._image_paths(index.loc[roles.index].assign(role=roles))
         frame, cache_path = self._attach_cache(frame)
         if self.cohort != "all":
             frame = frame[frame["male"] == (self.cohort == "male")]
+        # every labelled image is cached (one cache for every split seed); the loaders serve train, val and test
+        # only: calibration images are neither trained, selected nor tested on
         self.frames = {role: frame[frame["role"] == role].reset_index(drop=True) for role in ROLES}
         self.datasets = {role: BoneAgeDataset(f, self.image_size, self.fit, cache_path)
                          for role, f in self.frames.items()}
@@ -210,6 +215,7 @@ def build_boneage_datamodule(cfg: DictConfig) -> BoneAgeDataModule:
         root=data.root, work_dir=data.work_dir, output_dir=cfg.paths.output_dir, cohort=cfg.cohort.name,
         images=data.images, image_size=data.image_size, fit=data.fit, cache=data.cache, strict=data.strict,
         split=options_from(SplitOptions, data.split, "data.split"),
+        holdout=options_from(HoldoutOptions, data.holdout, "data.holdout"),
         sampler=options_from(SamplerOptions, data.sampler, "data.sampler"),
         augment=options_from(AugmentOptions, data.augment, "data.augment"),
         batch_size=data.batch_size, num_workers=data.num_workers, seed=cfg.seed, cache_workers=data.cache_workers,

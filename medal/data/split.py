@@ -1,43 +1,77 @@
-"""A seeded train/val(/test) split stratified by bone-age bin and sex, drawn once per run and saved.
+"""Who may see which labelled image: the data set's one test holdout, and each run's seeded split.
 
-The reference code redrew its validation split at every fine-tuning stage, leaking validation images
-into training; here the split is computed once, written to `<output_dir>/split.csv`, and read back by
-any later stage or resumed run.
+Two records, two scopes:
+
+- **The test holdout** (`<data.work_dir>/test_holdout.json`) belongs to the data set. With a labelled official
+  test split (the official RSNA layout, phantoms) it *is* that split; with the Kaggle layout (test images without
+  labels) `data.holdout.fraction` of the labelled images is drawn once, stratified by age and sex from its own
+  seed, and kept. Every bone age run tests on it whatever its split seed, and the gold-standard request and the
+  enhancer's training pairs leave it out (`held_out_ids`), so nothing a person made or a GAN learnt from touches
+  a test image. It is written once; settings or a data set that no longer match it are refused in one line.
+- **The run's split** (`<output_dir>/split.csv`, columns `id, role`) assigns the rest, stratified by bone-age
+  bin and sex from `data.split.seed`: `train`, `val` (checkpoint selection, early stopping, Optuna),
+  `calibration` (carved first and seen by nothing that trains or selects: `medal export` calibrates the
+  bundle's conformal intervals on it) and `test` (the holdout). The reference code redrew its validation split
+  at every fine-tuning stage, leaking validation images into training; here the split is computed once and read
+  back by any later stage or resumed run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from medal.atomic import atomic_path
+from medal.atomic import atomic_path, write_json
 from medal.errors import MedalError
 
 log = logging.getLogger("medal.data")
 
 SPLIT_FILE = "split.csv"
+HOLDOUT_FILE = "test_holdout.json"
+#: Every role `split.csv` may hold: what trains, what selects, what calibrates, what tests.
+ROLES = ("train", "val", "calibration", "test")
 
 
 @dataclass(frozen=True)
 class SplitOptions:
-    """`data.split`: held-out fractions of the labelled pool, the seed and the number of age strata."""
+    """`data.split`: each run's fractions of the labelled pool (the images outside the test holdout), seed, strata."""
 
     val_fraction: float = 0.1
-    test_fraction: float = 0.1  # used only when the data set has no labelled official test split
+    calibration: float = 0.1  # carved before training; `medal export` calibrates the intervals on it
     seed: int = 0
     bins: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("val_fraction", "test_fraction"):
+        for name in ("val_fraction", "calibration"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise MedalError(f"data.split.{name}={value}: must be in [0, 1)")
+        if self.val_fraction + self.calibration >= 1.0:
+            raise MedalError(f"data.split.val_fraction={self.val_fraction} + data.split.calibration="
+                             f"{self.calibration}: must leave images to train on (sum < 1)")
         if self.bins < 1:
             raise MedalError(f"data.split.bins={self.bins}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class HoldoutOptions:
+    """`data.holdout`: the data set's test holdout when it has no labelled official test split (Kaggle layout)."""
+
+    fraction: float = 0.1
+    seed: int = 0
+    bins: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction < 1.0:
+            raise MedalError(f"data.holdout.fraction={self.fraction}: must be in (0, 1)")
+        if self.bins < 1:
+            raise MedalError(f"data.holdout.bins={self.bins}: must be >= 1")
 
 
 def _largest_remainder(quotas: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
@@ -72,44 +106,129 @@ def stratified_holdout(frame: pd.DataFrame, fraction: float, seed: int, bins: in
     return chosen
 
 
-def assign_splits(index: pd.DataFrame, options: SplitOptions) -> pd.Series:
-    """Role of every labelled image: 'train', 'val' or 'test' (Series indexed like `index`).
 
-    The official test split is the test set when it has labels; otherwise `test_fraction` of the
-    labelled pool is held out. Training and official validation images form the pool from which
-    `val_fraction` is drawn. Unlabelled images (e.g. Kaggle's test CSV) get no role.
+def _official_test(index: pd.DataFrame) -> pd.Series:
+    """Rows of the data set's own `test` split (labelled or not)."""
+    return index["split"] == "test"
+
+
+def _holdout_record(index: pd.DataFrame, options: HoldoutOptions) -> dict:
+    """What the holdout of `index` is under `options`: the labelled official test split, else a stratified draw."""
+    labelled = index[index["boneage"].notna()]
+    official = labelled[_official_test(labelled)]
+    if len(official):
+        return {"schema": 1, "source": "official test split", "ids": sorted(official["id"].astype(str))}
+    pool = labelled[~_official_test(labelled)]
+    held = stratified_holdout(pool, options.fraction, options.seed, options.bins)
+    return {"schema": 1, "source": "drawn", "fraction": options.fraction, "seed": options.seed,
+            "bins": options.bins, "ids": sorted(pool.loc[held, "id"].astype(str))}
+
+
+def fixed_holdout(index: pd.DataFrame, work_dir: str | Path, options: HoldoutOptions) -> list[str]:
+    """The labelled ids of the data set's test holdout, read from `<work_dir>/test_holdout.json` or made and saved.
+
+    Written once (atomically; a second writer writes the same), then only read: a record whose source or draw
+    settings differ from today's, or whose images the data set no longer has, is refused in one line rather than
+    redrawn, because runs, gold standards and enhancers made since rely on it.
+    """
+    path = Path(work_dir) / HOLDOUT_FILE
+    wanted = _holdout_record(index, options)
+    if not path.is_file():
+        write_json(path, wanted, indent=1)
+        log.info("test holdout of the data set: %d images (%s), recorded in %s", len(wanted["ids"]),
+                 wanted["source"], path)
+        return list(wanted["ids"])
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise MedalError(f"{path}: not valid JSON ({err}); delete it only together with every run, gold request "
+                         "and enhancer made on this data set since, then rerun") from None
+    fix = (f"the test holdout is fixed once per data set: delete {path} only together with every run, gold request "
+           "and enhancer made on this data set since (they saw the old holdout)")
+    if saved.get("source") != wanted["source"]:
+        raise MedalError(f"{path}: holds a test holdout from the {saved.get('source')}, but the data set now has "
+                         f"{'a labelled official test split' if wanted['source'] != 'drawn' else 'none'}; {fix}")
+    if wanted["source"] == "drawn":
+        for key in ("fraction", "seed", "bins"):
+            if saved.get(key) != wanted[key]:
+                raise MedalError(f"{path}: drawn with data.holdout.{key}={saved.get(key)}, not {wanted[key]}; set "
+                                 f"it back, or {fix}")
+        gone = set(saved["ids"]) - set(index.loc[index["boneage"].notna(), "id"].astype(str))
+        if gone:
+            raise MedalError(f"{path}: {len(gone)} held-out images are no longer labelled images of the data set "
+                             f"(e.g. {sorted(gone)[0]}); restore them, or {fix}")
+    elif saved["ids"] != wanted["ids"]:
+        raise MedalError(f"{path}: the official test split changed since it was recorded ({len(saved['ids'])} "
+                         f"images then, {len(wanted['ids'])} now); restore it, or {fix}")
+    return list(saved["ids"])
+
+
+def held_out_ids(index: pd.DataFrame, work_dir: str | Path, options: HoldoutOptions) -> set[str]:
+    """Every id nothing may learn from: the test holdout and the data set's own `test` split (labelled or not).
+
+    The gold-standard request and the enhancer's training pairs leave these out.
+    """
+    return set(fixed_holdout(index, work_dir, options)) | set(index.loc[_official_test(index), "id"].astype(str))
+
+
+def assign_splits(index: pd.DataFrame, options: SplitOptions, holdout: Collection[str]) -> pd.Series:
+    """Role of every labelled image: 'train', 'val', 'calibration' or 'test' (Series indexed like `index`).
+
+    The `holdout` ids (`fixed_holdout`) are the test set, the same for every seed. From the rest (the pool),
+    `calibration` is carved first, then `val_fraction` of the pool (so a calibration split does not shrink val),
+    each stratified by age bin and sex. Unlabelled images (e.g. Kaggle's test CSV) get no role.
     """
     labelled = index[index["boneage"].notna()]
-    official_test = labelled["split"] == "test"
-    pool = labelled[~official_test]
+    held = labelled["id"].astype(str).isin(set(holdout)).to_numpy()
+    pool = labelled[~held]
     roles = pd.Series("train", index=pool.index, dtype=object)
-    if official_test.any():
-        test_roles = pd.Series("test", index=labelled.index[official_test.to_numpy()], dtype=object)
-    else:
-        held = stratified_holdout(pool, options.test_fraction, options.seed + 1, options.bins)
-        test_roles = pd.Series("test", index=pool.index[held], dtype=object)
-        roles = roles.drop(test_roles.index)
-        log.info("no labelled official test split: held out %d images as test", len(test_roles))
-    rest = pool.loc[roles.index]
-    val = stratified_holdout(rest, options.val_fraction, options.seed, options.bins)
+    calibration = stratified_holdout(pool, options.calibration, options.seed + 2, options.bins)
+    roles[pool.index[calibration]] = "calibration"
+    rest = pool[~calibration]
+    val = stratified_holdout(rest, options.val_fraction / (1.0 - options.calibration), options.seed, options.bins)
     roles[rest.index[val]] = "val"
+    test_roles = pd.Series("test", index=labelled.index[held], dtype=object)
     return pd.concat([roles, test_roles]).loc[labelled.index]
 
 
-def load_or_make_split(index: pd.DataFrame, options: SplitOptions, output_dir: str | Path | None) -> pd.Series:
-    """Roles of `index` rows, read from `<output_dir>/split.csv` when it exists (resume), else drawn and saved."""
+def read_split(path: str | Path) -> pd.Series:
+    """`split.csv` as a Series of roles indexed by id; one line when it is missing or holds an unknown role."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedalError(f"{path}: missing; a bone age run writes its split there")
+    saved = pd.read_csv(path, dtype={"id": str, "role": str})
+    unknown = sorted(set(saved["role"]) - set(ROLES))
+    if unknown:
+        raise MedalError(f"{path}: role {unknown[0]!r} is not one of {', '.join(ROLES)}; delete it to draw a new split")
+    return pd.Series(saved["role"].to_numpy(), index=saved["id"].to_numpy(), dtype=object)
+
+
+def load_or_make_split(index: pd.DataFrame, options: SplitOptions, output_dir: str | Path | None,
+                       holdout: Collection[str]) -> pd.Series:
+    """Roles of `index` rows, read from `<output_dir>/split.csv` when it exists (resume), else drawn and saved.
+
+    A saved split whose test set is not the data set's `holdout` (drawn per run by medal before the holdout was
+    fixed per data set) is refused: its test images may have been gold standards or GAN pairs.
+    """
     path = Path(output_dir) / SPLIT_FILE if output_dir else None
     if path is not None and path.is_file():
-        saved = pd.read_csv(path, dtype={"id": str, "role": str})
-        roles = dict(zip(saved["id"], saved["role"], strict=True))
+        saved = read_split(path)
+        roles = dict(saved.items())
         missing = set(index["id"]) - roles.keys()
         labelled_missing = missing & set(index.loc[index["boneage"].notna(), "id"])
         if labelled_missing:
             raise MedalError(f"{path}: {len(labelled_missing)} labelled images are not in the saved split "
                              f"(e.g. {sorted(labelled_missing)[0]}); delete it to draw a new split")
+        tested = set(saved.index[saved == "test"])
+        if tested != set(holdout):
+            raise MedalError(f"{path}: its test images are not the data set's test holdout ({len(tested ^ set(holdout))} "
+                             "differ; a split drawn before medal fixed one holdout per data set); delete it to draw "
+                             "a new split (a run in a new folder)")
         known = index["id"].isin(roles.keys())
         return pd.Series([roles[i] for i in index.loc[known, "id"]], index=index.index[known], dtype=object)
-    roles = assign_splits(index, options)
+    roles = assign_splits(index, options, holdout)
+    counts = roles.value_counts()
+    log.info("split: %s", ", ".join(f"{role} {int(counts.get(role, 0))}" for role in ROLES))
     if path is not None:
         with atomic_path(path) as tmp:
             pd.DataFrame({"id": index.loc[roles.index, "id"], "role": roles.to_numpy()}).to_csv(tmp, index=False)

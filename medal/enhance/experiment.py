@@ -1,7 +1,8 @@
 """`medal enhance`'s experiment: train the GAN (enhance=gan|gan_l1) or take a baseline (clahe|none), score it
 against gold standards on held-out pairs (`val/*`, `test/*` PSNR and SSIM), and enhance every RoI.
 
-Every method scores the same held-out pairs (`pairs.split_ids` depends only on the ids and the seed), so the
+Every method scores the same held-out pairs (`pairs.split_ids` depends only on the ids, the seed and the
+data set's test holdout, which no pair includes), so the
 runs of `medal enhance -m enhance=gan,gan_l1,clahe,none` compare like with like.
 """
 
@@ -14,7 +15,10 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from medal.config import options_from
 from medal.data.cache import file_stamp
+from medal.data.rsna import read_index
+from medal.data.split import HoldoutOptions, held_out_ids
 from medal.enhance.clahe import clahe_params
 from medal.enhance.pairs import PairSplit, matching_ids, split_ids
 from medal.enhance.run import (
@@ -34,13 +38,16 @@ from medal.loggers import build_loggers
 log = logging.getLogger("medal.enhance")
 
 
-def held_out_pairs(pairs: DictConfig) -> PairSplit | None:
-    """The seeded train/val/test split of the (input, gold) pairs, or None when there are no gold standards."""
+def held_out_pairs(pairs: DictConfig, data: DictConfig) -> PairSplit | None:
+    """The seeded train/val/test split of the (input, gold) pairs, without the data set's bone age test holdout
+    (`data.holdout`), or None when there are no gold standards."""
     if not Path(pairs.gold_dir).is_dir():
         log.warning("%s not found: enhancing without scoring against gold standards", pairs.gold_dir)
         return None
+    holdout = held_out_ids(read_index(data.root, strict=False), data.work_dir,
+                           options_from(HoldoutOptions, data.holdout, "data.holdout"))
     split = split_ids(matching_ids(pairs.input_dir, pairs.gold_dir), float(pairs.val_fraction),
-                      float(pairs.test_fraction), int(pairs.seed))
+                      float(pairs.test_fraction), int(pairs.seed), exclude=holdout)
     log.info("pairs: %d train, %d val, %d test", len(split.train), len(split.val), len(split.test))
     return split
 
@@ -76,7 +83,7 @@ def run_enhance(cfg: DictConfig) -> dict[str, float]:
     """Train (gan) or set up (clahe, none) the enhancer, score it on held-out pairs, enhance every RoI."""
     pl.seed_everything(int(cfg.seed), workers=True)
     enh = cfg.enhance
-    split = held_out_pairs(enh.pairs)
+    split = held_out_pairs(enh.pairs, cfg.data)
     device = inference_device(str(cfg.trainer.accelerator))  # Lightning's fit leaves nothing on the GPU
     method, settings = build_method(cfg, split, device)
 

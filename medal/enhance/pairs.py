@@ -9,7 +9,7 @@ set of parameters per pair, so input and gold stay pixel-aligned.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,10 +55,13 @@ class PairSplit:
     test: list[str]
 
 
-def split_ids(ids: Sequence[str], val_fraction: float, test_fraction: float, seed: int) -> PairSplit:
+def split_ids(ids: Sequence[str], val_fraction: float, test_fraction: float, seed: int,
+              exclude: Collection[str] = ()) -> PairSplit:
     """Seeded train/val/test split of pair ids; val and test get at least one pair each.
 
-    A pure function of (ids, fractions, seed): every method of a sweep scores the same held-out pairs.
+    A pure function of (ids, fractions, seed, exclude): every method of a sweep scores the same held-out pairs.
+    `exclude` (the bone age test holdout, `medal.data.split.held_out_ids`) is left out of every part, so the
+    enhancer never trains, selects or is scored on a bone age test image.
 
     Examples:
         >>> split = split_ids([str(i) for i in range(10)], 0.2, 0.2, seed=0)
@@ -66,14 +69,21 @@ def split_ids(ids: Sequence[str], val_fraction: float, test_fraction: float, see
         (6, 2, 2)
         >>> split == split_ids([str(i) for i in reversed(range(10))], 0.2, 0.2, seed=0)
         True
+        >>> "3" in str(split_ids([str(i) for i in range(10)], 0.2, 0.2, seed=0, exclude={"3"}))
+        False
     """
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise MedalError(
             f"enhance.pairs: val_fraction={val_fraction}, test_fraction={test_fraction}: "
             "each must be in (0, 1) and their sum < 1"
         )
+    excluded = set(exclude)
+    if excluded & set(ids):
+        log.info("pairs: %d of %d are bone age test images (the data set's holdout) and left out",
+                 len(excluded & set(ids)), len(ids))
+        ids = [i for i in ids if i not in excluded]
     if len(ids) < 3:
-        raise MedalError(f"enhance.pairs: {len(ids)} pairs found; need at least 3 (train, val, test)")
+        raise MedalError(f"enhance.pairs: {len(ids)} pairs outside the test holdout; need at least 3 (train, val, test)")
     order = np.random.default_rng(seed).permutation(sorted(ids))
     n_val = max(1, round(val_fraction * len(ids)))
     n_test = max(1, round(test_fraction * len(ids)))

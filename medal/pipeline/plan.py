@@ -175,7 +175,9 @@ def wait_for_gold(task_cfg: DictConfig) -> None:
     adjust (`medal.annotate.request`) and stop, naming the folder, the count and the two ways on; an unfinished
     request stops again, so the GAN never trains on part of what was asked."""
     from medal.annotate.request import read_request, write_request
+    from medal.config import options_from
     from medal.data.rsna import read_index
+    from medal.data.split import HoldoutOptions
 
     enh = task_cfg.enhance
     gold_dir, request_dir = Path(enh.pairs.gold_dir), Path(enh.gold_request.dir)
@@ -185,7 +187,8 @@ def wait_for_gold(task_cfg: DictConfig) -> None:
             return  # gold standards made elsewhere (a phantom set's gold/, a person's own folder)
         index = read_index(task_cfg.data.root, strict=task_cfg.data.strict)
         request = write_request(request_dir, index, Path(task_cfg.data.work_dir), Path(enh.pairs.input_dir), gold_dir,
-                                int(enh.gold_request.count), int(task_cfg.seed))
+                                int(enh.gold_request.count), int(task_cfg.seed),
+                                options_from(HoldoutOptions, task_cfg.data.holdout, "data.holdout"))
     missing = request.missing()
     if missing:
         raise StopPipeline(

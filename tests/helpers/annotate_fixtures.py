@@ -15,6 +15,7 @@ from medal.active.oracles import FolderOracle, QueryContext
 from medal.annotate.adjust import GoldSettings, adjust
 from medal.annotate.request import read_request, record_settings, write_request
 from medal.data.images import DERIVED_BITS, read_image, write_png
+from medal.data.split import HoldoutOptions
 
 SHAPE = (24, 20)  # (H, W) of the round's images
 
@@ -56,7 +57,8 @@ def answer_round(round_dir: Path) -> None:
 
 
 def make_gold_request(root: Path) -> Path:
-    """A gold request of 5 of 10 RoIs (the test split's two left out) under `root`; returns its folder."""
+    """A gold request of 5 of 10 RoIs (the test split's two, the data set's test holdout, left out) under `root`,
+    with the index it was drawn from (`root/index.csv`); returns its folder."""
     rois, rng = root / "roi", np.random.default_rng(2)
     index = pd.DataFrame({"id": [f"{i}" for i in range(10)], "split": ["train"] * 6 + ["val", "val", "test", "test"],
                           "boneage": np.linspace(10, 200, 10), "male": [True, False] * 5})
@@ -66,7 +68,9 @@ def make_gold_request(root: Path) -> Path:
         roi[4:28, 6:26] = rng.uniform(0.2, 0.7, (24, 20))
         paths.append(write_png(rois / f"{image_id}.png", roi, bits=16))
     index["path"] = [str(p) for p in paths]
-    write_request(root / "request", index, None, rois, root / "roi_gold", count=5, seed=0)
+    index.to_csv(root / "index.csv", index=False)
+    write_request(root / "request", index, root / "work", rois, root / "roi_gold", count=5, seed=0,
+                  holdout=HoldoutOptions())
     return root / "request"
 
 
