@@ -61,8 +61,11 @@ def demo_bundle(root: Path) -> Bundle:
     for rel, net in nets.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(root / rel))
-    residuals = {"all": [float(r) for r in range(1, 60)]}
-    calibration = {"images": 59, "min_cohort": 50, "residuals": {"none": residuals, "flip": residuals},
+    estimates = [100.0 + r for r in range(1, 60)]  # residuals 1..59 months against references of 100
+    calibration = {"schema": 2, "images": 59, "source": {"kind": "synthetic"},
+                   "settings": {"method": "sex", "min_cohort": 50, "min_band": 30, "edges": None, "difficulty": None},
+                   "cases": {"id": [str(r) for r in range(59)], "male": [1.0, 0.0] * 29 + [1.0], "reference": [100.0] * 59,
+                             "known": {"none": estimates, "flip": estimates}, "unknown": None, "spread": None},
                    "qc": {"mask_fraction": [None, None], "agreement": [None, None]}}
     return Bundle(root, {"name": "demo-sized (fresh weights)", "versions": {}, "files": {}}, chain, calibration)
 

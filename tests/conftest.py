@@ -43,11 +43,13 @@ def tiny_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def raw_regressor(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished tiny `medal boneage` run on whole radiographs of `tiny_phantoms`, with a sex input (so the sex
-    is needed) and 30 % validation images (the bundles' calibration images); trained once per session."""
+    is needed), 30 % validation images and 30 % calibration images (the bundles' calibration images, which no model
+    trained on or was selected with); trained once per session."""
     from helpers.bundles import train_regressor
 
     root = tmp_path_factory.mktemp("raw_regressor")
-    return train_regressor(tiny_phantoms, root / "train", "model.sex_input=true", "data.split.val_fraction=0.3")
+    return train_regressor(tiny_phantoms, root / "train", "model.sex_input=true", "data.split.val_fraction=0.3",
+                           "data.split.calibration=0.3")
 
 
 @pytest.fixture

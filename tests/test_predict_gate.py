@@ -107,7 +107,7 @@ def test_the_ood_gate_refuses_pictures_unlike_the_training_images_and_the_bundle
         gated: Path, phantom: pd.Series, tmp_path: Path) -> None:
     record = json.loads((gated / GATE).read_text())
     ood = record["ood"]
-    assert ood["false_reject"] == 0.1 and ood["calibration"]["split"] == "val" and ood["threshold"] > 0
+    assert ood["false_reject"] == 0.1 and ood["calibration"]["split"] == "calibration" and ood["threshold"] > 0
     assert ood["fit"]["split"] == "train" and ood["weights"] == WEIGHTS
     manifest = json.loads((gated / "bundle.json").read_text())
     assert {GATE, WEIGHTS} <= set(manifest["files"])  # hashed with the bundle

@@ -7,9 +7,10 @@ under `docs/`, metadata in a manifest):
     configs/inference.json   the chain (`medal.bundle.spec.ChainSpec`): every preprocessing setting
     models/committee.safetensors, models/generator.safetensors, models/regressor_<name>.safetensors
     models/*.onnx            with export.onnx=true (checked against PyTorch; the largest difference recorded)
-    calibration.json         conformal residuals and quality fences on the validation split
+    calibration.json         the chain's estimates on the calibration split (`medal.predict.calibrate`), the
+                             conformal settings and the quality fences
     gate.json, models/ood.safetensors   valid age range, out-of-distribution score and its threshold
-                             (`medal.predict.ood.write_gate`)
+                             (`medal.predict.ood.write_gate`, thresholded on the same calibration images)
     docs/README.md           what it is, how to use it, what it was trained on
 
 The folder's `medal.resume.Marker` (`.medal/export.json`, policy rebuild) holds the sources' stamps: the same
@@ -28,12 +29,22 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
 from medal.atomic import atomic_path, write_json, write_text
-from medal.bundle.manifest import CALIBRATION, INFERENCE, MANIFEST, build_manifest, versions, write_manifest
+from medal.bundle.manifest import (
+    CALIBRATION,
+    INFERENCE,
+    MANIFEST,
+    build_manifest,
+    sha256,
+    versions,
+    write_manifest,
+)
 from medal.bundle.sources import Sources, find_sources, pipeline_regressors
 from medal.config import options_from, to_plain
 from medal.data.cache import file_stamp
+from medal.data.split import SPLIT_FILE
 from medal.errors import MedalError
 from medal.hardware import inference_device
+from medal.predict.conformal import ConformalOptions
 from medal.predict.ood import GATE, GateExportOptions, write_gate
 from medal.resume import Marker
 
@@ -79,30 +90,53 @@ def model_card(name: str, description: str, data: dict[str, Any], calibration: d
     seg, enh = chain.get("segmenter"), chain.get("enhancer")
     segmentation = ("none (the regressors read whole radiographs)" if seg is None else
                     f"{seg['members']} x {seg['arch']} at {seg['image_size']} px, RoI {seg['roi_size']} px")
+    source = calibration["source"]
+    where = (f"{calibration['images']} images of the `calibration` role of `{source.get('split_file')}`, which no model "
+             "trained on or was selected with" if source["kind"] == "split" else
+             f"{calibration['images']} labelled cases from `{source.get('file')}` (sha256 {source.get('sha256', '')[:12]}, "
+             f"{source.get('date')})")
     lines = [f"# {name}", "", description, "", "## Use", "", "```bash",
              "medal predict bundle=<this folder> input=<folder | images.csv | RSNA root>", "```", "",
              "## Parts", "", f"- segmentation: {segmentation}", f"- enhancement: {enh['method'] if enh else 'none'}",
              f"- bone age: {regs}", "", "## Trained on", "", f"- data set {data['name']} at `{data['root']}`",
-             f"- calibration: {calibration['images']} validation images; MAE {calibration['mae']['none']:.2f} months "
-             f"(no TTA), {calibration['mae']['flip']:.2f} (mirror TTA)", "",
+             f"- calibration: {where}; MAE {calibration['mae']['none']:.2f} months (no TTA), "
+             f"{calibration['mae']['flip']:.2f} (mirror TTA); intervals by `{calibration['settings']['method']}` "
+             "conformal (marginal coverage for images exchangeable with these; recalibrate on your own cases with "
+             "`medal recalibrate`)", "",
              f"Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}.", ""]
     return "\n".join(lines)
 
 
-def export_parts(sources: Sources) -> dict[str, Any]:
-    """What the bundle's content depends on: every source file's stamp and record (the export marker's parts)."""
+def export_parts(sources: Sources, conformal: ConformalOptions) -> dict[str, Any]:
+    """What the bundle's content depends on: every source file's stamp and record, and how it is calibrated (the
+    export marker's parts)."""
     stamps = [file_stamp(r.checkpoint) for r in sources.regressors]
     stamps += [file_stamp(p) for p in (sources.committee, sources.generator) if p is not None]
-    return {"stamps": stamps, "chain": sources.chain.to_json(), "data": sources.data}
+    splits = [file_stamp(r.run / SPLIT_FILE) for r in sources.regressors]
+    return {"stamps": stamps, "splits": splits, "chain": sources.chain.to_json(), "data": sources.data,
+            "conformal": dict(conformal.__dict__)}
+
+
+def calibration_settings(sources: Sources, conformal: ConformalOptions) -> dict[str, Any]:
+    """The conformal settings a bundle keeps (and `medal recalibrate` reuses): method, group sizes, the age band
+    edges (quantiles of the training labels) and the difficulty curve (the regressors' validation predictions),
+    both fixed before any calibration image is seen."""
+    from medal.predict.calibrate import band_edges_of, difficulty_of
+
+    return {"method": conformal.method, "min_cohort": conformal.min_cohort, "min_band": conformal.min_band,
+            "edges": band_edges_of(sources.data, conformal.bands),
+            "edges_source": f"{conformal.bands} quantile bands of the training labels of {sources.data['split_file']}",
+            "difficulty": difficulty_of([r.run for r in sources.regressors]),
+            "difficulty_source": "mean absolute error over the estimate of the regressors' validation predictions"}
 
 
 def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device: str, batch_size: int,
-                  num_workers: int, min_cohort: int, gate: GateExportOptions) -> dict[str, float]:
+                  num_workers: int, conformal: ConformalOptions, gate: GateExportOptions) -> dict[str, float]:
     """Write (or reuse) the bundle of `sources` at `root`; returns export metrics."""
     from medal.bundle.load import Bundle
-    from medal.predict.calibrate import calibrate, validation_inputs
+    from medal.predict.calibrate import calibrate, calibration_inputs, refuse_seen
 
-    parts = export_parts(sources)
+    parts = export_parts(sources, conformal)
     outputs = [root / d for d in ("models", "configs", "docs")] + [root / MANIFEST, root / CALIBRATION, root / GATE]
     marker = Marker.in_folder(root, "export", policy="rebuild", outputs=outputs, what="a model bundle")
     if marker.begin({**parts, "gate": gate.__dict__}) == "done" and (root / MANIFEST).is_file():
@@ -113,12 +147,17 @@ def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device
     files.append(INFERENCE)
     # weights load as predict loads them (the bundle proves itself here), before the manifest exists
     bundle = Bundle(root, {"name": name, "versions": versions(), "files": {}}, sources.chain, None)
-    calibration = calibrate(bundle, validation_inputs(sources.data), device, batch_size, num_workers, min_cohort)
+    inputs = calibration_inputs(sources.data)  # refused in one line before anything is written when there are none
+    refuse_seen(set(inputs["id"]), [r.run / SPLIT_FILE for r in sources.regressors])
+    source = {"kind": "split", "split_file": sources.data["split_file"], "role": "calibration",
+              "root": sources.data["root"], "sha256": sha256(sources.data["split_file"])}
+    calibration = calibrate(bundle, inputs, device, batch_size, num_workers, calibration_settings(sources, conformal),
+                            source)
     write_json(root / CALIBRATION, calibration, indent=1)
     files.append(CALIBRATION)
     metrics: dict[str, float] = {"export/calibration_images": float(calibration["images"]),
-                                 "export/val_mae": calibration["mae"]["none"],
-                                 "export/val_mae_tta": calibration["mae"]["flip"]}
+                                 "export/calibration_mae": calibration["mae"]["none"],
+                                 "export/calibration_mae_tta": calibration["mae"]["flip"]}
     gate_files, gate_metrics = write_gate(bundle, sources.data, gate, device, batch_size, num_workers)
     files += gate_files
     metrics |= gate_metrics
@@ -138,8 +177,8 @@ def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device
                               parts={**sources.parts, **extra}, data=sources.data, data_format=DATA_FORMAT)
     write_manifest(root, manifest)
     marker.finish({**parts, "gate": gate.__dict__}, metrics=metrics)
-    log.info("bundle written to %s (%d files; validation MAE %.2f months)", root, len(manifest["files"]),
-             metrics["export/val_mae"])
+    log.info("bundle written to %s (%d files; MAE %.2f months on %d calibration images)", root,
+             len(manifest["files"]), metrics["export/calibration_mae"], calibration["images"])
     return metrics
 
 
@@ -154,7 +193,7 @@ def run_export(cfg: DictConfig) -> dict[str, float]:
     root = Path(str(exp.out)).expanduser().resolve()
     metrics = export_bundle(sources, root, name=str(exp.name), onnx=bool(exp.onnx), device=device,
                             batch_size=int(exp.batch_size), num_workers=int(exp.num_workers),
-                            min_cohort=int(exp.min_cohort),
+                            conformal=options_from(ConformalOptions, exp.conformal, "export.conformal"),
                             gate=options_from(GateExportOptions, exp.gate, "export.gate"))
     (Path(cfg.paths.output_dir)).mkdir(parents=True, exist_ok=True)
     log.info("use it: medal predict bundle=%s input=<folder of radiographs>", root)

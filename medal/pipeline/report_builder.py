@@ -135,9 +135,10 @@ def cam_section(result: StageResult) -> Section:
 def use_section(export: StageResult, predict: StageResult | None) -> Section:
     """The exported bundle and its predictions on images no model saw, linked."""
     m = export.metrics
-    paragraphs = [f"The bone age stages' system as one portable bundle (`medal export`): validation MAE "
-                  f"{_fmt(m.get('export/val_mae'))} months on {_fmt(m.get('export/calibration_images'), 0)} images, "
-                  "which calibrate its intervals. Use it on new radiographs with "
+    paragraphs = [f"The bone age stages' system as one portable bundle (`medal export`): MAE "
+                  f"{_fmt(m.get('export/calibration_mae'))} months on {_fmt(m.get('export/calibration_images'), 0)} "
+                  "calibration images (trained and selected on by no model), which calibrate its intervals. Use it "
+                  "on new radiographs with "
                   "`medal predict bundle=<bundle> input=<folder>`."]
     links = [("bundle manifest (bundle.json)", f) for f in export.files("bundle")]
     links += [("model card", f) for f in export.files("card")]

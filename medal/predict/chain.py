@@ -66,8 +66,12 @@ class ChainOptions:
     coverage: float
     bf16: bool | str  # as_trained (each network's recorded setting, `auto` resolved here) | true | false
     cam: bool
+    interval: str = "bundle"  # the bundle's conformal method (export.conformal.method), or one of conformal.METHODS
 
     def __post_init__(self) -> None:
+        if self.interval != "bundle" and self.interval not in conformal.METHODS:
+            raise MedalError(f"predict.interval={self.interval!r}: choose bundle or one of "
+                             f"{', '.join(conformal.METHODS)}")
         if self.tta not in TTA:
             raise MedalError(f"predict.tta={self.tta!r}: choose one of {', '.join(TTA)}")
         if self.sex not in SEX_POLICIES:
@@ -182,6 +186,12 @@ class ChainModule(pl.LightningModule):
         record = None if calibrating else ood.read_gate(bundle.root)  # export's own passes judge nothing
         self.valid = valid_range.DEFAULT if record is None else record.valid_range
         self.ood = None if record is None else ood.load_model(bundle.root, record)
+        self.intervals: conformal.IntervalTable | None = None
+        if not calibrating:  # refuses an old table in one line before any image is read; says every fallback once
+            method = None if options.interval == "bundle" else options.interval
+            self.intervals = conformal.interval_table(bundle.calibration, options.tta, method)
+            for note in self.intervals.survey():
+                log.info("intervals (%s): %s", self.intervals.method, note)
         seg, enh = self.chain.segmenter, self.chain.enhancer
         self.committee = bundle.committee() if seg is not None else None
         self.generator = bundle.generator() if enh is not None and enh.method == "gan" else None
@@ -336,7 +346,7 @@ class ChainModule(pl.LightningModule):
         row = {"id": s["id"], "sex": sex, "sex_source": s["sex_source"] or ("averaged" if sex == "unknown" else ""),
                "boneage": np.nan, "low": np.nan, "high": np.nan, "spread": np.nan, "seg_confidence": m.agreement,
                "mask_fraction": m.mask_fraction, "flag": "", "status": s["status"], "message": s["message"],
-               "path": s["path"], "reference": s["reference"], "calibration": "",
+               "path": s["path"], "reference": s["reference"], "calibration": "", "interval_method": "",
                "chronological_age": s.get("chronological_age", np.nan), "age_source": s.get("age_source", ""),
                "ood_score": np.nan}
         if s["status"] != "ok":
@@ -351,19 +361,18 @@ class ChainModule(pl.LightningModule):
                                             np.array([male if np.isfinite(male) else np.nan]))
         if not np.isfinite(estimate[0]):
             return {**row, "status": "no_model", "message": f"no regressor of the bundle applies to sex {sex}"}
-        cal = self.bundle.calibration
-        # a known sex: its own residuals (Mondrian conformal) where it has enough; an averaged estimate: its own
+        # a known sex: its own calibration group; an averaged estimate: the residuals of averaged estimates
         group = {"M": "male", "F": "female"}.get(sex, "unknown" if self.chain.needs_sex else "all")
-        used, residuals = conformal.cohort_residuals(cal["residuals"][self.options.tta], group, int(cal["min_cohort"]))
-        radius = conformal.conformal_radius(residuals, self.options.coverage)
+        radius, used = self.intervals.radius(estimate[:1], np.array([group]), self.options.coverage)
         measures = {"mask_fraction": m.mask_fraction, "agreement": m.agreement}
-        status, reason, low, high = valid_range.cut(float(estimate[0]), radius, self.valid)
+        status, reason, low, high = valid_range.cut(float(estimate[0]), float(radius[0]), self.valid)
         if status != "ok":
             return {**row, "status": status, "message": reason}
-        flags = [qc.flags(measures, cal["qc"])] + (["interval_unbounded"] if math.isinf(radius) else [])
+        flags = [qc.flags(measures, self.bundle.calibration["qc"])] + (["interval_unbounded"] if math.isinf(radius[0])
+                                                                        else [])
         flag = ";".join(f for f in flags if f)  # unbounded: too few calibration images, the interval is the range
         return {**row, "boneage": float(estimate[0]), "low": low, "high": high, "spread": float(spread[0]),
-                "flag": flag, "calibration": used,
+                "flag": flag, "calibration": used[0], "interval_method": self.intervals.method,
                 **chronology.assess(float(estimate[0]), low, high, row["chronological_age"], sex)}
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:

@@ -1,28 +1,45 @@
-"""Split-conformal intervals for bone age estimates (absolute residuals on a held-out calibration split).
+"""Split-conformal intervals for bone age estimates, with widths that follow sex and estimated age.
 
-For n calibration images with absolute residuals r_1..r_n (|estimate - truth|, computed by the very chain
-that predicts), the interval of a new estimate y is [y - q, y + q] with q the k-th smallest residual,
-k = ceil((n + 1) * coverage). If the new image is exchangeable with the calibration images (same
+For n calibration images with scores s_1..s_n, the interval of a new estimate y is [y - q, y + q] with q the k-th
+smallest score, k = ceil((n + 1) * coverage). If the new image is exchangeable with the calibration images (same
 distribution, e.g. an unseen image of the same data set), P(truth in interval) >= coverage, and
-<= coverage + 1 / (n + 1) when residuals have no ties (Vovk et al. 2005; Lei et al. 2018). This finite-sample
-rank (the "+1") is what makes the guarantee exact; the plain empirical quantile under-covers for small n.
-When k > n (fewer than coverage / (1 - coverage) images) no finite radius has the guarantee: the interval is
-infinite and says so.
+<= coverage + 1 / (n + 1) when scores have no ties (Vovk et al. 2005; Lei et al. 2018). This finite-sample rank
+(the "+1") is what makes the guarantee exact; the plain empirical quantile under-covers for small n. When k > n
+(fewer than coverage / (1 - coverage) images) no finite radius has the guarantee: the interval is infinite and
+says so. The rank is computed here rather than by crepes' `ConformalRegressor`: crepes 0.9.1 takes index
+`int((1 - c) * (n + 1)) - 1` in floating point, one rank too wide whenever (1 - c)(n + 1) is a whole number
+(n = 9 at 90 % gives an infinite interval, n = 99 the 91st residual instead of the 90th), and it imports
+scikit-learn without declaring it.
 
-Per cohort (sex) where a cohort has at least `min_cohort` calibration images, its own residuals; otherwise the
-pooled ones (a conditional guarantee per cohort needs enough images in it). An estimate for an unknown sex
-(the mean of the estimates as a boy and as a girl) has errors of its own: it is calibrated on the residuals of
-that same averaged estimate over every calibration image (`unknown`).
+Three methods (`METHODS`; `export.conformal.method` sets a bundle's, `predict.interval` may choose another):
+
+- `sex`: absolute residuals per sex where a sex has `min_cohort` calibration images, else pooled. The guarantee
+  is marginal, and per sex where calibrated per sex.
+- `mondrian_age` (Mondrian conformal, Vovk et al. 2005 ch. 4; Bostrom et al. 2020): per band of the *estimated*
+  age (the bundle's band edges, quantiles of its training labels) within a sex; a band of a sex with fewer than
+  `min_band` images uses that band over both sexes, then the sex, then everything, each fallback logged with its
+  count. The guarantee then holds per band (and sex) that was calibrated on its own.
+- `normalised` (Papadopoulos et al. 2008; Lei et al. 2018 sec. 5.2): scores |residual| / sigma(estimate), with
+  sigma the bundle's difficulty curve (the mean absolute error of the regressors' *validation* predictions as a
+  function of their estimate: fixed before calibration, so exchangeability holds), per sex as `sex`; the radius
+  is q * sigma(estimate). The ensemble's spread is not the difficulty: a bundle of one regressor has none.
+
+An estimate for an unknown sex (the mean of the estimates as a boy and as a girl) has errors of its own: it is
+calibrated on the residuals of that same averaged estimate over every calibration image (`unknown`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from medal.errors import MedalError
+
+#: The layout of `calibration.json` this medal writes and reads (1: residuals per sex on the validation split).
+SCHEMA = 2
 
 
 def conformal_radius(residuals: Sequence[float] | np.ndarray, coverage: float) -> float:
@@ -55,24 +72,6 @@ def conformal_radius(residuals: Sequence[float] | np.ndarray, coverage: float) -
     return float(values[k - 1]) if 1 <= k <= values.size else math.inf
 
 
-def cohort_residuals(groups: Mapping[str, Sequence[float]], group: str, min_cohort: int) -> tuple[str, list[float]]:
-    """(group actually used, its residuals): `group`'s own when it has `min_cohort` images, else `all`'s.
-
-    Examples:
-        >>> groups = {"all": [1.0] * 30, "male": [2.0] * 25, "female": [3.0] * 5, "unknown": [4.0] * 30}
-        >>> [cohort_residuals(groups, g, 20)[0] for g in ("male", "female", "all", "unknown")]
-        ['male', 'all', 'all', 'unknown']
-    """
-    own = groups.get(group, [])
-    if group == "unknown" and own:  # the averaged estimate has its own errors, on every calibration image
-        return group, list(own)
-    if group != "all" and len(own) >= min_cohort:
-        return group, list(own)
-    if "all" not in groups:
-        raise MedalError(f"calibration has no pooled residuals (groups: {', '.join(groups)}); re-export the bundle")
-    return "all", list(groups["all"])
-
-
 def empirical_coverage(estimate: np.ndarray, low: np.ndarray, high: np.ndarray, truth: np.ndarray) -> float:
     """Share of images whose truth lies in [low, high] (NaN rows ignored).
 
@@ -87,3 +86,250 @@ def empirical_coverage(estimate: np.ndarray, low: np.ndarray, high: np.ndarray, 
         return float("nan")
     inside = (np.asarray(low)[keep] <= truth[keep]) & (truth[keep] <= np.asarray(high)[keep])
     return float(inside.mean())
+
+
+METHODS = ("sex", "mondrian_age", "normalised")
+GROUPS = ("male", "female", "unknown", "all")
+
+
+@dataclass(frozen=True)
+class ConformalOptions:
+    """`export.conformal`: how a bundle's intervals are calibrated (conf/export.yaml holds the values)."""
+
+    method: str = "mondrian_age"
+    min_cohort: int = 50  # a sex is calibrated on its own residuals from this many images
+    min_band: int = 30  # an age band (of a sex) is calibrated on its own from this many images
+    bands: int = 5  # age bands of mondrian_age: quantiles of the training labels
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise MedalError(f"export.conformal.method={self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.min_cohort < 1 or self.min_band < 1 or self.bands < 1:
+            raise MedalError(f"export.conformal: min_cohort={self.min_cohort}, min_band={self.min_band}, "
+                             f"bands={self.bands}: each must be >= 1")
+
+
+def band_edges(ages: Sequence[float] | np.ndarray, bands: int) -> list[float]:
+    """The `bands - 1` inner edges (months) that cut `ages` into `bands` bands of equal counts (quantiles).
+
+    Examples:
+        >>> [round(e, 6) for e in band_edges(np.arange(0.0, 101.0), 5)]
+        [20.0, 40.0, 60.0, 80.0]
+    """
+    if bands < 1:
+        raise MedalError(f"export.conformal.bands={bands}: must be >= 1")
+    values = np.asarray(ages, dtype=np.float64)
+    if not values.size:
+        raise MedalError("conformal age bands: no ages to place the band edges by")
+    return [float(v) for v in np.quantile(values, np.linspace(0, 1, bands + 1)[1:-1])]
+
+
+def band_of(estimate: np.ndarray | float, edges: Sequence[float]) -> np.ndarray:
+    """Band index (0..len(edges)) of each estimate; an estimate on an edge belongs to the band above it.
+
+    Examples:
+        >>> band_of(np.array([5.0, 20.0, 99.0]), [20.0, 40.0, 60.0, 80.0]).tolist()
+        [0, 1, 4]
+    """
+    return np.searchsorted(np.asarray(edges, dtype=np.float64), np.asarray(estimate, dtype=np.float64), side="right")
+
+
+def band_label(band: int, edges: Sequence[float]) -> str:
+    """A band as people read it: 'estimate < 20 mo', 'estimate 20-40 mo', 'estimate >= 80 mo'.
+
+    Examples:
+        >>> [band_label(b, [20.0, 40.0]) for b in range(3)]
+        ['estimate < 20 mo', 'estimate 20-40 mo', 'estimate >= 40 mo']
+    """
+    if not edges:
+        return "every estimate"
+    if band == 0:
+        return f"estimate < {edges[0]:.0f} mo"
+    if band == len(edges):
+        return f"estimate >= {edges[-1]:.0f} mo"
+    return f"estimate {edges[band - 1]:.0f}-{edges[band]:.0f} mo"
+
+
+def difficulty_curve(estimate: np.ndarray, truth: np.ndarray, bins: int = 8, floor: float = 0.25) -> dict[str, list]:
+    """sigma(estimate) for normalised conformal: the mean absolute error per quantile bin of the estimate, at each
+    bin's median estimate (interpolated between them, constant beyond), floored at `floor` x the overall mean
+    absolute error so that no score is divided by almost nothing. At least 10 images per bin.
+
+    Args:
+        estimate, truth: (n,) months, of images that did not calibrate (the regressors' validation images).
+
+    Examples:
+        >>> est = np.arange(0.0, 200.0)
+        >>> curve = difficulty_curve(est, est + np.where(est < 100, 2.0, 8.0), bins=2)
+        >>> curve["ages"], curve["scale"]
+        ([49.5, 149.5], [2.0, 8.0])
+    """
+    estimate, truth = np.asarray(estimate, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    keep = np.isfinite(estimate) & np.isfinite(truth)
+    estimate, error = estimate[keep], np.abs(estimate[keep] - truth[keep])
+    if not estimate.size:
+        raise MedalError("normalised conformal: no validation predictions to measure the difficulty on")
+    bins = max(1, min(bins, estimate.size // 10))
+    order = np.argsort(estimate, kind="stable")
+    parts = np.array_split(order, bins)
+    lowest = floor * float(error.mean())
+    ages = [float(np.median(estimate[p])) for p in parts]
+    scale = [max(float(error[p].mean()), lowest) for p in parts]
+    return {"ages": ages, "scale": scale}
+
+
+def sigma(estimate: np.ndarray | float, curve: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """The difficulty curve at each estimate (linear between its points, constant beyond).
+
+    Examples:
+        >>> sigma(np.array([0.0, 99.5, 300.0]), {"ages": [49.5, 149.5], "scale": [2.0, 8.0]}).tolist()
+        [2.0, 5.0, 8.0]
+    """
+    return np.interp(np.asarray(estimate, dtype=np.float64), curve["ages"], curve["scale"])
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The calibration scores one query is ranked against, and what to call them."""
+
+    label: str
+    scores: np.ndarray  # sorted
+
+
+class IntervalTable:
+    """Intervals of one method from one calibration set (one TTA mode), for any number of estimates.
+
+    Args:
+        male: (n,) 1.0 / 0.0 of the calibration images.
+        reference: (n,) their reference bone ages (months).
+        known: (n,) the ensemble's estimate given each image's sex.
+        unknown: (n,) the estimate averaged over both sexes (bundles whose models take the sex), or None.
+        method: one of `METHODS`.
+        edges: inner band edges (months) for `mondrian_age`.
+        curve: the difficulty curve for `normalised`.
+        min_cohort: images a sex needs to be calibrated on its own.
+        min_band: images a band (of a sex) needs to be calibrated on its own.
+
+    `notes` lists every fallback to a coarser group with its count (logged by whoever builds the table).
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> ref = rng.uniform(0, 200, 400)
+        >>> est = ref + rng.normal(0, 1 + ref / 20)  # errors grow with age
+        >>> table = IntervalTable(np.zeros(400), ref, est, None, "mondrian_age", [100.0], None, 50, 50)
+        >>> radius, labels = table.radius(np.array([20.0, 180.0]), np.array(["female", "female"]), 0.9)
+        >>> bool(radius[0] < radius[1]), labels
+        (True, ['female, estimate < 100 mo', 'female, estimate >= 100 mo'])
+    """
+
+    def __init__(self, male: np.ndarray, reference: np.ndarray, known: np.ndarray, unknown: np.ndarray | None,
+                 method: str, edges: Sequence[float] | None, curve: Mapping[str, Sequence[float]] | None,
+                 min_cohort: int, min_band: int) -> None:
+        if method not in METHODS:
+            raise MedalError(f"conformal method {method!r}: choose one of {', '.join(METHODS)}")
+        if method == "mondrian_age" and edges is None:
+            raise MedalError("mondrian_age conformal needs the bundle's age band edges; re-export the bundle")
+        if method == "normalised" and curve is None:
+            raise MedalError("normalised conformal needs the bundle's difficulty curve; re-export the bundle")
+        self.method, self.edges, self.curve = method, list(edges or []), curve
+        self.min_cohort, self.min_band = int(min_cohort), int(min_band)
+        male = np.asarray(male, dtype=np.float64)
+        reference = np.asarray(reference, dtype=np.float64)
+        self._sex = {"male": male >= 0.5, "female": male < 0.5, "all": np.ones(male.size, dtype=bool)}
+        self._estimate = {"known": np.asarray(known, dtype=np.float64)}
+        if unknown is not None:
+            self._estimate["unknown"] = np.asarray(unknown, dtype=np.float64)
+        self._score = {}
+        for kind, est in self._estimate.items():
+            error = np.abs(est - reference)
+            self._score[kind] = error / sigma(est, curve) if method == "normalised" else error
+        self._pools: dict[tuple[str, int], Pool] = {}
+        self.notes: list[str] = []
+
+    def _scores(self, kind: str, members: np.ndarray) -> np.ndarray:
+        values = self._score[kind][members]
+        return np.sort(values[np.isfinite(values)])
+
+    def _sex_pool(self, group: str) -> Pool:
+        """`sex` method's pool of a group: its own residuals where it has `min_cohort`, else everyone's."""
+        if group == "unknown":
+            return Pool("unknown", self._scores("unknown", self._sex["all"]))
+        if group != "all":
+            own = self._scores("known", self._sex[group])
+            if own.size >= self.min_cohort:
+                return Pool(group, own)
+            self.notes.append(f"{group}: {own.size} calibration images (< min_cohort {self.min_cohort}): calibrated "
+                              "with both sexes")
+        return Pool("all", self._scores("known", self._sex["all"]))
+
+    def _band_pool(self, group: str, band: int) -> Pool:
+        """`mondrian_age`'s pool: the band within the group, else the band over both sexes, else the group's."""
+        kind = "unknown" if group == "unknown" else "known"
+        in_band = band_of(self._estimate[kind], self.edges) == band
+        where = band_label(band, self.edges)
+        sexes = self._sex["all"] if group in ("unknown", "all") else self._sex[group]
+        own = self._scores(kind, sexes & in_band)
+        if own.size >= self.min_band:
+            return Pool(f"{group}, {where}", own)
+        reason = f"{group}, {where}: {own.size} calibration images (< min_band {self.min_band})"
+        if group in ("male", "female"):
+            both = self._scores(kind, in_band)
+            if both.size >= self.min_band:
+                self.notes.append(f"{reason}: calibrated with both sexes in that band ({both.size})")
+                return Pool(f"both sexes, {where}", both)
+        fallback = self._sex_pool(group)
+        self.notes.append(f"{reason}: calibrated on {fallback.label} ({fallback.scores.size}), every age")
+        return fallback
+
+    def pool(self, group: str, estimate: float) -> Pool:
+        """The scores an estimate of `group` (one of `GROUPS`) is ranked against."""
+        if group not in GROUPS:
+            raise MedalError(f"conformal group {group!r}: one of {', '.join(GROUPS)}")
+        if group == "unknown" and "unknown" not in self._estimate:
+            raise MedalError("this calibration has no averaged-sex residuals (the bundle's models do not take the "
+                             "sex); an unknown sex is calibrated as `all`")
+        band = int(band_of(estimate, self.edges)) if self.method == "mondrian_age" else -1
+        key = (group, band)
+        if key not in self._pools:
+            self._pools[key] = self._band_pool(group, band) if band >= 0 else self._sex_pool(group)
+        return self._pools[key]
+
+    def survey(self) -> list[str]:
+        """Every fallback this table makes, for every group and band (each said once): what export logs."""
+        groups = ["male", "female", "all"] + (["unknown"] if "unknown" in self._estimate else [])
+        bands = range(len(self.edges) + 1) if self.method == "mondrian_age" else [-1]
+        for group in groups:
+            for band in bands:
+                if (group, band) not in self._pools:
+                    self._pools[(group, band)] = (self._band_pool(group, band) if band >= 0
+                                                  else self._sex_pool(group))
+        return list(dict.fromkeys(self.notes))
+
+    def radius(self, estimate: np.ndarray, group: np.ndarray, coverage: float) -> tuple[np.ndarray, list[str]]:
+        """Half-widths (months) of the intervals at `coverage` of (m,) estimates of (m,) groups, and the label
+        of the calibration group each was ranked in (what predictions.csv's `calibration` column shows)."""
+        estimate = np.asarray(estimate, dtype=np.float64)
+        radius, labels = np.empty(estimate.size), []
+        for j, (value, who) in enumerate(zip(estimate, group, strict=True)):
+            chosen = self.pool(str(who), float(value))
+            radius[j] = conformal_radius(chosen.scores, coverage)
+            labels.append(chosen.label)
+        if self.method == "normalised":
+            radius = radius * sigma(estimate, self.curve)
+        return radius, labels
+
+
+def interval_table(calibration: Mapping, tta: str, method: str | None = None) -> IntervalTable:
+    """The `IntervalTable` of a bundle's calibration (`calibration.json`) for one TTA mode, by the bundle's own
+    method unless `method` names another."""
+    if calibration.get("schema") != SCHEMA:
+        raise MedalError("calibration.json: calibrated by an older medal on the validation split, whose images chose "
+                         "the checkpoint (its intervals are too narrow); re-export the bundle from runs with a "
+                         "calibration split, or run `medal recalibrate bundle=<bundle> cases=<labelled cases>`")
+    cases, settings = calibration["cases"], calibration["settings"]
+    unknown = cases["unknown"][tta] if cases["unknown"] is not None else None
+    return IntervalTable(np.array(cases["male"], dtype=np.float64), np.array(cases["reference"], dtype=np.float64),
+                         np.array(cases["known"][tta], dtype=np.float64),
+                         None if unknown is None else np.array(unknown, dtype=np.float64),
+                         method or settings["method"], settings["edges"], settings["difficulty"],
+                         int(settings["min_cohort"]), int(settings["min_band"]))

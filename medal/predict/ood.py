@@ -220,16 +220,18 @@ def write_gate(bundle: Any, data: dict[str, Any], options: GateExportOptions, de
     """Fit and calibrate the OOD score, record the valid range: `gate.json` and `models/ood.safetensors` in the
     bundle folder. Returns (the files written, relative to the bundle, and export metrics).
 
-    The calibration images are the intervals' (`medal.predict.calibrate.validation_inputs`), so both move together.
+    The calibration images are the intervals' at export (`medal.predict.calibrate.calibration_inputs`: the
+    regressors' `calibration` role, which no model trained on or was selected with); `medal recalibrate` rewrites
+    the intervals' table only, and this threshold stays the export's.
     """
-    from medal.predict.calibrate import validation_inputs
+    from medal.predict.calibrate import calibration_inputs
 
     threshold(np.zeros(1), options.false_reject)  # refuses a rate outside (0, 1) before any work
     root = Path(bundle.root)
     valid = from_labels(training_labels(data), options.range_margin)
     fit_inputs = _role_inputs(data, "train", options.fit_images, options.seed)
     fitted = [fit(f) for f in _features(bundle, fit_inputs, device, batch_size, num_workers)]
-    calibration = _features(bundle, validation_inputs(data), device, batch_size, num_workers)
+    calibration = _features(bundle, calibration_inputs(data), device, batch_size, num_workers)
     model = OodModel([m for m, _ in fitted], [p for _, p in fitted], math.inf, options.false_reject,
                      len(calibration[0]))
     scores = model.score(dict(enumerate(calibration)))
@@ -242,7 +244,7 @@ def write_gate(bundle: Any, data: dict[str, Any], options: GateExportOptions, de
     ood = {"method": METHOD, "weights": WEIGHTS, "dims": [len(m) for m, _ in fitted],
            "false_reject": options.false_reject, "threshold": None if math.isinf(limit) else limit,
            "fit": {"split": "train", "images": len(fit_inputs)},
-           "calibration": {"split": "val", "images": len(scores), "source": "validation_inputs",
+           "calibration": {"split": "calibration", "images": len(scores), "source": "calibration_inputs",
                            "median": float(np.median(scores)), "max": float(np.max(scores))}}
     if math.isinf(limit):
         need = math.ceil(1.0 / options.false_reject - 1.0)

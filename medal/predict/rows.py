@@ -20,10 +20,12 @@ from medal.atomic import atomic_path
 
 PREDICTIONS = "predictions.csv"
 COLUMNS = ["id", "sex", "sex_source", "boneage", "low", "high", "spread", "seg_confidence", "mask_fraction",
-           "flag", "status", "message", "calibration", "path", "reference", "overlay", "thumb",
+           "flag", "status", "message", "calibration", "interval_method", "path", "reference", "overlay", "thumb",
            # the clinician's question (medal.predict.chronology): ages in months, never a birth date
            "chronological_age", "age_source", "age_gap", "age_gap_low", "age_gap_high", "sds", "assessment",
            "ood_score"]  # the out-of-distribution score (medal.predict.ood); refused above the bundle's threshold
+# calibration: the group the interval was calibrated on (e.g. `female, estimate 96-131 mo`); interval_method: the
+# conformal method that made it (`medal.predict.conformal.METHODS`)
 #: Every status a row can have; only `ok` rows carry an estimate (`boneage`, `low`, `high`).
 STATUSES = [
     "ok",

@@ -79,7 +79,7 @@ class RowSink(pl.Callback):
 
 def _options(cfg: DictConfig) -> tuple[ChainOptions, dict[str, Any]]:
     node = dict(to_plain(cfg.predict))
-    chain_keys = ("tta", "sex", "coverage", "bf16", "cam")
+    chain_keys = ("tta", "sex", "coverage", "bf16", "cam", "interval")
     return options_from(ChainOptions, {k: node.pop(k) for k in chain_keys if k in node}, "predict"), node
 
 
@@ -140,8 +140,8 @@ def finish_run(out_dir: Path, rows: pd.DataFrame, order: list[str], bundle: str,
     ordered = write_ordered(rows, order, out_dir / PREDICTIONS)
     metrics = {**summarise(ordered, float(options["coverage"])), **extra}
     lines = [f"Bundle {bundle}; {int(metrics['predict/ok'])} of {len(ordered)} images estimated; intervals at "
-             f"{float(options['coverage']):.0%} coverage (split-conformal on {calibration_images} validation "
-             f"images), test-time augmentation: {options['tta']}."]
+             f"{float(options['coverage']):.0%} coverage (split-conformal on {calibration_images} calibration "
+             f"images, method {options['interval']}), test-time augmentation: {options['tta']}."]
     lines += list(notes)
     if "predict/coverage" in metrics:
         lines.append(f"Reference ages given: MAE {metrics['predict/mae']:.2f} months, "
