@@ -125,6 +125,10 @@ def resample(pool: pd.DataFrame, settings: dict, draws: int, seed: int) -> dict:
                 for name, members in cells.items():
                     record.setdefault(name, []).append(float(inside[members].mean()) if members.any() else np.nan)
                 record.setdefault("width", []).append(float(np.mean(2 * radius)))
+                for b in range(len(edges) + 1):  # how the width follows the estimated age
+                    members = cells[f"band_est_{b}"]
+                    record.setdefault(f"width_est_{b}", []).append(float(np.mean(2 * radius[members]))
+                                                                    if members.any() else np.nan)
     return out
 
 
@@ -137,7 +141,7 @@ def rows_of(results: dict) -> tuple[list[BenchRow], list[str]]:
             r = results[method][coverage]
             mean = {k: float(np.nanmean(v)) for k, v in r.items()}
             spread = {k: float(np.nanstd(v)) for k, v in r.items()}
-            gap = {k: v - coverage for k, v in mean.items() if k != "width"}
+            gap = {k: v - coverage for k, v in mean.items() if not k.startswith("width")}
             worst = {kind: max((k for k in gap if k.startswith(prefix)), key=lambda k: abs(gap[k]))
                      for kind, prefix in (("sex", ("male", "female")), ("band", "band_est_"),
                                           ("true band", "band_true_"))}
@@ -162,12 +166,12 @@ def rows_of(results: dict) -> tuple[list[BenchRow], list[str]]:
 def group_table(results: dict, edges: list[float]) -> str:
     """Markdown: mean coverage of every group, method and nominal level."""
     names = ["all", "male", "female"] + [f"band_est_{b}" for b in range(len(edges) + 1)] + [
-        f"band_true_{b}" for b in range(len(edges) + 1)] + ["width"]
+        f"band_true_{b}" for b in range(len(edges) + 1)] + ["width"] + [f"width_est_{b}" for b in (0, len(edges))]
     lines = ["| method | nominal | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for coverage in COVERAGES:
         for method in METHODS:
             r = results[method][coverage]
-            cells = [f"{np.nanmean(r[k]):.3f}" if k != "width" else f"{np.nanmean(r[k]):.1f} mo" for k in names]
+            cells = [f"{np.nanmean(r[k]):.1f} mo" if k.startswith("width") else f"{np.nanmean(r[k]):.3f}" for k in names]
             lines.append(f"| {method} | {coverage:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -207,7 +211,8 @@ def main() -> None:
              f"draws {drawn:.1f} s; total {time.perf_counter() - started:.0f} s, {torch.get_num_threads()} torch "
              f"threads, load average {Path('/proc/loadavg').read_text().split()[0]} (shared cores). Goals missed: "
              + ("; ".join(missed) if missed else "none") + ".\n\nMean coverage per group (est = band of the estimated "
-             "age, true = band of the true age, 0 youngest):\n\n" + group_table(results, edges))
+             "age, true = band of the true age, 0 youngest) and mean width (all; the youngest and the oldest band of the "
+             "estimated age):\n\n" + group_table(results, edges))
     path = write_bench("coverage", bench_rows, notes)
     (path.parent / "coverage_draws.json").write_text(json.dumps(
         {m: {str(c): v for c, v in r.items()} for m, r in results.items()}))
