@@ -1,4 +1,4 @@
-"""Quality flags: is an image's mask plausible, judged against what the bundle saw on its own validation split?
+"""Quality flags: is an image's mask plausible, judged against what the bundle saw on its calibration images?
 
 Two measures of the segmentation: the mask's share of the radiograph (`mask_fraction`) and the committee's
 agreement (mean pairwise Dice of the members' masks at working resolution; NaN for a single network). Each gets
