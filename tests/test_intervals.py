@@ -51,6 +51,18 @@ def test_adaptive_methods_cover_every_age_band_where_the_sex_method_does_not(met
     assert covered["sex"][1] > 0.98 and covered["sex"][2] < 0.85  # today's: too wide for infants, too narrow later
 
 
+def test_conformal_option_defaults_are_the_export_yaml(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from helpers.hydra_compose import compose_task
+    from omegaconf import OmegaConf
+
+    from medal.predict.conformal import ConformalOptions
+
+    composed = OmegaConf.to_container(compose_task("export", [], tmp_path).export.conformal)
+    assert {f.name: f.default for f in fields(ConformalOptions)} == composed
+
+
 def test_a_sparse_band_falls_back_to_a_coarser_group_and_says_so() -> None:
     rng = np.random.default_rng(1)
     male, ref, est = _heteroscedastic(400, rng)
@@ -108,13 +120,17 @@ def test_recalibrate_rewrites_the_table_keeps_the_old_and_the_manifest_consisten
     index = read_index(tiny_phantoms, strict=False)
     test = index[index["split"] == "test"]
     cases = tmp_path / "cases.csv"
-    test.assign(male=test["male"].astype(int))[["id", "path", "male", "boneage"]].to_csv(cases, index=False)
+    broken = tmp_path / "broken.png"  # a case whose file is cut short: left out, said, the rest calibrates
+    broken.write_bytes(Path(test["path"].iloc[0]).read_bytes()[:200])
+    table = test.assign(male=test["male"].astype(int))[["id", "path", "male", "boneage"]]
+    pd.concat([table, pd.DataFrame({"id": ["broken"], "path": [str(broken)], "male": [1], "boneage": [100.0]})]
+              ).to_csv(cases, index=False)
     metrics = recalibrate(copy, cases, None, "sex", "cpu", 16, 0)
-    assert metrics["recalibrate/images"] == len(test)
+    assert metrics["recalibrate/images"] == len(test) and metrics["recalibrate/skipped"] == 1
     loaded = load_bundle(copy)  # every file, the new table and the archived one included, matches bundle.json
     manifest = loaded.manifest
     current = manifest["calibration"]["current"]
-    assert current["kind"] == "cases" and current["count"] == len(test) and current["file"] == str(cases)
+    assert current["kind"] == "cases" and current["count"] == len(test) + 1 and current["file"] == str(cases)
     assert len(current["sha256"]) == 64 and current["medal"] and current["date"]
     assert set(loaded.calibration["cases"]["id"]) == set(test["id"]) and loaded.calibration["settings"]["method"] == "sex"
     archived = manifest["calibration"]["history"][0]["archived_as"]

@@ -116,8 +116,9 @@ def calibrate(bundle: Bundle, inputs: pd.DataFrame, device: str, batch_size: int
                         num_workers=num_workers, collate_fn=collate)
     measured = [m for batch in tqdm(loader, desc="calibrating", unit="batch") for m in module.measure(batch)]
     live = [m for m in measured if m.sample["status"] == "ok" and np.isfinite(m.sample["male"])]
+    kept = {id(m) for m in live}  # by identity: a Measured holds arrays, which `==` cannot compare
     skipped = {m.sample["id"]: m.sample["status"] if m.sample["status"] != "ok" else "no_sex" for m in measured
-               if m not in live}
+               if id(m) not in kept}
     if skipped:
         log.warning("calibration: %d image(s) gave no estimate (%s); left out", len(skipped),
                     ", ".join(f"{i}: {s}" for i, s in list(skipped.items())[:3]))
