@@ -45,13 +45,14 @@ METHODS = ("none", "clahe", "gan", "gan_l1")
 
 
 def compose_enhance(method: str, root: Path, overrides: list[str]) -> DictConfig:
-    """The `enhance` task config as `medal enhance` would compose it, all outputs under `root`."""
+    """The `enhance` task config as `medal enhance` would compose it, all outputs under `root`; its data set is the
+    bench's phantoms (`root/phantoms`), whose test holdout the pairs leave out."""
     GlobalHydra.instance().clear()
     run_dir, work = root / "runs" / method, root / "work"
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("enhance", return_hydra_config=True, overrides=[
             f"enhance={method}", f"paths.root={Path.cwd()}", f"paths.output_dir={run_dir}",
-            f"data.work_dir={work}", *overrides,
+            f"data.root={root / 'phantoms'}", f"data.work_dir={work}", *overrides,
         ])
     with read_write(cfg.hydra), open_dict(cfg.hydra):
         cfg.hydra.runtime.output_dir = str(run_dir)
