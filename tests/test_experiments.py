@@ -212,7 +212,8 @@ def test_an_optuna_search_with_a_misspelt_metric_stops_after_its_first_trial(tmp
 
 TASK_OVERRIDES = {"cam": ["ckpt=x.ckpt"], "table": ["table.source=x"], "check-data": [], "phantoms": [],
                   "segment": [], "enhance": [], "boneage": [], "pipeline": [], "export": [],
-                  "predict": ["bundle=b", "input=x"], "pretrain": [], "annotate": []}  # the keys a task requires
+                  "predict": ["bundle=b", "input=x"], "pretrain": [], "annotate": [],
+                  "recalibrate": ["bundle=b", "cases=x"]}  # the keys a task requires
 
 
 def test_every_task_is_listed_here() -> None:
