@@ -107,6 +107,11 @@ def test_an_unlabelled_folder_adds_images_but_never_held_out_ones(make_cfg, tiny
                        ) as err:
         ssl_images(target, str(extra))
     assert "\n" not in str(err.value)
+    (extra / "site_b" / "renamed.png").unlink()
+    calibration = Path(target.calibration["path"].iloc[0])  # served by no loader, yet export calibrates on it
+    shutil.copyfile(calibration, extra / "site_b" / "renamed.png")
+    with pytest.raises(MedalError, match=rf"renamed.png is a copy of the held-out image {calibration} "):
+        ssl_images(target, str(extra))
     (tmp_path / "empty").mkdir()
     with pytest.raises(MedalError, match=r"pretrain.unlabelled=.*: holds no .png images"):
         unlabelled_images(tmp_path / "empty", target)

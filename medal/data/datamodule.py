@@ -123,6 +123,8 @@ class BoneAgeDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.cache_workers = int(batch_size), int(num_workers), cache_workers
         self.frames: dict[str, pd.DataFrame] | None = None
         self.datasets: dict[str, BoneAgeDataset] = {}
+        self.calibration: pd.DataFrame | None = None  # the calibration role's rows: served by no loader, kept so
+        # that what may add images to training (pretraining's unlabelled folder) can refuse copies of them
 
     # -- building the tables ------------------------------------------------------------------------
     def _image_paths(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -165,6 +167,7 @@ class BoneAgeDataModule(pl.LightningDataModule):
         # every labelled image is cached (one cache for every split seed); the loaders serve train, val and test
         # only: calibration images are neither trained, selected nor tested on
         self.frames = {role: frame[frame["role"] == role].reset_index(drop=True) for role in ROLES}
+        self.calibration = frame[frame["role"] == "calibration"].reset_index(drop=True)
         self.datasets = {role: BoneAgeDataset(f, self.image_size, self.fit, cache_path)
                          for role, f in self.frames.items()}
         log.info("bone age data (%s cohort): %s", self.cohort,
