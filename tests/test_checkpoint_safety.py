@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.enhance_fixtures import write_pairs
+from helpers.enhance_fixtures import pairs_data_set, write_pairs
 
 from medal.boneage.experiment import run_boneage, run_marker
 from medal.boneage.experiment import run_settings as boneage_settings
@@ -123,7 +123,8 @@ def test_a_pretraining_run_refuses_a_planted_last_ckpt(make_cfg, tiny_phantoms, 
 def test_the_gan_enhancer_refuses_a_planted_last_ckpt(make_cfg, tmp_path, one_thread) -> None:
     work = tmp_path / "work"
     write_pairs(work, n=12, size=96, seed=1)
-    cfg = make_cfg("enhance", [*TINY_GAN, f"data.work_dir={work}"])
+    root = pairs_data_set(tmp_path / "rsna", n=12)  # the enhancer leaves its test holdout out of the pairs
+    cfg = make_cfg("enhance", [*TINY_GAN, f"data.root={root}", f"data.work_dir={work}"])
     parts = training_parts(cfg.enhance, cfg.trainer, int(cfg.seed))
     train_dir = training_dir(cfg.enhance, parts)
     Marker.in_folder(train_dir, "generator").begin(parts)  # a crashed training of these settings

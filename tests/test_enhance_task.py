@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.enhance_fixtures import write_pairs
+from helpers.enhance_fixtures import pairs_data_set, write_pairs
 from helpers.hydra_compose import compose_task
-from helpers.rsna_layouts import make_official
 from omegaconf import DictConfig
 
 from medal.data.images import read_image, write_png
@@ -31,10 +30,8 @@ TINY_GAN = [
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """`make_cfg("enhance", [...])` with every path under tmp_path (Hydra's runtime node set read-write), on the
-    data set the RoIs below come from: the enhancer reads its test holdout (official test split 9000, 9001), which
-    no pair may include, so every RoI pair of `work` stays in play."""
-    root = tmp_path / "rsna"
-    make_official(root, n_train=12, n_val=2, n_test=2, size=(24, 20), modes=("L",))  # train ids 1000-1011
+    data set the RoIs of `work` come from (the enhancer reads its test holdout, which no pair may include)."""
+    root = pairs_data_set(tmp_path / "rsna", n=12)
     return lambda task, overrides=(): compose_task(task, [f"data.root={root}", *overrides], tmp_path)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers.rsna_layouts import make_official
 from medal.data.images import write_png
 
 
@@ -33,3 +34,11 @@ def write_pairs(root: Path, n: int, size: int, seed: int = 0) -> tuple[Path, Pat
         write_png(root / "roi" / f"{1000 + i}.png", inp)
         write_png(root / "roi_gold" / f"{1000 + i}.png", gold)
     return root / "roi", root / "roi_gold"
+
+
+def pairs_data_set(root: Path, n: int) -> Path:
+    """The data set (official RSNA layout) that `write_pairs(..., n)`'s RoIs come from, at `root`: training
+    images 1000 .. 1000 + n - 1, and a labelled official test split (9000, 9001) that is its test holdout, so
+    the enhancer, which leaves the holdout out of its pairs, keeps every pair. Returns `root`."""
+    make_official(root, n_train=n, n_val=2, n_test=2, size=(24, 20), modes=("L",))
+    return root
