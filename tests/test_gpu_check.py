@@ -15,7 +15,7 @@ import torch
 from helpers.minimal_install import run_minimal
 from torch.utils.data import DataLoader, TensorDataset
 
-from medal.gpucheck import check, pipeline_rows
+from medal.gpucheck import check, pipeline_rows, segment_rows
 from medal.gpucheck.boneage_rows import _overrides
 from medal.gpucheck.context import Context
 from medal.gpucheck.enhance_rows import _config as gan_config
@@ -138,6 +138,18 @@ def test_predict_row_fails_in_one_line_without_the_pipeline_s_bundle(tmp_path: P
     ctx = _context(tmp_path, TINY, "cpu")
     with pytest.raises(RuntimeError, match="no exported bundle"):  # run_row records it as a failed row
         pipeline_rows.predict_rate(ctx, time.perf_counter() + 10)
+
+
+def test_committee_rows_build_the_committee_as_medal_segment_does(tmp_path: Path) -> None:
+    """Both committee rows run at tiny sizes on the CPU, through `medal segment`'s own builders: a change to
+    how a round trains or how the strategy is called fails here, in the fast suite, not first on a GPU lease."""
+    ctx = _context(tmp_path, TINY, "cpu")
+    (ctx.phantoms / "masks").mkdir(parents=True)  # the simulated oracle's folder must exist; it is never asked
+    scoring = segment_rows.pool_scoring(ctx, time.perf_counter() + 2)
+    training = segment_rows.round_training(ctx, time.perf_counter() + 2)
+    assert scoring.value is not None and math.isfinite(scoring.value) and scoring.value > 0
+    assert scoring.detail["strategy"] == "qbc" and scoring.detail["members"] == 3
+    assert training.value is not None and training.value > 0 and training.detail["steps_timed"] >= 3
 
 
 @pytest.mark.slow

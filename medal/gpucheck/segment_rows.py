@@ -1,9 +1,9 @@
 """Segmentation rows: the paper-size committee (three 192-map FC-DenseNets at 256 px) scoring the pool, and the
 time of one active-learning round's training.
 
-The committee is what `medal segment` builds (`configure`, the segmenter's `build`, `RoundTraining`), on the
-check's device and precision; the round's trainer is the task's own plus the step timer. Scoring goes through
-the configured strategy (`strategy=qbc`: the members' bottleneck features, pairwise sine) in chunks of
+The committee is what `medal segment` builds, through the same functions (`configure`, `build_training`,
+`build_model`), on the check's device and precision; the round's trainer is the task's own (`trainer=`) plus the
+step timer. Scoring goes through the configured strategy (`strategy=qbc`: the members' bottleneck features, pairwise sine) in chunks of
 `al.score_batch_size`, as the round loop calls it. Image content does not change the cost, so the images are
 random.
 """
@@ -11,6 +11,7 @@ random.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,7 @@ from medal.gpucheck.context import Context
 from medal.gpucheck.record import Row
 from medal.gpucheck.sizes import POOL_GOAL_S, POOL_IMAGES
 from medal.gpucheck.timing import StepTimer
-from medal.segment.experiment import SegmentSetup, configure
-from medal.segment.model import CommitteeModel
-from medal.segment.train import RoundTraining
+from medal.segment.experiment import SegmentSetup, build_model, build_training, configure
 
 SCORE_SLICE = 256  # images per scoring call, so the deadline is checked while the pool is scored
 
@@ -34,13 +33,6 @@ def _setup(ctx: Context, run: str) -> tuple[DictConfig, SegmentSetup]:
     cfg = ctx.compose("segment", run, [f"data.root={ctx.phantoms}", f"segment.image_size={ctx.sizes.segment_size}",
                                        *ctx.sizes.segment_overrides])
     return cfg, configure(cfg)
-
-
-def _model(setup: SegmentSetup, training: RoundTraining) -> CommitteeModel:
-    seg, al = setup.segment, setup.al
-    return setup.segmenter.build(seed=al.seed, lr=seg.lr, weight_decay=seg.weight_decay, augment=seg.augment,
-                                 channels_last=seg.channels_last, training=training, device=setup.device,
-                                 fast=setup.fast, batch_size=al.score_batch_size)
 
 
 def _images(n: int, size: int) -> np.ndarray:
@@ -53,14 +45,17 @@ def pool_scoring(ctx: Context, deadline: float) -> Row:
     features alone (device work and the copy back, without the strategy's arithmetic)."""
     _, setup = _setup(ctx, "pool_scoring")
     size, chunk = setup.segment.image_size, setup.al.score_batch_size
-    model = _model(setup, RoundTraining(1, 1, lambda: None, np.zeros((0, size, size), np.float32),
-                                        np.zeros((0, size, size), np.float32)))
+    empty = np.zeros((0, size, size), np.float32)
+    model = build_model(setup, build_training(setup, 1, empty, empty))  # scores untrained: weights don't change cost
     images = _images(ctx.sizes.pool_images, size)
+    labelled = _images(setup.al.initial, size)  # round 1's labelled set (diversity strategies measure distance to it)
     generator = torch.Generator().manual_seed(0)
 
-    def score(part: np.ndarray, rows: int) -> torch.Tensor:
+    def score(part: np.ndarray, rows: int) -> torch.Tensor:  # as the round loop scores round 1's pool
         model.batch_size = rows
-        return setup.strategy.score(model, Candidates([str(i) for i in range(len(part))], part, rows), generator)
+        candidates = Candidates(ids=[str(i) for i in range(len(part))], images=part, chunk=rows, labelled=labelled,
+                                k=min(setup.al.per_round, len(part)), round_no=1)
+        return setup.strategy.score(model, candidates, generator)
 
     for rows in (chunk, 4 * chunk):  # warm-up: cuDNN picks its algorithms for each batch shape
         score(images[:rows], rows)
@@ -97,13 +92,14 @@ def round_training(ctx: Context, deadline: float) -> Row:
     cfg, setup = _setup(ctx, "round_training")
     timer = StepTimer(deadline, lambda batch: len(batch[0]), min_steps=ctx.sizes.warmup_steps + 2)
     size, seg = setup.segment.image_size, setup.segment
-    empty = np.zeros((0, size, size), np.float32)
 
-    def make_trainer():
+    def make_trainer():  # `setup.make_trainer`'s, quiet and with the step timer
         return instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False,
                            enable_model_summary=False, callbacks=[timer])
 
-    model = _model(setup, RoundTraining(seg.steps_per_round, seg.batch_size, make_trainer, empty, empty))
+    empty = np.zeros((0, size, size), np.float32)
+    timed = replace(setup, make_trainer=make_trainer)
+    model = build_model(timed, build_training(timed, seg.steps_per_round, empty, empty))
     images = _images(max(seg.batch_size * 4, 32), size)
     started = time.perf_counter()
     model.fit(images, (images > 0.5).astype(np.float32))

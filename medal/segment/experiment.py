@@ -3,7 +3,8 @@
 - `configure(cfg)` reads every key the run uses, once, before any work: the options dataclasses and the
   `segmenter=`, `strategy=` and `oracle=` choices, built from their `_target_` (a typo fails in one line).
 - `build_learner(setup, data)` turns them into the round loop (`medal.active.loop.ActiveLearner`); the
-  benchmark (scripts/bench_segmentation.py) runs the same builder.
+  benchmark (scripts/bench_segmentation.py) runs the same builder, and the GPU check (medal/gpucheck) makes its
+  committee with the same `build_training` and `build_model`.
 - `write_outputs` writes the final masks, RoIs and boxes under `data.work_dir` (reused while nothing they
   depend on changed: a `medal.resume.Marker`).
 - `run_segment(cfg)` is the task: the phases in order, their metrics, the figures.
@@ -45,6 +46,7 @@ from medal.segment.data import SegData, load_seg_data, with_masks
 from medal.segment.evaluate import held_out_scores, mean_probs, split_scores
 from medal.segment.infer import FinalOutputs, write_final
 from medal.segment.metrics import mask_scores
+from medal.segment.model import CommitteeModel
 from medal.segment.segmenter import Segmenter
 from medal.segment.train import RoundTraining, TrainerFactory
 
@@ -165,6 +167,25 @@ def run_settings(setup: SegmentSetup, al: ALConfig, steps: int) -> dict[str, Any
     }
 
 
+def build_training(setup: SegmentSetup, steps: int, val_images: np.ndarray, val_masks: np.ndarray) -> RoundTraining:
+    """How each round of a configured run trains: `steps` batches of `segment.batch_size` from `setup.make_trainer`,
+    validated on images and masks (V, S, S) (V may be 0), each member on its own draws with
+    `al.member_data=bootstrap`. The one place a `RoundTraining` is made from a config (the GPU check too)."""
+    seg, al = setup.segment, setup.al
+    return RoundTraining(steps, seg.batch_size, setup.make_trainer, val_images, val_masks,
+                         bootstrap=al.member_data == "bootstrap", seed=al.seed)
+
+
+def build_model(setup: SegmentSetup, training: RoundTraining) -> CommitteeModel:
+    """A fresh, untrained model of a configured run (the segmenter's `build` with every key it reads), which
+    trains as `training` says. The one place the round loop's model is made from a config (the GPU check too)."""
+    seg, al = setup.segment, setup.al
+    return setup.segmenter.build(seed=al.seed, lr=seg.lr, weight_decay=seg.weight_decay, augment=seg.augment,
+                                 channels_last=seg.channels_last, shared_init=al.member_init == "shared",
+                                 training=training, device=setup.device, fast=setup.fast,
+                                 batch_size=al.score_batch_size)
+
+
 def build_learner(setup: SegmentSetup, data: SegData, hooks: RoundHooks = RoundHooks()) -> ActiveLearner:
     """The round loop of a configured run over `data`: model factory, strategy, oracle, evaluation, folder."""
     seg, al = setup.segment, setup.al
@@ -173,15 +194,10 @@ def build_learner(setup: SegmentSetup, data: SegData, hooks: RoundHooks = RoundH
     test_idx = data.where("test", with_masks=True)
     val_masks = (np.asarray(data.eval_masks[val_idx], dtype=np.float32) if data.eval_masks is not None
                  else np.zeros((0, data.size, data.size), np.float32))
-    training = RoundTraining(steps, seg.batch_size, setup.make_trainer,
-                             np.asarray(data.images[val_idx], dtype=np.float32), val_masks,
-                             bootstrap=al.member_data == "bootstrap", seed=al.seed)
+    training = build_training(setup, steps, np.asarray(data.images[val_idx], dtype=np.float32), val_masks)
 
     def make_model() -> SegModel:
-        return setup.segmenter.build(seed=al.seed, lr=seg.lr, weight_decay=seg.weight_decay, augment=seg.augment,
-                                     channels_last=seg.channels_last, shared_init=al.member_init == "shared",
-                                     training=training, device=setup.device, fast=setup.fast,
-                                     batch_size=al.score_batch_size)
+        return build_model(setup, training)
 
     def evaluate(model: SegModel) -> dict[str, float]:
         return {**split_scores(model, data, val_idx, "val", al.score_batch_size),
