@@ -21,7 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from medal.cli import main
 from medal.config import CONF_DIR
 from medal.models.stages import FINETUNE_MODES
+from medal.tables.make import make_table
 from medal.tasks import TASKS
+from medal.tasks.runner import run_task
 
 CONF = Path(CONF_DIR)
 REPO = Path(__file__).resolve().parents[1]
@@ -164,6 +166,27 @@ def test_figure12_smoke_commands_compose(tmp_path: Path) -> None:
         keys = [o.split("=", 1)[0] for o in overrides]
         plain = [k for k in keys if "/" not in k and not k.startswith("hydra") and not (CONF / k).is_dir()]
         assert [k for k in plain if OmegaConf.select(cfg, k, default="__missing__") == "__missing__"] == [], name
+
+
+def test_figure12_smoke_accepts_a_full_table_with_baseline_rows_and_refuses_a_gap(tmp_path: Path) -> None:
+    """The smoke's check reads `medal table`'s cell counts: the "—" of the paper column's noise-floor and
+    mean-predictor cells is no gap, a failed run is."""
+    check_cells = _smoke_module().check_cells
+    for name, failed in (("full", set()), ("gap", {7})):
+        sweep = write_multirun(tmp_path / name, failed=failed)
+        for metrics_file in sweep.glob("*/metrics.json"):
+            metrics = json.loads(metrics_file.read_text())
+            metrics.update({"test/mae_floor": 3.0, "test/mae_mean_predictor": 40.0})
+            metrics_file.write_text(json.dumps(metrics))
+        cfg = compose_task("table", [f"table.source={sweep}", "table.compare=paper"], tmp_path / f"table_{name}")
+        run_task(make_table, cfg)
+        table_dir = Path(cfg.paths.output_dir)
+        if not failed:
+            table = check_cells(table_dir)
+            assert "| noise floor |" in table and "| mean predictor |" in table and "—" in table
+        else:
+            with pytest.raises(SystemExit, match="35 filled, 1 failed, 0 missing of 36"):
+                check_cells(table_dir)
 
 
 @pytest.mark.slow
