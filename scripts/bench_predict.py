@@ -1,13 +1,28 @@
-"""Benchmark `medal predict`'s chain: images/s batched against the same chain called image by image.
+"""Benchmark `medal predict`'s chain on a CPU: where its time goes, step by step, and the shared regressor pass
+against the reference chain, both measured in the same run.
 
-    python scripts/bench_predict.py [--n 64] [--batch 16] [--threads 0] [--bundle DIR]
+    python scripts/bench_predict.py [--sizes demo paper] [--n 64] [--paper-n 8] [--batch 16] [--threads 1 2]
+                                    [--workers 0] [--bundle DIR]
 
-Without `--bundle`, builds a bundle at the demo's sizes (conf/experiment/demo.yaml: 256 px radiographs, a
-committee of 3 small FC-DenseNets at 64 px, 256 px RoIs, the GAN generator (depth 3, width 16) at 96 px, the
-tiny regressor at 128 px) with freshly initialised weights: speed does not depend on what the weights are.
-Generates `n` phantoms (resumable), then times the whole chain (decode, polarity, committee, RoI, enhancer,
-regressor, interval, CAM) over every image twice in the same run: in batches of `--batch` and one image per
-call. Writes outputs/bench/predict.{json,md}.
+Bundles with fresh weights at two sets of sizes, each composed from medal's own configs so that they follow them:
+- `demo`: conf/experiment/demo.yaml's stage overrides: 256 px phantoms, a committee of three small FC-DenseNets at
+  64 px, 256 px RoIs, the `gan_l1` generator at 96 px, experiment=boneage_cpu's ResNet at 256 px (output stride 8,
+  sex input);
+- `paper`: the tasks' defaults: three 192-map FC-DenseNets at 256 px, 512 px RoIs, the generator at 256 px,
+  Xception at 299 px, on 1,024 px phantoms.
+Speed does not depend on what the weights are, except that a fresh committee finds no hand and the chain would stop
+there: its members' last layer gets a bias of +4, so every image goes through the whole chain (its mask is then
+most of the radiograph, and the RoI the whole image). `--bundle DIR` measures a real bundle instead.
+
+Both paths run over the same images in one process, alternately (reference, shared, reference, shared: load that
+drifts hits both): `reference` is `ChainModule(reference=True)`, the regressor step as first written (a backbone
+pass per sex, another per mirror image, and the CAM image by image in float32); `shared` is the chain `medal
+predict` runs (one backbone pass per regressor and batch serves both sexes and the CAM). Per path: images/s and
+seconds per image by step (`decode`: the DataLoader's time, `committee` ... `cam`: the chain's `StepClock`; the
+interval and the rows make up the rest). Both paths' estimates are compared (the largest difference in months)
+and their CAM overlays (the largest difference of the 0-255 RGB pictures). Precision is each network's recorded
+setting (`predict.bf16=as_trained`: `auto`, bf16 where the CPU has it natively). PNG writing is left out.
+Writes outputs/bench/predict.{json,md}.
 """
 
 from __future__ import annotations
@@ -15,10 +30,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
@@ -28,36 +48,82 @@ from medal.bundle.spec import ChainSpec, EnhancerSpec, RegressorSpec, SegmenterS
 from medal.config import CONF_DIR
 from medal.data.phantom import generate_dataset
 from medal.data.rsna import read_index
+from medal.hardware import cpu_has_native_bf16
+from medal.pipeline.plan import compose_task_config, override_list
 from medal.predict.chain import ChainModule, ChainOptions, InputImages, collate
+from medal.predict.clock import STEPS
 
-DEMO_NET = {"first_conv": 8, "growth": 4, "down_layers": [2, 2, 2], "bottleneck_layers": 4, "up_layers": None,
-            "dropout": 0.2, "feature": "flatten"}
+HAND_BIAS = 4.0  # added to a fresh committee's last-layer bias: sigmoid(4) = 0.98, so it marks a "hand"
 
 
-def demo_bundle(root: Path) -> Bundle:
-    """A bundle with the demo's architectures and sizes, fresh weights and a flat calibration table."""
-    from omegaconf import OmegaConf
+@dataclass(frozen=True)
+class Sizes:
+    """One set of sizes: the phantoms' side and the stage overrides the bundle is composed with."""
 
+    name: str
+    phantom_size: int
+    segment: list[str]
+    enhance: list[str]
+    boneage: list[str]
+
+
+def demo_sizes() -> Sizes:
+    """The demo's sizes, read from conf/experiment/demo.yaml (its phantoms' side and its stage overrides)."""
+    demo = OmegaConf.load(Path(CONF_DIR) / "experiment" / "demo.yaml").pipeline
+    stages = {k: override_list(demo.stages[k], f"pipeline.stages.{k}") for k in ("segment", "enhance", "boneage")}
+    return Sizes("demo", int(demo.phantoms.image_size), stages["segment"], [f"enhance={demo.enhance}",
+                                                                             *stages["enhance"]], stages["boneage"])
+
+
+PAPER = Sizes("paper", 1024, [], ["enhance=gan"], [])
+
+
+def _specs(sizes: Sizes, cohorts: tuple[str, ...]) -> tuple[SegmenterSpec, EnhancerSpec, list[RegressorSpec]]:
+    """The chain's settings as `medal export` records them from runs with these overrides (a regressor per
+    cohort)."""
+    seg = compose_task_config("segment", sizes.segment)
+    enh = compose_task_config("enhance", sizes.enhance).enhance
+    bone = compose_task_config("boneage", sizes.boneage)
+    segmenter = SegmenterSpec(arch=str(seg.segmenter.arch), members=int(seg.al.committee_size),
+                              net=OmegaConf.to_container(seg.segment.net), channels_last=bool(seg.segment.channels_last),
+                              image_size=int(seg.segment.image_size),
+                              normalise_polarity=bool(seg.segment.normalise_polarity),
+                              border=float(seg.segment.coarse.border), postprocess=bool(seg.segment.postprocess),
+                              roi_size=int(seg.segment.roi.size), margin=float(seg.segment.roi.margin),
+                              batch_size=int(seg.al.score_batch_size), fast=seg.al.fast_scoring, labelled=64)
+    enhancer = EnhancerSpec(method="gan", image_size=int(enh.image_size),
+                            generator=OmegaConf.to_container(enh.generator), residual=bool(enh.residual),
+                            channels_last=bool(enh.inference.channels_last), weights="models/generator.safetensors")
+    module = {"model_cfg": OmegaConf.to_container(bone.model, resolve=True), "target_shift": 127.3,
+              "target_scale": 41.2, "loss": str(bone.loss), "optimizer": OmegaConf.to_container(bone.optimizer),
+              "scheduler": None, "channels_last": bool(bone.channels_last)}
+    regressors = [RegressorSpec(name=cohort, cohort=cohort, image_size=int(bone.data.image_size),
+                                fit=str(bone.data.fit), bf16=bone.evaluation.bf16, batch_size=int(bone.data.batch_size),
+                                module=module, weights=f"models/regressor_{cohort}.safetensors") for cohort in cohorts]
+    return segmenter, enhancer, regressors
+
+
+def fresh_bundle(root: Path, sizes: Sizes, cohorts: tuple[str, ...] = ("all",), head_gain: float = 1.0) -> Bundle:
+    """A bundle of `sizes` with fresh weights (the committee biased to find a hand), a regressor per cohort,
+    and a flat calibration. `head_gain` scales the regressors' last layer: fresh weights give nearly the same
+    months for every image, and the tests want estimates that differ between images and sexes."""
     from medal.boneage.module import BoneAgeModule
     from medal.enhance.module import build_generator
     from medal.segment.committee import Committee
 
-    task = OmegaConf.load(Path(CONF_DIR) / "boneage.yaml")
-    model = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "tiny.yaml"))
-    module_kwargs = {"model_cfg": model, "target_shift": 127.0, "target_scale": 41.0, "loss": "l1",
-                     "optimizer": OmegaConf.to_container(task.optimizer), "scheduler": None, "channels_last": True}
-    seg = SegmenterSpec(arch="fc_densenet", members=3, net=DEMO_NET, channels_last=True, image_size=64,
-                        normalise_polarity=True, border=0.05, postprocess=True, roi_size=256, margin=0.05,
-                        batch_size=16, fast="auto", labelled=64)
-    enh = EnhancerSpec(method="gan", image_size=96, generator={"depth": 3, "width": 16, "dropout": 0.0,
-                                                              "norm": "batch"},
-                       residual=True, channels_last=True, weights="models/generator.safetensors")
-    reg = RegressorSpec(name="all", cohort="all", image_size=128, fit="pad", bf16="auto", batch_size=16,
-                        module=module_kwargs, weights="models/regressor_all.safetensors")
-    chain = ChainSpec(regressors=[reg], segmenter=seg, enhancer=enh)
-    nets = {seg.weights: Committee(net=DEMO_NET, size=3, seed=0, lr=0.0, weight_decay=0.0, augment={"enabled": False},
-                                   channels_last=True, arch="fc_densenet", shared_init=False),
-            enh.weights: build_generator(enh.generator, True), reg.weights: BoneAgeModule(**module_kwargs).model}
+    seg, enh, regs = _specs(sizes, cohorts)
+    torch.manual_seed(0)
+    committee = Committee(net=seg.net, size=seg.members, seed=0, lr=0.0, weight_decay=0.0, augment={"enabled": False},
+                          channels_last=seg.channels_last, arch=seg.arch, shared_init=False)
+    with torch.no_grad():
+        for member in committee.members:
+            member.head.bias += HAND_BIAS
+    nets = {seg.weights: committee, enh.weights: build_generator(enh.generator, bool(enh.residual))}
+    for reg in regs:
+        model = BoneAgeModule(**reg.module).model
+        with torch.no_grad():
+            model.head.output_layer.weight *= head_gain
+        nets[reg.weights] = model
     for rel, net in nets.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(root / rel))
@@ -67,51 +133,216 @@ def demo_bundle(root: Path) -> Bundle:
                    "cases": {"id": [str(r) for r in range(59)], "male": [1.0, 0.0] * 29 + [1.0], "reference": [100.0] * 59,
                              "known": {"none": estimates, "flip": estimates}, "unknown": None, "spread": None},
                    "qc": {"mask_fraction": [None, None], "agreement": [None, None]}}
-    return Bundle(root, {"name": "demo-sized (fresh weights)", "versions": {}, "files": {}}, chain, calibration)
+    return Bundle(root, {"name": f"{sizes.name} sizes (fresh weights)", "versions": {}, "files": {}},
+                  ChainSpec(regressors=regs, segmenter=seg, enhancer=enh), calibration)
 
 
-def run_chain(module: ChainModule, frame: pd.DataFrame, batch: int) -> float:
-    """Seconds for the whole chain over `frame`, `batch` images per call (decode included)."""
-    loader = DataLoader(InputImages(frame, module.chain, "input"), batch_size=batch, collate_fn=collate)
-    started = time.perf_counter()
-    rows = [module.finish(m) for b in loader for m in module.measure(b)]
+def phantoms(root: Path, n: int, size: int) -> pd.DataFrame:
+    """`n` phantom radiographs of side `size` (made once, kept under root) as a predict input table."""
+    data = root / f"phantoms_{size}px_{n}"
+    generate_dataset(data, n=n, seed=0, image_size=size, workers=1)
+    index = read_index(data, strict=True).head(n)
+    return pd.DataFrame({"id": index["id"], "path": index["path"], "male": index["male"].astype(float),
+                         "sex_source": "labels", "reference": index["boneage"]})
+
+
+@dataclass
+class Pass:
+    """One run of the chain over the images: seconds, per-step seconds, rows and overlays."""
+
+    seconds: float
+    steps: dict[str, float]
+    rows: list[dict[str, Any]]
+    overlays: list[np.ndarray | None]
+
+
+def run_chain(module: ChainModule, frame: pd.DataFrame, batch: int, workers: int) -> Pass:
+    """The whole chain over `frame`, `batch` images per call, as `Trainer.predict` feeds it (decode included)."""
+    module.clock.reset()
+    loader = DataLoader(InputImages(frame, module.chain, "input"), batch_size=batch, collate_fn=collate,
+                        num_workers=workers)
+    rows, overlays = [], []
+    started = fetched = time.perf_counter()
+    for part in loader:
+        module.clock.add("decode", time.perf_counter() - fetched)
+        for m in module.measure(part):
+            rows.append(module.finish(m))
+            overlays.append(m.overlay)
+        fetched = time.perf_counter()
     seconds = time.perf_counter() - started
-    bad = [r["status"] for r in rows if r["status"] != "ok"]
-    assert len(rows) == len(frame), (len(rows), len(frame))
-    print(f"batch {batch}: {len(rows)} images in {seconds:.1f} s ({len(bad)} without estimate)")
-    return seconds
+    bad = sorted({r["status"] for r in rows if r["status"] != "ok"})
+    if bad:
+        raise SystemExit(f"{len(frame)} images: statuses {bad}; the benchmark needs every image through the chain")
+    return Pass(seconds, dict(module.clock.seconds), rows, overlays)
+
+
+def compare(ref: Pass, new: Pass) -> dict[str, float]:
+    """The largest difference of the estimates (months) and of the CAM overlays (0-255) between two passes."""
+    estimates = max(abs(a["boneage"] - b["boneage"]) for a, b in zip(ref.rows, new.rows, strict=True))
+    cams = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(ref.overlays, new.overlays, strict=True)
+            if a is not None and b is not None]
+    return {"max_abs_diff_months": float(estimates),
+            "overlay_max_abs_diff": float(max(c.max() for c in cams)) if cams else float("nan"),
+            "overlay_mean_abs_diff": float(np.mean([c.mean() for c in cams])) if cams else float("nan")}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A row's two paths: the reference's torch threads and the shared path's (`predict.threads`: a count, or auto)."""
+
+    name: str
+    reference_threads: int
+    shared_threads: int | str
+
+
+def measure(bundle: Bundle, frame: pd.DataFrame, batch: int, workers: int, repeats: int, tta: str,
+            setting: Setting) -> dict[str, Any]:
+    """Reference and shared paths over `frame`, alternately `repeats` times each; the faster pass of each kept."""
+    options = ChainOptions(tta=tta, sex="input", coverage=0.9, bf16="as_trained", cam=True)
+    threads = {"reference": setting.reference_threads, "shared": setting.shared_threads}
+    modules = {name: ChainModule(bundle, options, reference=name == "reference",
+                                 threads=None if name == "reference" else threads[name]).eval()
+               for name in ("reference", "shared")}
+    passes: dict[str, Pass] = {}
+    for module in modules.values():
+        torch.set_num_threads(setting.reference_threads)  # the shared path's own choice applies from its batches on
+        module.prepare()
+        run_chain(module, frame.head(batch), batch, workers)  # warm-up: allocator, oneDNN kernels
+    for _ in range(repeats):
+        for name, module in modules.items():
+            torch.set_num_threads(setting.reference_threads)
+            done = run_chain(module, frame, batch, workers)
+            print(f"  {name}: {len(frame)} images in {done.seconds:.1f} s", flush=True)
+            if name not in passes or done.seconds < passes[name].seconds:
+                passes[name] = done
+    n = len(frame)
+    chosen = modules["shared"].threads
+    return {"img_s": {k: n / p.seconds for k, p in passes.items()},
+            "seconds_per_image": {k: {s: p.steps.get(s, 0.0) / n for s in STEPS} | {"total": p.seconds / n}
+                                  for k, p in passes.items()},
+            "agreement": compare(passes["reference"], passes["shared"]),
+            "threads": {"reference": setting.reference_threads, "shared": setting.shared_threads,
+                        "shared_chosen": chosen.chosen, "shared_measured_s_per_image": chosen.seconds}}
+
+
+def _per_image(call: Any, batch: int, repeats: int) -> float:
+    """Seconds per image of `call` on a batch, after one warm-up call."""
+    call()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    return (time.perf_counter() - started) / repeats / batch
+
+
+def onnx_rates(bundle: Bundle, root: Path, batch: int, repeats: int = 3) -> dict[str, dict[str, float]]:
+    """Per network of the bundle: seconds per image through PyTorch (its recorded precision and memory format, as
+    the chain calls it) and through onnxruntime (the float32 graph `export.onnx=true` writes), on one batch."""
+    import onnxruntime as ort
+
+    from medal.bundle.onnx import export_onnx
+    from medal.hardware import use_bf16
+
+    files = export_onnx(bundle, root)
+    chain, generator = bundle.chain, torch.Generator().manual_seed(0)
+    options = ChainOptions(tta="none", sex="input", coverage=0.9, bf16="as_trained", cam=False)
+    module = ChainModule(bundle, options).eval()
+    module.prepare()
+    seg, enh, reg = chain.segmenter, chain.enhancer, chain.regressors[0]
+
+    def image(size: int) -> torch.Tensor:
+        return torch.rand(batch, 1, size, size, generator=generator)
+
+    male = torch.ones(batch)
+    calls = {"committee": (lambda x: module._seg_model.predict_probs(x[:, 0].numpy()), image(seg.image_size)),
+             "generator": (lambda x: module._enhance(x), image(int(enh.image_size))),
+             f"regressor_{reg.name}": (lambda x: module._months(module.regressors[0], use_bf16(reg.bf16, "cpu"), x,
+                                                                male), image(reg.image_size))}
+    out = {}
+    for name, (torch_call, x) in calls.items():
+        options_ = ort.SessionOptions()
+        options_.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(root / files[name]["file"]), options_, providers=["CPUExecutionProvider"])
+        feeds = {i.name: v.numpy() for i, v in zip(session.get_inputs(), (x, male), strict=False)}
+        timings = {"torch": _per_image(partial(torch_call, x), batch, repeats),
+                   "onnxruntime": _per_image(partial(session.run, None, feeds), batch, repeats)}
+        out[name] = timings
+        print(f"  {name}: torch {1000 * timings['torch']:.1f} ms/image, onnxruntime "
+              f"{1000 * timings['onnxruntime']:.1f}", flush=True)
+    return out
+
+
+def profile_table(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown: milliseconds per image by step, one column per (sizes, threads, path)."""
+    columns = [(key, path) for key, r in results.items() for path in r["seconds_per_image"]]
+    lines = ["| step | " + " | ".join(f"{key} {path}" for key, path in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for step in (*STEPS, "total"):
+        cells = [results[key]["seconds_per_image"][path][step] * 1000 for key, path in columns]
+        lines.append(f"| {step} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--sizes", nargs="+", default=["demo", "paper"], choices=["demo", "paper"])
+    parser.add_argument("--n", type=int, default=64, help="images at the demo's sizes")
+    parser.add_argument("--paper-n", type=int, default=8, help="images at the paper's sizes")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--bundle", type=Path, default=None, help="a real bundle instead of the demo-sized one")
+    parser.add_argument("--paper-batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="torch threads both paths are also measured at, each (the paper's sizes: the first)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding (predict.num_workers)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating passes per path (the fastest kept)")
+    parser.add_argument("--tta", default="none", choices=["none", "flip"])
+    parser.add_argument("--bundle", type=Path, default=None, help="a real bundle (its own sizes) instead")
     parser.add_argument("--root", type=Path, default=Path("outputs/bench_predict"))
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = args.root / "phantoms"
-    generate_dataset(data, n=args.n, seed=0, image_size=256, workers=1)
-    index = read_index(data, strict=True)
-    frame = pd.DataFrame({"id": index["id"], "path": index["path"], "male": index["male"].astype(float),
-                          "sex_source": "labels", "reference": index["boneage"]})
-    bundle = load_bundle(args.bundle) if args.bundle else demo_bundle(args.root / "bundle")
-    options = ChainOptions(tta="none", sex="input", coverage=0.9, bf16="as_trained", cam=True)
-    module = ChainModule(bundle, options).eval()
-    module.prepare()
-    run_chain(module, frame.head(args.batch), args.batch)  # warm-up: allocator, oneDNN kernels
-    batched = run_chain(module, frame, args.batch)
-    single = run_chain(module, frame, 1)
-    n = len(frame)
-    rows = [BenchRow(f"medal predict chain, batches of {args.batch} ({'bundle ' + str(args.bundle) if args.bundle else 'demo sizes'})",
-                     n / batched, "img/s", "the same chain, one image per call", n / single)]
-    notes = (f"{n} phantom radiographs at 256 px; decode, polarity, committee (3 FC-DenseNets, 64 px), RoI 256 px, "
-             "GAN generator at 96 px, tiny regressor at 128 px, interval, CAM; CPU, torch threads "
-             f"{torch.get_num_threads()}.")
+    default_threads = torch.get_num_threads()  # torch's own choice: what `medal predict` ran with before
+    results: dict[str, dict[str, Any]] = {}
+    rows: list[BenchRow] = []
+    onnx: dict[str, dict[str, float]] = {}
+    for name in ["bundle"] if args.bundle else args.sizes:
+        sizes = demo_sizes() if name == "demo" else PAPER
+        n, batch = (args.paper_n, args.paper_batch) if name == "paper" else (args.n, args.batch)
+        batch = min(batch, n)
+        frame = phantoms(args.root, n, sizes.phantom_size if name != "bundle" else 256)
+        bundle = load_bundle(args.bundle) if args.bundle else fresh_bundle(args.root / f"bundle_{name}", sizes)
+        settings = [Setting(f"{t} thread{'s' if t > 1 else ''}", t, t)
+                    for t in (args.threads[:1] if name == "paper" else args.threads)]
+        if name != "paper":
+            settings.insert(0, Setting(f"defaults ({default_threads} threads before; predict.threads=auto now)",
+                                       default_threads, "auto"))
+        for setting in settings:
+            key = f"{name}, {setting.name}"
+            print(f"== {key}: {n} images, batches of {batch}", flush=True)
+            results[key] = r = measure(bundle, frame, batch, args.workers, args.repeats, args.tta, setting)
+            rows.append(BenchRow(f"predict chain at the {name} sizes, {setting.name}, batches of {batch}",
+                                 r["img_s"]["shared"], "img/s", "reference chain", r["img_s"]["reference"],
+                                 extra={"images": n, **r["agreement"], **r["threads"]}))
+            print(json.dumps(r, indent=1), flush=True)
+        if name == "demo":
+            torch.set_num_threads(args.threads[0])
+            print(f"== onnxruntime against torch, {args.threads[0]} thread(s)", flush=True)
+            onnx = onnx_rates(bundle, args.root / "onnx_demo", batch)
+            rows += [BenchRow(f"{net} at the demo sizes, batch of {batch}, {args.threads[0]} thread(s): onnxruntime "
+                              "(float32)", 1 / t["onnxruntime"], "img/s", "PyTorch as the chain runs it (bf16 where "
+                              "native)", 1 / t["torch"]) for net, t in onnx.items()]
+    notes = ("Per-step profile, milliseconds per image (decode: the DataLoader's time in the main process with "
+             f"{args.workers} workers; each column the faster of {args.repeats} alternating passes; the rest of "
+             "`total` is the interval and the rows):\n\n" + profile_table(results) + "\n\n"
+             f"CPU bf16 native: {cpu_has_native_bf16()}; each network at its recorded precision (auto: bf16 where "
+             f"native); test-time augmentation: {args.tta}. Shared path with predict.threads=auto chose "
+             + ", ".join(f"{k}: {r['threads']['shared_chosen']}" for k, r in results.items()
+                         if r["threads"]["shared"] == "auto")
+             + ". Estimates of the two paths, largest difference: "
+             + ", ".join(f"{k} {r['agreement']['max_abs_diff_months']:.2g} months" for k, r in results.items())
+             + f". Load average at the end: {Path('/proc/loadavg').read_text().split()[0]} "
+             "(other jobs share the cores).")
     path = write_bench("predict", rows, notes=notes)
-    print(json.dumps(json.loads(path.read_text())["rows"], indent=1))
+    payload = json.loads(path.read_text())
+    payload.update(results=results, onnx=onnx)
+    path.write_text(json.dumps(payload, indent=2))
+    print(path.with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":

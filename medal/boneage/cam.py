@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -49,23 +50,45 @@ def linear_cam(model: BoneAgeRegressor, image: torch.Tensor, male: torch.Tensor 
     if not model.head.is_linear:
         raise ValueError("linear_cam needs a head without hidden layers; use grad_cam")
     with evaluation_state(model), torch.no_grad():
-        features = model.features(image.float()).float()
-        weight = model.head.output_layer.weight[0, : features.shape[1]].float()
-        maps = torch.einsum("c,bchw->bhw", weight, features)
-        prediction = model.head(features, male).float()
-    return CamResult(maps, upsample(maps, image.shape[-2:]), prediction, "cam")
+        features = model.features(image.float())
+    return cam_of_features(model, features, male, image.shape[-2:])
 
 
 def grad_cam(model: BoneAgeRegressor, image: torch.Tensor, male: torch.Tensor | None = None) -> CamResult:
     """Grad-CAM: ReLU(sum_k a_k F_k) with a_k the spatial mean of d prediction / d F_k."""
-    with evaluation_state(model), torch.enable_grad():
-        probe = image.detach().float().clone().requires_grad_(True)  # builds the graph through frozen layers
-        features = model.features(probe).float()
-        prediction = model.head(features, male).float()
-        (gradients,) = torch.autograd.grad(prediction.sum(), features)
+    with evaluation_state(model), torch.no_grad():
+        features = model.features(image.float())
+    return cam_of_features(model, features, male, image.shape[-2:], gradient=True)
+
+
+def cam_of_features(model: BoneAgeRegressor, features: torch.Tensor, male: torch.Tensor | None,
+                    size: tuple[int, int] | torch.Size, gradient: bool | None = None) -> CamResult:
+    """The CAM of images whose last feature maps are already computed: `medal predict` takes them from the
+    forward pass that gave the estimate, so CAM costs no second pass through the backbone.
+
+    Args:
+        features: (B, C, h, w) the backbone's last feature maps (any float dtype; computed in float32 here).
+        male: (B,) 1.0 / 0.0 for a head with a sex input, else None.
+        size: (H, W) of the images, for the upsampled maps.
+        gradient: Grad-CAM (True), the exact CAM (False), or the exact one where the head is linear (None).
+            Grad-CAM's weights are d prediction / d F_k: the head alone gives them, backbone weights frozen or not.
+    """
+    gradient = not model.head.is_linear if gradient is None else gradient
+    features = features.detach().float().clone()  # a normal tensor, even from an inference-mode pass
+    with evaluation_state(model):
+        if not gradient:
+            with torch.no_grad():
+                weight = model.head.output_layer.weight[0, : features.shape[1]].float()
+                maps = torch.einsum("c,bchw->bhw", weight, features)
+                prediction = model.head(features, male).float()
+            return CamResult(maps, upsample(maps, size), prediction, "cam")
+        with torch.enable_grad():
+            features.requires_grad_(True)
+            prediction = model.head(features, male).float()
+            (gradients,) = torch.autograd.grad(prediction.sum(), features)
         weights = gradients.mean(dim=(2, 3), keepdim=True)
-        maps = F.relu((weights * features).sum(dim=1)).detach()
-    return CamResult(maps, upsample(maps, image.shape[-2:]), prediction.detach(), "grad_cam")
+        maps = F.relu((weights * features.detach()).sum(dim=1))
+    return CamResult(maps, upsample(maps, size), prediction.detach(), "grad_cam")
 
 
 def class_activation_map(model: BoneAgeRegressor, image: torch.Tensor,
@@ -98,10 +121,26 @@ def normalise(maps: torch.Tensor) -> torch.Tensor:
     return ((flat - low) / (high - low).clamp_min(1e-12)).view_as(maps)
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, colormap: str = "jet") -> np.ndarray:
-    """RGB uint8 of a [0, 1] grey image with a [0, 1] heat map blended on top."""
+@cache
+def _colours(colormap: str) -> np.ndarray:
+    """The colormap's lookup table (N, 3) as float32 RGB in [0, 1], built once per name."""
     from matplotlib import colormaps
 
-    grey = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=2)
-    colour = colormaps[colormap](np.clip(heat, 0, 1))[..., :3]
-    return (255 * ((1 - alpha) * grey + alpha * colour)).round().astype(np.uint8)
+    table = colormaps[colormap]
+    return table(np.arange(table.N))[:, :3].astype(np.float32)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, colormap: str = "jet") -> np.ndarray:
+    """RGB uint8 of a [0, 1] grey image (H, W) with a [0, 1] heat map (H, W) blended on top.
+
+    The colours are matplotlib's (a value x takes entry floor(x * N) of the N-entry table, 1.0 the last), looked
+    up in a table kept per colormap and blended in float32: `medal predict` draws one per image.
+
+    Examples:
+        >>> overlay(np.zeros((1, 2)), np.array([[0.0, 1.0]])).tolist()  # jet's dark blue and dark red, 45 %
+        [[[0, 0, 57], [57, 0, 0]]]
+    """
+    table = _colours(colormap)
+    index = np.minimum((np.clip(heat, 0, 1) * len(table)).astype(np.intp), len(table) - 1)
+    grey = np.clip(image, 0, 1).astype(np.float32)[..., None]
+    return np.rint(255 * ((1 - alpha) * grey + alpha * table[index])).astype(np.uint8)

@@ -56,8 +56,16 @@ class BoneAgeModule(pl.LightningModule):
 
     def forward(self, image: torch.Tensor, male: torch.Tensor | None = None) -> torch.Tensor:
         """Bone age in months."""
-        scaled = self.model(image.contiguous(memory_format=self.memory_format), male)
-        return self.scaler.to_months(scaled.float())
+        return self.months_of_features(self.features(image), male)
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """The backbone's last feature maps (B, C, h, w) of images (B, 1, S, S): `forward`'s first half, which
+        `medal predict` runs once per image for both sexes, the mirror image's mean and the CAM."""
+        return self.model.features(image.contiguous(memory_format=self.memory_format))
+
+    def months_of_features(self, features: torch.Tensor, male: torch.Tensor | None = None) -> torch.Tensor:
+        """Bone age in months (B,) from `features`' maps: `forward`'s second half (the head and the scaling)."""
+        return self.scaler.to_months(self.model.head(features, male).float())
 
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         image = batch["image"].contiguous(memory_format=self.memory_format)

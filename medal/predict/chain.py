@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from medal.boneage.cam import class_activation_map, normalise, overlay
+from medal.boneage.cam import cam_of_features, class_activation_map, normalise, overlay
 from medal.boneage.evaluate import autocast_for
 from medal.bundle.load import Bundle
 from medal.bundle.spec import ChainSpec
@@ -46,6 +46,8 @@ from medal.enhance.run import clahe_method, generator_method, identity, to_roi_s
 from medal.errors import MedalError
 from medal.hardware import use_bf16
 from medal.predict import chronology, conformal, ensemble, gate, ood, qc, valid_range
+from medal.predict.clock import StepClock
+from medal.predict.threads import ThreadChoice
 from medal.preprocess.coarse import is_inverted
 from medal.preprocess.masks import FLAT, binarise
 from medal.segment.infer import hand_roi
@@ -146,17 +148,20 @@ def collate(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return samples
 
 
+TINT = (0.4 * np.array([1.0, 0.15, 0.1])).astype(np.float32)  # the mask's red, 40 % over the radiograph
+
+
 def _thumbnail(radiograph: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """RGB uint8 of the radiograph (longer side `THUMB`), the mask tinted red over it."""
     h, w = radiograph.shape
     scale = THUMB / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    grey = np.clip(resize(radiograph, size), 0, 1)
-    rgb = np.repeat(grey[..., None], 3, axis=2)
+    grey = np.clip(resize(radiograph, size), 0, 1)[..., None]
+    rgb = np.repeat(grey, 3, axis=2)
     if mask is not None:
-        small = resize(mask.astype(np.float32), size) > 0.5
-        rgb[small] = 0.6 * rgb[small] + 0.4 * np.array([1.0, 0.15, 0.1])
-    return (255 * rgb).round().astype(np.uint8)
+        small = resize(mask.astype(np.float32), size)[..., None] > 0.5
+        rgb = np.where(small, 0.6 * grey + TINT, rgb)
+    return np.rint(255 * rgb).astype(np.uint8)
 
 
 @dataclass
@@ -173,13 +178,66 @@ class Measured:
     features: dict[int, np.ndarray] = field(default_factory=dict)  # regressor -> pooled features (D,), for OOD
 
 
+class CamSums:
+    """The CAM overlays of a batch, built regressor by regressor from the feature maps of the pass that gave the
+    estimates: each applicable regressor's map, normalised, at the largest regressor's input size, averaged, over
+    what that regressor saw. The same maps as `ChainModule._cams_reference` computes image by image in float32,
+    up to the precision of the shared pass."""
+
+    def __init__(self, measured: list[Measured], chain: ChainSpec) -> None:
+        self.measured = measured
+        self.display = max(r.image_size for r in chain.regressors)
+        self.sizes = [r.image_size for r in chain.regressors]
+        cohorts = [r.cohort for r in chain.regressors]
+        males = [m.sample["male"] for m in measured]
+        self.use = [set(ensemble.applicable(cohorts, bool(male >= 0.5)) if np.isfinite(male)
+                        else range(len(cohorts))) for male in males]
+        self.male = torch.tensor([float(male) if np.isfinite(male) else 1.0 for male in males])
+        self.heats: list[list[torch.Tensor]] = [[] for _ in measured]
+        self.greys: list[np.ndarray | None] = [None] * len(measured)
+        self.last: list[np.ndarray | None] = [None] * len(measured)
+
+    def add(self, k: int, module: torch.nn.Module, features: torch.Tensor, arrays: list[np.ndarray]) -> None:
+        """Regressor k's maps from its feature maps (B, C, h, w) and inputs (B arrays (S, S))."""
+        rows = [j for j, use in enumerate(self.use) if k in use]
+        if not rows:
+            return
+        size = self.sizes[k]
+        picked = features[rows] if len(rows) < len(self.measured) else features
+        male = self.male[rows].to(features.device)
+        heat = normalise(cam_of_features(module.model, picked, male, (size, size)).upsampled).float()
+        heat = F.interpolate(heat[:, None], size=(self.display, self.display), mode="bilinear")[:, 0].cpu()
+        for i, j in enumerate(rows):
+            self.heats[j].append(heat[i])
+            self.last[j] = arrays[j]
+            if size == self.display and self.greys[j] is None:
+                self.greys[j] = arrays[j]
+
+    def draw(self) -> None:
+        """Each image's overlay (`Measured.overlay`) from the maps added."""
+        for j, m in enumerate(self.measured):
+            if self.heats[j]:
+                grey = self.greys[j]
+                if grey is None:
+                    grey = resize(self.last[j], (self.display, self.display))
+                m.overlay = overlay(grey, torch.stack(self.heats[j]).mean(0).numpy())
+
+
 class ChainModule(pl.LightningModule):
     """The bundle's networks as one LightningModule, so `Trainer.predict` batches it, on one device or DDP."""
 
     def __init__(self, bundle: Bundle, options: ChainOptions, calibrating: bool = False,
-                 gate_options: gate.GateOptions | None = None) -> None:
+                 gate_options: gate.GateOptions | None = None, reference: bool = False,
+                 threads: int | str | None = None) -> None:
+        """`reference`: the regressors' step as first written (a backbone pass per sex, per mirror image and per
+        image's CAM), which the shared pass must reproduce (tests/test_predict_chain.py) and the benchmark
+        (scripts/bench_predict.py) measures against. `threads`: `predict.threads` (`medal.predict.threads`;
+        None leaves torch's thread count alone)."""
         super().__init__()
         self.bundle, self.chain, self.options, self.calibrating = bundle, bundle.chain, options, calibrating
+        self.reference, self.thread_setting = reference, threads
+        self.clock = StepClock()  # seconds per chain step (the benchmark's profile)
+        self.threads = ThreadChoice(None, "cpu")  # replaced in `prepare`, once the device is known
         if bundle.calibration is None and not calibrating:
             raise MedalError(f"bundle={bundle.root}: no calibration.json; re-export it with `medal export`")
         self.gate = gate_options
@@ -210,6 +268,7 @@ class ChainModule(pl.LightningModule):
         from medal.segment.model import CommitteeModel
 
         seg, enh = self.chain.segmenter, self.chain.enhancer
+        self.threads = ThreadChoice(self.thread_setting, self.device.type)
         if seg is not None:
             self._seg_model = CommitteeModel(self.committee, None, str(self.device), self._bf16(seg.fast),
                                              seg.batch_size)
@@ -223,15 +282,23 @@ class ChainModule(pl.LightningModule):
     def on_predict_start(self) -> None:
         self.prepare()
 
+    def on_predict_end(self) -> None:
+        self.threads.restore()
+
     # -- the chain -------------------------------------------------------------------------------------------
-    def segment(self, measured: list[Measured]) -> list[np.ndarray]:
+    def segment(self, measured: list[Measured]) -> list[np.ndarray | None]:
         """RoIs of the images (16-bit rounded as the RoI files were); marks those without a hand."""
+        with self.clock("committee"):
+            works = np.stack([m.sample["work"] for m in measured])
+            member_probs = self._seg_model.predict_probs(works)  # (M, B, S, S), as the final pass computes it
+            mean = member_probs.mean(0).numpy()
+            member_probs = member_probs.numpy()
+        with self.clock("roi"):
+            return self._rois(measured, mean, member_probs)
+
+    def _rois(self, measured: list[Measured], mean: np.ndarray, member_probs: np.ndarray) -> list[np.ndarray | None]:
         seg = self.chain.segmenter
-        works = np.stack([m.sample["work"] for m in measured])
-        member_probs = self._seg_model.predict_probs(works)  # (M, B, S, S), as the final pass computes it
-        mean = member_probs.mean(0).numpy()
-        member_probs = member_probs.numpy()
-        rois = []
+        rois: list[np.ndarray | None] = []
         for j, m in enumerate(measured):
             s = m.sample
             if float(mean[j].max()) < 0.5:
@@ -251,6 +318,11 @@ class ChainModule(pl.LightningModule):
         enh = self.chain.enhancer
         if enh.method == "none":
             return rois
+        with self.clock("enhancer"):
+            return self._enhanced(rois)
+
+    def _enhanced(self, rois: list[np.ndarray]) -> list[np.ndarray]:
+        enh = self.chain.enhancer
         out = []
         for start in range(0, len(rois), enh.batch_size):
             chunk = rois[start:start + enh.batch_size]
@@ -260,29 +332,92 @@ class ChainModule(pl.LightningModule):
             out += [as_derived(to_roi_size(y[i], *r.shape).numpy()) for i, r in enumerate(chunk)]
         return out
 
+    def _modes(self) -> tuple[str, ...]:
+        return TTA if self.calibrating or self.options.tta == "flip" else ("none",)
+
+    def _inputs(self, k: int, measured: list[Measured], images: list[np.ndarray] | None) -> list[np.ndarray]:
+        """Regressor k's input (S, S) of each image: what its training cache held."""
+        spec = self.chain.regressors[k]
+        if images is None:
+            return [m.sample["inputs"][k] for m in measured]
+        return [cached_form(img, spec.image_size, spec.fit).astype(np.float32) for img in images]
+
+    def regress(self, measured: list[Measured], images: list[np.ndarray] | None) -> None:
+        """Every regressor's months for each image, as male and as female (one pass where sex is not an input),
+        without and (when asked, or calibrating) with the mirror image; then the CAMs.
+
+        One backbone pass per regressor and batch (two with the mirror image) serves both sexes, since the sex
+        enters the head only, and the CAM, which is computed from that pass's feature maps. The months are
+        those of `BoneAgeModule.forward` on the same batch, to the bit (tests/test_predict_chain.py)."""
+        if self.reference:
+            self._regress_reference(measured, images)
+            return
+        modes = self._modes()
+        self.tap.arm()  # the OOD score's pooled features: the head's input on the plain image's first call
+        per_mode: dict[str, dict[bool, list[np.ndarray]]] = {t: {True: [], False: []} for t in modes}
+        cams = CamSums(measured, self.chain) if self.options.cam and not self.calibrating else None
+        for k, (spec, module) in enumerate(zip(self.chain.regressors, self.regressors, strict=True)):
+            sexes = (True, False) if spec.sex_input else (True,)
+            with self.clock("regressor"):
+                arrays = self._inputs(k, measured, images)
+                x = torch.from_numpy(np.stack(arrays))[:, None].to(self.device)
+                features, plain = self._shared_pass(module, spec.bf16, x, sexes)
+            flipped = None
+            if "flip" in modes:
+                with self.clock("tta"):
+                    flipped = self._shared_pass(module, spec.bf16, x.flip(-1), sexes)[1]
+            for male in sexes:
+                for mode in modes:
+                    value = plain[male] if mode == "none" else (plain[male] + flipped[male]) / 2
+                    per_mode[mode][male].append(value)
+                    if not spec.sex_input:
+                        per_mode[mode][False].append(value)
+            if cams is not None:
+                with self.clock("cam"):
+                    cams.add(k, module, features, arrays)
+        pooled = self.tap.take()
+        for j, m in enumerate(measured):
+            m.predictions = {mode: {s: np.array([row[j] for row in rows]) for s, rows in by_sex.items()}
+                             for mode, by_sex in per_mode.items()}
+            m.features = {k: f[j] for k, f in pooled.items()}
+        if cams is not None:
+            with self.clock("cam"):
+                cams.draw()
+
+    def _shared_pass(self, module: torch.nn.Module, recorded_bf16: bool | str, x: torch.Tensor,
+                     sexes: tuple[bool, ...]) -> tuple[torch.Tensor, dict[bool, np.ndarray]]:
+        """(feature maps (B, C, h, w), {male: months (B,)}) of one backbone pass over x (B, 1, S, S)."""
+        n = x.shape[0]
+        with torch.no_grad(), autocast_for(self.device, self._bf16(recorded_bf16)):
+            features = module.features(x)
+            months = {male: module.months_of_features(features, torch.full((n,), float(male), device=self.device))
+                      .float().cpu().numpy() for male in sexes}
+        return features, months
+
+    # -- the regressors' step as first written: the reference the shared pass is held to --------------------
     def _months(self, module: torch.nn.Module, bf16: bool, x: torch.Tensor, male: torch.Tensor) -> np.ndarray:
         with torch.inference_mode(), autocast_for(self.device, bf16):
             return module(x.to(self.device), male.to(self.device)).float().cpu().numpy()
 
-    def regress(self, measured: list[Measured], images: list[np.ndarray] | None) -> None:
-        """Every regressor's months for each image, as male and as female (one pass where sex is not an input),
-        without and (when asked, or calibrating) with the mirror image."""
-        modes = TTA if self.calibrating or self.options.tta == "flip" else ("none",)
+    def _regress_reference(self, measured: list[Measured], images: list[np.ndarray] | None) -> None:
+        """`regress` with a backbone pass per sex and per mirror image, and the CAM per image in float32."""
+        modes = self._modes()
         n = len(measured)
         self.tap.arm()
         per_mode: dict[str, dict[bool, list[np.ndarray]]] = {t: {True: [], False: []} for t in modes}
         for k, (spec, module) in enumerate(zip(self.chain.regressors, self.regressors, strict=True)):
-            if images is None:
-                arrays = [m.sample["inputs"][k] for m in measured]
-            else:
-                arrays = [cached_form(img, spec.image_size, spec.fit).astype(np.float32) for img in images]
-            x = torch.from_numpy(np.stack(arrays))[:, None]
+            with self.clock("regressor"):
+                x = torch.from_numpy(np.stack(self._inputs(k, measured, images)))[:, None]
             bf16 = self._bf16(spec.bf16)
             sexes = (True, False) if spec.sex_input else (True,)
             for male in sexes:
                 sex = torch.full((n,), float(male))
-                plain = self._months(module, bf16, x, sex)
-                flipped = self._months(module, bf16, x.flip(-1), sex) if "flip" in modes else None
+                with self.clock("regressor"):
+                    plain = self._months(module, bf16, x, sex)
+                flipped = None
+                if "flip" in modes:
+                    with self.clock("tta"):
+                        flipped = self._months(module, bf16, x.flip(-1), sex)
                 for mode in modes:
                     value = plain if mode == "none" else (plain + flipped) / 2
                     per_mode[mode][male].append(value)
@@ -294,11 +429,12 @@ class ChainModule(pl.LightningModule):
                              for mode, by_sex in per_mode.items()}
             m.features = {k: f[j] for k, f in pooled.items()}
         if self.options.cam and not self.calibrating:
-            self._cams(measured, images)
+            with self.clock("cam"):
+                self._cams_reference(measured, images)
 
-    def _cams(self, measured: list[Measured], images: list[np.ndarray] | None) -> None:
+    def _cams_reference(self, measured: list[Measured], images: list[np.ndarray] | None) -> None:
         """CAM (exact for a linear head, else Grad-CAM) of every applicable regressor, averaged, over what the
-        largest-input regressor sees."""
+        largest-input regressor sees: one image and one float32 backbone pass at a time."""
         display = max(r.image_size for r in self.chain.regressors)
         cohorts = [r.cohort for r in self.chain.regressors]
         for j, m in enumerate(measured):
@@ -325,17 +461,21 @@ class ChainModule(pl.LightningModule):
         live = [m for m in measured if m.sample["status"] == "ok"]
         if not live:
             return measured
+        with self.threads.batch(len(live)):
+            self._measure(live)
+        return measured
+
+    def _measure(self, live: list[Measured]) -> None:
         if self.chain.segmenter is None:
             for m in live:
                 m.thumb = m.sample.get("thumb")
             self.regress(live, None)
-            return measured
+            return
         rois = self.segment(live)
         kept = [(m, r) for m, r in zip(live, rois, strict=True) if r is not None]
         if kept:
             enhanced = self.enhance([r for _, r in kept])
             self.regress([m for m, _ in kept], enhanced)
-        return measured
 
     # -- estimate and interval -------------------------------------------------------------------------------
     def finish(self, m: Measured) -> dict[str, Any]:

@@ -199,8 +199,8 @@ def run_predict(cfg: DictConfig) -> dict[str, float]:
         loader = DataLoader(InputImages(todo, bundle.chain, options.sex, gate_options),
                             batch_size=int(node["batch_size"]), num_workers=int(node["num_workers"]),
                             collate_fn=collate)
-        trainer.predict(ChainModule(bundle, options, gate_options=gate_options), dataloaders=loader,
-                        return_predictions=False)
+        trainer.predict(ChainModule(bundle, options, gate_options=gate_options, threads=node["threads"]),
+                        dataloaders=loader, return_predictions=False)
         trainer.strategy.barrier("predict rows written")  # every rank's part is on disk before rank 0 reads them
     if not trainer.is_global_zero:
         return {}
