@@ -13,7 +13,7 @@ EXCLUDE_INSTALLED_FROM ?=
 GPU_PYTHON ?= $(RUN) python
 GPU_CHECK_ARGS ?=
 
-.PHONY: setup browser demo test test-full bench figure12-smoke figure12 lint clean wheels gpu-check
+.PHONY: setup browser demo test test-slow test-full bench figure12-smoke figure12 lint clean wheels gpu-check
 
 setup:  ## install uv if missing, then the locked environment
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --user --quiet uv
@@ -29,6 +29,9 @@ demo: setup  ## the main job: the whole pipeline on freshly generated phantoms (
 
 test: setup browser  ## fast tests (no `slow` marker)
 	$(RUN) pytest -q -n $(PYTEST_WORKERS) --timeout 900
+
+test-slow: setup browser  ## only the `slow` tests (CI runs them after `make test`)
+	$(RUN) pytest -q -n $(PYTEST_WORKERS) -m slow --timeout 3600
 
 test-full: setup browser  ## every test, `slow` ones included
 	$(RUN) pytest -q -n $(PYTEST_WORKERS) -m "slow or not slow" --timeout 3600

@@ -14,14 +14,18 @@ Speed does not depend on what the weights are, except that a fresh committee fin
 there: its members' last layer gets a bias of +4, so every image goes through the whole chain (its mask is then
 most of the radiograph, and the RoI the whole image). `--bundle DIR` measures a real bundle instead.
 
-Both paths run over the same images in one process, alternately (reference, shared, reference, shared: load that
-drifts hits both): `reference` is `ChainModule(reference=True)`, the regressor step as first written (a backbone
-pass per sex, another per mirror image, and the CAM image by image in float32); `shared` is the chain `medal
-predict` runs (one backbone pass per regressor and batch serves both sexes and the CAM). Per path: images/s and
-seconds per image by step (`decode`: the DataLoader's time, `committee` ... `cam`: the chain's `StepClock`; the
-interval and the rows make up the rest). Both paths' estimates are compared (the largest difference in months)
-and their CAM overlays (the largest difference of the 0-255 RGB pictures). Precision is each network's recorded
-setting (`predict.bf16=as_trained`: `auto`, bf16 where the CPU has it natively). PNG writing is left out.
+Both paths run over the same images in one process, interleaved batch by batch (which goes first alternates), so
+that load from other jobs, which drifts over seconds, falls on both alike: `reference` is
+`ChainModule(reference=True)`, the regressor step as first written (a backbone pass per sex, another per mirror
+image, and the CAM image by image in float32) at a given torch thread count; `shared` is the chain `medal predict`
+runs (one backbone pass per regressor and batch serves both sexes and the CAM) at a count, or with
+`predict.threads=auto`. Rows: both at 1 thread, both at 2, and the defaults before and now (torch's own count,
+the cores, against auto). Per path: images/s and seconds per image by step (`decode`: the DataLoader's time,
+`committee` ... `cam`: the chain's `StepClock`; the interval and the rows make up the rest). Both paths'
+estimates are compared (the largest difference in months) and their CAM overlays (the largest difference of the
+0-255 RGB pictures). Precision is each network's recorded setting (`predict.bf16=as_trained`: `auto`, bf16 where
+the CPU has it natively); onnxruntime's float32 graphs (`export.onnx=true`) are timed against it per network.
+PNG writing is left out.
 Writes outputs/bench/predict.{json,md}.
 """
 
@@ -195,34 +199,75 @@ class Setting:
     shared_threads: int | str
 
 
+def run_interleaved(modules: dict[str, ChainModule], threads: dict[str, int | None], frame: pd.DataFrame,
+                    batch: int, workers: int, first: int) -> dict[str, Pass]:
+    """Every path over `frame`, batch by batch in turn (which path goes first alternates from batch to batch), so
+    that load from other jobs, which drifts over seconds, falls on all paths alike. `threads`: the torch threads
+    set before a path's batch (None: the path sets its own, `predict.threads`)."""
+    names = list(modules)
+    loaders = {name: iter(DataLoader(InputImages(frame, modules[name].chain, "input"), batch_size=batch,
+                                     collate_fn=collate, num_workers=workers)) for name in names}
+    out = {name: Pass(0.0, {}, [], []) for name in names}
+    for module in modules.values():
+        module.clock.reset()
+    for index in range((len(frame) + batch - 1) // batch):
+        order = names if (index + first) % 2 == 0 else names[::-1]
+        for name in order:
+            module, done = modules[name], out[name]
+            if threads[name] is not None:
+                torch.set_num_threads(threads[name])
+            started = time.perf_counter()
+            part = next(loaders[name])
+            module.clock.add("decode", time.perf_counter() - started)
+            for m in module.measure(part):
+                done.rows.append(module.finish(m))
+                done.overlays.append(m.overlay)
+            done.seconds += time.perf_counter() - started
+    for name, done in out.items():
+        done.steps = dict(modules[name].clock.seconds)
+        bad = sorted({r["status"] for r in done.rows if r["status"] != "ok"})
+        if bad:
+            raise SystemExit(f"{name}: statuses {bad}; the benchmark needs every image through the chain")
+    return out
+
+
 def measure(bundle: Bundle, frame: pd.DataFrame, batch: int, workers: int, repeats: int, tta: str,
             setting: Setting) -> dict[str, Any]:
-    """Reference and shared paths over `frame`, alternately `repeats` times each; the faster pass of each kept."""
+    """Reference and shared paths over `frame`, interleaved batch by batch, `repeats` times; times summed over the
+    repeats (the first pass of each path, a warm-up over one batch, is left out)."""
     options = ChainOptions(tta=tta, sex="input", coverage=0.9, bf16="as_trained", cam=True)
-    threads = {"reference": setting.reference_threads, "shared": setting.shared_threads}
-    modules = {name: ChainModule(bundle, options, reference=name == "reference",
-                                 threads=None if name == "reference" else threads[name]).eval()
-               for name in ("reference", "shared")}
-    passes: dict[str, Pass] = {}
+    modules = {"reference": ChainModule(bundle, options, reference=True).eval(),
+               "shared": ChainModule(bundle, options, threads=setting.shared_threads).eval()}
+    threads: dict[str, int | None] = {"reference": setting.reference_threads, "shared": None}
     for module in modules.values():
         torch.set_num_threads(setting.reference_threads)  # the shared path's own choice applies from its batches on
         module.prepare()
-        run_chain(module, frame.head(batch), batch, workers)  # warm-up: allocator, oneDNN kernels
-    for _ in range(repeats):
-        for name, module in modules.items():
-            torch.set_num_threads(setting.reference_threads)
-            done = run_chain(module, frame, batch, workers)
-            print(f"  {name}: {len(frame)} images in {done.seconds:.1f} s", flush=True)
-            if name not in passes or done.seconds < passes[name].seconds:
-                passes[name] = done
-    n = len(frame)
+    run_interleaved(modules, threads, frame.head(batch), batch, workers, 0)  # warm-up: allocator, oneDNN kernels
+    passes = [run_interleaved(modules, threads, frame, batch, workers, k) for k in range(repeats)]
+    n = len(frame) * repeats
+    total = {name: sum(p[name].seconds for p in passes) for name in modules}
+    steps = {name: {s: sum(p[name].steps.get(s, 0.0) for p in passes) / n for s in STEPS} | {"total": total[name] / n}
+             for name in modules}
     chosen = modules["shared"].threads
-    return {"img_s": {k: n / p.seconds for k, p in passes.items()},
-            "seconds_per_image": {k: {s: p.steps.get(s, 0.0) / n for s in STEPS} | {"total": p.seconds / n}
-                                  for k, p in passes.items()},
-            "agreement": compare(passes["reference"], passes["shared"]),
+    print(f"  reference {n / total['reference']:.2f} img/s, shared {n / total['shared']:.2f} img/s", flush=True)
+    return {"img_s": {name: n / total[name] for name in modules}, "seconds_per_image": steps,
+            "agreement": compare(passes[-1]["reference"], passes[-1]["shared"]),
             "threads": {"reference": setting.reference_threads, "shared": setting.shared_threads,
                         "shared_chosen": chosen.chosen, "shared_measured_s_per_image": chosen.seconds}}
+
+
+def worker_rates(bundle: Bundle, frame: pd.DataFrame, batch: int, repeats: int, workers: int) -> dict[int, float]:
+    """Images/s of the shared path with decoding in the main process (0) and in `workers` DataLoader processes,
+    alternately, the faster pass of each kept."""
+    module = ChainModule(bundle, ChainOptions(tta="none", sex="input", coverage=0.9, bf16="as_trained", cam=True))
+    module.eval().prepare()
+    run_chain(module, frame.head(batch), batch, 0)
+    best: dict[int, float] = {}
+    for _ in range(repeats):
+        for count in (0, workers):
+            done = run_chain(module, frame, batch, count)
+            best[count] = max(best.get(count, 0.0), len(frame) / done.seconds)
+    return best
 
 
 def _per_image(call: Any, batch: int, repeats: int) -> float:
@@ -292,7 +337,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                         help="torch threads both paths are also measured at, each (the paper's sizes: the first)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding (predict.num_workers)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating passes per path (the fastest kept)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved passes per setting (times summed)")
     parser.add_argument("--tta", default="none", choices=["none", "flip"])
     parser.add_argument("--bundle", type=Path, default=None, help="a real bundle (its own sizes) instead")
     parser.add_argument("--root", type=Path, default=Path("outputs/bench_predict"))
@@ -322,13 +367,18 @@ def main() -> None:
             print(json.dumps(r, indent=1), flush=True)
         if name == "demo":
             torch.set_num_threads(args.threads[0])
+            print(f"== DataLoader workers, {args.threads[0]} thread(s)", flush=True)
+            loaders = worker_rates(bundle, frame, batch, args.repeats, max(1, args.workers))
+            rows.append(BenchRow(f"shared chain at the demo sizes, {args.threads[0]} thread(s): decoding in "
+                                 f"{max(1, args.workers)} DataLoader worker(s)", loaders[max(1, args.workers)],
+                                 "img/s", "decoding in the main process", loaders[0]))
             print(f"== onnxruntime against torch, {args.threads[0]} thread(s)", flush=True)
             onnx = onnx_rates(bundle, args.root / "onnx_demo", batch)
             rows += [BenchRow(f"{net} at the demo sizes, batch of {batch}, {args.threads[0]} thread(s): onnxruntime "
                               "(float32)", 1 / t["onnxruntime"], "img/s", "PyTorch as the chain runs it (bf16 where "
                               "native)", 1 / t["torch"]) for net, t in onnx.items()]
     notes = ("Per-step profile, milliseconds per image (decode: the DataLoader's time in the main process with "
-             f"{args.workers} workers; each column the faster of {args.repeats} alternating passes; the rest of "
+             f"{args.workers} workers; paths interleaved batch by batch, {args.repeats} passes summed; the rest of "
              "`total` is the interval and the rows):\n\n" + profile_table(results) + "\n\n"
              f"CPU bf16 native: {cpu_has_native_bf16()}; each network at its recorded precision (auto: bf16 where "
              f"native); test-time augmentation: {args.tta}. Shared path with predict.threads=auto chose "
