@@ -132,10 +132,12 @@ def fresh_bundle(root: Path, sizes: Sizes, cohorts: tuple[str, ...] = ("all",), 
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(root / rel))
     estimates = [100.0 + r for r in range(1, 60)]  # residuals 1..59 months against references of 100
+    averaged = {"none": estimates, "flip": estimates} if any(r.sex_input for r in regs) else None  # unknown sex
     calibration = {"schema": 2, "images": 59, "source": {"kind": "synthetic"},
                    "settings": {"method": "sex", "min_cohort": 50, "min_band": 30, "edges": None, "difficulty": None},
                    "cases": {"id": [str(r) for r in range(59)], "male": [1.0, 0.0] * 29 + [1.0], "reference": [100.0] * 59,
-                             "known": {"none": estimates, "flip": estimates}, "unknown": None, "spread": None},
+                             "known": {"none": estimates, "flip": estimates}, "unknown": averaged,
+                             "spread": None},
                    "qc": {"mask_fraction": [None, None], "agreement": [None, None]}}
     return Bundle(root, {"name": f"{sizes.name} sizes (fresh weights)", "versions": {}, "files": {}},
                   ChainSpec(regressors=regs, segmenter=seg, enhancer=enh), calibration)

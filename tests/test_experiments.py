@@ -173,7 +173,7 @@ def test_figure12_smoke_accepts_a_full_table_with_baseline_rows_and_refuses_a_ga
     mean-predictor cells is no gap, a failed run is."""
     check_cells = _smoke_module().check_cells
     for name, failed in (("full", set()), ("gap", {7})):
-        sweep = write_multirun(tmp_path / name, failed=failed)
+        sweep = write_multirun(tmp_path / name, failed=failed, modes=FINETUNE_MODES)
         for metrics_file in sweep.glob("*/metrics.json"):
             metrics = json.loads(metrics_file.read_text())
             metrics.update({"test/mae_floor": 3.0, "test/mae_mean_predictor": 40.0})
@@ -186,7 +186,7 @@ def test_figure12_smoke_accepts_a_full_table_with_baseline_rows_and_refuses_a_ga
             table = check_cells(table_dir)
             assert "| noise floor |" in table and "| mean predictor |" in table and "—" in table
         else:
-            with pytest.raises(SystemExit, match="35 filled, 1 failed, 0 missing of 36"):
+            with pytest.raises(SystemExit, match="53 filled, 1 failed, 0 missing of 54"):
                 check_cells(table_dir)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from medal.models.stages import FIXED_MODES, PACED_MODE
+from medal.models.stages import FINETUNE_MODES, FIXED_MODES, PACED_MODE
 from medal.runs import write_metrics
 
 MODES = (*FIXED_MODES, PACED_MODE)  # the paper's Figure 12 rows
@@ -22,7 +22,7 @@ GRID = list(itertools.product(MODES, ENHANCE, COHORTS))  # the sweep's job order
 
 def planted_mae(mode: str, enhance: str, cohort: str) -> float:
     """A distinct, non-round value per cell, so a cell read from the wrong run shows."""
-    return round(30.0 - 4.0 * MODES.index(mode) + 0.5 * ENHANCE.index(enhance) + 0.1 * COHORTS.index(cohort)
+    return round(30.0 - 4.0 * FINETUNE_MODES.index(mode) + 0.5 * ENHANCE.index(enhance) + 0.1 * COHORTS.index(cohort)
                  + 0.0123, 4)
 
 
@@ -30,7 +30,7 @@ def history(mode: str, epochs: int = 6, stage_epochs: tuple[int, ...] = (2, 4)) 
     """Lightning-CSVLogger-style rows: loss and stage on separate rows per epoch, as `log(on_epoch=True)` does."""
     rows = []
     for epoch in range(epochs):
-        rows.append({"epoch": epoch, "step": 10 * epoch + 9, "train/loss": 1.0 / (epoch + 1) + MODES.index(mode)})
+        rows.append({"epoch": epoch, "step": 10 * epoch + 9, "train/loss": 1.0 / (epoch + 1) + FINETUNE_MODES.index(mode)})
         if mode == "ptl":
             rows.append({"epoch": epoch, "step": 10 * epoch + 9,
                          "ptl/stage": float(sum(epoch >= s for s in stage_epochs))})
@@ -57,11 +57,14 @@ def write_job(job_dir: Path, mode: str, enhance: str, cohort: str, failed: bool 
     history(mode, stage_epochs=STAGE_EPOCHS[cohort]).to_csv(job_dir / "csv" / "metrics.csv", index=False)
 
 
-def write_multirun(root: Path, failed: set[int] = frozenset(), missing: set[int] = frozenset()) -> Path:
-    """A multirun folder with one job per grid cell; `failed` jobs failed, `missing` jobs never ran."""
+def write_multirun(root: Path, failed: set[int] = frozenset(), missing: set[int] = frozenset(),
+                   modes: tuple[str, ...] = MODES) -> Path:
+    """A multirun folder with one job per grid cell of `modes` (the paper's six rows, or every `finetune=` mode);
+    `failed` jobs failed, `missing` jobs never ran."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "multirun.yaml").write_text("hydra: {}\n")
-    for num, (mode, enhance, cohort) in enumerate(GRID):
+    grid = GRID if modes == MODES else list(itertools.product(modes, ENHANCE, COHORTS))
+    for num, (mode, enhance, cohort) in enumerate(grid):
         if num not in missing:
             write_job(root / str(num), mode, enhance, cohort, failed=num in failed)
     return root
