@@ -12,8 +12,10 @@ EXCLUDE_INSTALLED_FROM ?=
 # `make gpu-check`: the Python that runs it (on an offline GPU server: GPU_PYTHON=python3) and its arguments
 GPU_PYTHON ?= $(RUN) python
 GPU_CHECK_ARGS ?=
+# `make bench-scale`: e.g. BENCH_SCALE_ARGS="--stages check_data --force check_data"
+BENCH_SCALE_ARGS ?=
 
-.PHONY: setup browser demo test test-slow test-full bench figure12-smoke figure12 lint clean wheels gpu-check
+.PHONY: setup browser demo test test-slow test-full bench bench-scale figure12-smoke figure12 lint clean wheels gpu-check
 
 setup:  ## install uv if missing, then the locked environment
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --user --quiet uv
@@ -36,10 +38,13 @@ test-slow: setup browser  ## only the `slow` tests (CI runs them after `make tes
 test-full: setup browser  ## every test, `slow` ones included
 	$(RUN) pytest -q -n $(PYTEST_WORKERS) -m "slow or not slow" --timeout 3600
 
-bench: setup  ## every benchmark -> outputs/bench/*.json, *.md and summary.md
-	@for s in $(filter-out scripts/bench_summary.py,$(wildcard scripts/bench_*.py)); do \
+bench: setup  ## every benchmark but the scale one -> outputs/bench/*.json, *.md and summary.md
+	@for s in $(filter-out scripts/bench_summary.py scripts/bench_scale.py,$(wildcard scripts/bench_*.py)); do \
 	  echo "== $$s"; $(RUN) python $$s || exit 1; done
 	$(RUN) python scripts/bench_summary.py
+
+bench-scale: setup  ## every stage's time and memory up to 12,611 and 100,000 images (hours; resumes) -> outputs/bench/scale.*
+	nice -n 5 $(RUN) python scripts/bench_scale.py $(BENCH_SCALE_ARGS)
 
 figure12-smoke: setup  ## Figure 12 (54 runs) on phantoms, tiny model; tables from the folder and offline W&B must match
 	$(RUN) python scripts/figure12_smoke.py --root outputs/figure12_smoke --n 96 --epochs 3

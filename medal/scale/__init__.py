@@ -1,0 +1,1 @@
+"""The scale benchmark (`scripts/bench_scale.py`, `make bench-scale`): every stage measured as n grows."""
