@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,8 @@ def _from_folder(root: Path) -> pd.DataFrame:
         log.info("%s: ignored %d file(s) that are neither images nor DICOM (e.g. %s)", root, len(ignored),
                  ignored[0].name)
     stems = [p.relative_to(root).with_suffix("").as_posix() for p in files]
-    ids = [p.relative_to(root).as_posix() if stems.count(s) > 1 else s for p, s in zip(files, stems, strict=True)]
+    repeated = {s for s, count in Counter(stems).items() if count > 1}  # one pass: an archive has 10^5 files
+    ids = [p.relative_to(root).as_posix() if s in repeated else s for p, s in zip(files, stems, strict=True)]
     return pd.DataFrame({"id": ids, "path": [str(p) for p in files], "male": np.nan, "sex_source": "",
                          "reference": np.nan, "chronological_age": np.nan})
 
