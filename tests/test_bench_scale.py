@@ -120,7 +120,7 @@ def test_the_stand_in_committee_has_the_real_shapes_and_counts_its_images() -> N
     images = np.zeros((5, 32, 32), np.float32)
     probs, features, mc = model.predict_probs(images), model.features(images), model.mc_probs(images, 8, 0)
     assert probs.shape == (3, 5, 32, 32) and features.shape == (3, 5, 192 * 16) and mc.shape == (8, 5, 32, 32)
-    assert probs.dtype == features.dtype == torch.float32 and 0 < float(probs.min()) and float(probs.max()) < 1
+    assert probs.dtype == features.dtype == torch.float32 and float(probs.min()) > 0 and float(probs.max()) < 1
     assert model.seen == {"probs": 5, "features": 5, "mc": 40}
 
 

@@ -4,12 +4,16 @@ benchmark's (scripts/bench_scale.py); these tests check the behaviour the fixes 
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from medal.predict.inputs import read_inputs
+from medal.predict.merge import link_or_copy, merge_parts
+from medal.predict.rows import PREDICTIONS, read_rows
 
 
 def _png(path: Path) -> None:
@@ -26,3 +30,38 @@ def test_a_folder_names_each_image_by_its_path_without_suffix_unless_two_files_s
     assert by_path == {"a/x.png": "a/x", "b/x.png": "b/x", "c.png": "c", "d/y.jpg": "d/y.jpg",
                        "d/y.png": "d/y.png", "e/z.png": "e/z"}  # only d/y's two files share a stem
     assert frame["id"].is_unique
+
+
+@pytest.fixture
+def shards(tmp_path: Path) -> Path:
+    """Four finished shard folders of one 60-image archive (the scale benchmark's, with a picture per row)."""
+    from medal.scale.context import Ctx
+    from medal.scale.stages import _shards
+
+    ids = [f"a{i:04d}" for i in range(60)]
+    parts = tmp_path / "parts"
+    _shards(Ctx("test", 60, tmp_path, tmp_path, tmp_path / "r.json"), parts, ids, [f"/x/{i}.png" for i in ids])
+    return parts
+
+
+def test_merging_shards_links_their_pictures_instead_of_writing_them_again(shards: Path, tmp_path: Path) -> None:
+    metrics = merge_parts(str(shards), tmp_path / "merged", 1000)
+    rows = read_rows(tmp_path / "merged" / PREDICTIONS)
+    assert metrics["predict/shards"] == 4 and len(rows) == 60 and rows["id"].is_unique
+    picture = (shards / "picture.png").stat().st_ino
+    assert all((tmp_path / "merged" / rel).stat().st_ino == picture for rel in [*rows["thumb"], *rows["overlay"]])
+    again = merge_parts(str(shards), tmp_path / "merged", 1000)  # merging again into the same folder is fine
+    assert again["predict/images"] == 60
+
+
+def test_pictures_are_copied_where_the_file_system_cannot_link(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "a.png").write_bytes(b"picture")
+
+    def no_links(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr("medal.predict.merge.os.link", no_links)
+    assert link_or_copy(tmp_path / "a.png", tmp_path / "out" / "a.png") is False
+    copy = tmp_path / "out" / "a.png"
+    assert copy.read_bytes() == b"picture" and copy.stat().st_ino != (tmp_path / "a.png").stat().st_ino
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary file left behind

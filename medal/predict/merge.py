@@ -2,12 +2,14 @@
 
 Every folder under DIR (one or two levels down, as Hydra's sweep jobs are) with a finished predict record is a
 part. The parts must be the shards 0..N-1 of one N, each once, made with one bundle, one input and the same
-settings; otherwise one line says which part does not fit. Rows and pictures are copied into this run folder.
+settings; otherwise one line says which part does not fit. Rows are copied into this run folder, and pictures linked
+(`link_or_copy`: a 100,000-image archive's thumbnails and CAM overlays are gigabytes).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,27 @@ def _parts(parts_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
             raise MedalError(f"{folder}: a shard that did not finish; rerun its job (same folder) before merging")
         found.append((folder, record))
     return found
+
+
+def link_or_copy(source: Path, target: Path) -> bool:
+    """`target` as a hard link to `source` (an archive's pictures are gigabytes: merging should not write them
+    again), or a copy where the file system has no links between the two (another device); atomic either way.
+    True when linked.
+
+    Both are safe to keep: predict writes every picture by renaming a new file over the old, so rewriting a
+    shard's picture later gives it a new inode and leaves the merged one as it was.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+        linked = True
+    except OSError:  # EXDEV (another device), EPERM (no hard links there): copy instead
+        shutil.copyfile(source, tmp)
+        linked = False
+    os.replace(tmp, target)
+    return linked
 
 
 def merge_parts(parts_dir: str | None, out_dir: Path, max_rows: int) -> dict[str, float]:
@@ -60,17 +83,20 @@ def merge_parts(parts_dir: str | None, out_dir: Path, max_rows: int) -> dict[str
     missing = sorted(set(range(shards)) - set(seen))
     if missing:
         raise MedalError(f"predict.parts={root}: shard(s) {missing} of {shards} missing; run them before merging")
-    frames = []
+    frames, linked, copied = [], 0, 0
     for folder in (seen[k] for k in range(shards)):
         rows = read_rows(folder / PREDICTIONS)
         for column in ("thumb", "overlay"):
             for rel in rows[column].dropna():
                 if rel:
-                    (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(folder / rel, out_dir / rel)
+                    if link_or_copy(folder / rel, out_dir / rel):
+                        linked += 1
+                    else:
+                        copied += 1
         frames.append(rows)
     merged = pd.concat(frames, ignore_index=True)
-    log.info("merged %d shards (%d images) from %s", shards, len(merged), root)
+    log.info("merged %d shards (%d images) from %s; pictures: %d linked, %d copied (no hard links to %s)", shards,
+             len(merged), root, linked, copied, out_dir)
     bundle = first["bundle"]
     return {**finish_run(out_dir, merged, sorted(merged["id"]), f"fingerprint {bundle}", int(
         parts[0][1]["metrics"].get("predict/calibration_images", 0)), common, max_rows, {}),

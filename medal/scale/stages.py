@@ -47,6 +47,7 @@ STRATEGIES = ("qbc", "qbc_paper", "entropy", "entropy_power", "bald", "bald_mc",
 DIVERSITY = ("coreset", "hybrid")  # hold every pool image's full bottleneck: measured where it fits
 DIVERSITY_SIZES, QUICK_DIVERSITY = (100, 200, 350), (24, 48, 96)
 TABLE_SIZES, QUICK_TABLE = (200, 1000, 5000), (6, 12, 24)
+MERGE_SIZES = (500, 2000, 12_611, 50_000)  # 100,000 shards' pictures copied would be ~10 GB of this shared disk
 GAN_SIZE = 512  # px: the RoIs' own size (segment.roi.size), as the paper's enhancer sees them
 
 
@@ -563,6 +564,62 @@ def predict_archive(ctx: Ctx) -> dict[str, Any]:
                       prefix=f"archive-level steps timed {rule}", page_bytes=(run / "predictions.html").stat().st_size)
 
 
+SHARDS = 4
+
+
+def _shards(ctx: Ctx, parts: Path, ids: list[str], paths: list[str]) -> None:
+    """`parts/<k>/` for k < SHARDS: finished `medal predict` run folders of one multirun, each with its shard's rows
+    and a thumbnail and overlay per row (hard links to one real 192-px picture, so the disk holds one)."""
+    from medal.predict.inputs import shard_of
+    from medal.predict.rows import COLUMNS, PREDICTIONS
+    from medal.predict.run import MARKER
+    from medal.resume import Marker
+
+    picture = parts / "picture.png"
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    Image.fromarray((rng.random((192, 150, 3)) * 255).astype(np.uint8)).save(picture)
+    rows = synthetic_rows(ids, paths)
+    shard = np.array([shard_of(i, SHARDS) for i in ids])
+    options = {"tta": "none", "sex": "input", "coverage": 0.9, "bf16": "as_trained", "cam": True,
+               "num_shards": SHARDS}
+    for k in range(SHARDS):
+        folder = parts / str(k)
+        mine = rows[shard == k]
+        folder.mkdir(parents=True)
+        mine[COLUMNS].to_csv(folder / PREDICTIONS, index=False, float_format="%.6f")
+        for rel in [*mine["thumb"], *mine["overlay"]]:
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.link(picture, folder / rel)
+        settings = {"bundle": "benchmark", "source": "archive", "input": "benchmark", "options": {**options, "shard": k}}
+        marker = Marker.in_folder(folder, MARKER, policy="refuse", what="predictions")
+        marker.begin(settings)
+        marker.finish(settings, metrics={"predict/calibration_images": 100.0})
+
+
+def predict_merge(ctx: Ctx) -> dict[str, Any]:
+    """`medal predict predict.merge=true` over the 4 finished shards of an archive of n images: their rows, their
+    thumbnails and CAM overlays (2n pictures) gathered into one run folder, predictions.csv and the page."""
+    from medal.predict.inputs import read_inputs
+    from medal.predict.run import run_predict
+
+    archive = ctx.fixtures / "archive" / f"n{ctx.n}"
+    frame = read_inputs(str(archive))
+    _shards(ctx, ctx.out / "parts", frame["id"].tolist(), frame["path"].tolist())
+    del frame
+    run = ctx.out / "merged"
+    cfg = ctx.compose("predict", ["bundle=unused", f"input={archive}", "predict.merge=true",
+                                  f"predict.parts={ctx.out / 'parts'}"], run=run)
+    ctx.disk(run)
+    ctx.begin()
+    metrics = run_predict(cfg)
+    return ctx.report(int(metrics["predict/images"]), shards=SHARDS,
+                      notes=f"{SHARDS} shards; every picture a 192-px PNG of "
+                            f"{(ctx.out / 'parts' / 'picture.png').stat().st_size / 1024:.0f} KiB")
+
+
 # -- report, annotate, tables -----------------------------------------------------------------------------------
 
 def report(ctx: Ctx) -> dict[str, Any]:
@@ -714,6 +771,8 @@ def _stages() -> dict[str, Stage]:
               "`medal predict` on 64 images: the whole raw chain per image (tiny regressor, 299 px)"),
         Stage("predict_archive", predict_archive, ARCHIVE, QUICK_ARCHIVE, ("archive", "export"), "images", "",
               "`medal predict` over an archive folder whose rows are all written: listing, resume, rows, page"),
+        Stage("predict_merge", predict_merge, MERGE_SIZES, QUICK_ARCHIVE, ("archive",), "images", "",
+              "`medal predict predict.merge=true` of 4 finished shards of n rows and 2n pictures"),
         Stage("report", report, SIZES, QUICK, ("layout",), "training images", "",
               "the pipeline report's build (data section from the index)"),
         Stage("annotate_masks", annotate_masks, SIZES, QUICK, ("layout",), "pool images", "",
