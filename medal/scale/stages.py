@@ -93,6 +93,19 @@ def _seg_data(ctx: Ctx, cfg) -> Any:
                          Path(seg.eval_masks_dir), seg.workers)
 
 
+def drop_caches(work: Path, size: int, fit: str) -> int:
+    """Delete the image caches of (size, fit) under `work`/cache (a stage that measures a cache build must find
+    none, also when rerun with --force); returns how many."""
+    dropped = 0
+    for meta in (Path(work) / "cache").glob("*.json"):
+        record = json.loads(meta.read_text())
+        if record.get("size") == size and record.get("fit") == fit:
+            meta.with_suffix(".npy").unlink(missing_ok=True)
+            meta.unlink()
+            dropped += 1
+    return dropped
+
+
 def _standin(cfg) -> Any:
     from medal.scale.standin import ShapeCommittee, feature_dim
 
@@ -157,6 +170,7 @@ def cache(ctx: Ctx) -> dict[str, Any]:
     from medal.data.datamodule import build_boneage_datamodule
 
     cfg = _boneage_cfg(ctx)
+    drop_caches(ctx.work(), int(cfg.data.image_size), str(cfg.data.fit))
     ctx.disk(ctx.work() / "cache")
     datamodule = build_boneage_datamodule(cfg)
     ctx.begin()
@@ -201,6 +215,7 @@ def datamodule(ctx: Ctx) -> dict[str, Any]:
 def seg_data(ctx: Ctx) -> dict[str, Any]:
     """`load_seg_data`: the working-size cache (built from the PNGs), then every image as float32 in memory."""
     cfg = _seg_cfg(ctx)
+    drop_caches(ctx.work(), int(cfg.segment.image_size), "stretch")
     ctx.disk(ctx.work() / "cache")
     ctx.begin()
     data = _seg_data(ctx, cfg)
