@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import json
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from medal.data.checks import damaged_images
 from medal.data.rsna import read_index
 from medal.scale import fixtures
 from medal.scale.measure import run_child
-from medal.scale.runs import cell, write_datastore
+from medal.scale.runs import cell
 from medal.scale.standin import ShapeCommittee
-from medal.tables.wandb_runs import datastore_records
 
 CHILD = """
 import json, os, sys, time
@@ -101,15 +100,6 @@ def test_an_archive_folder_is_a_flat_folder_of_links(tiny_phantoms: Path, tmp_pa
     assert len(frame) == 70 and frame["id"].is_unique and frame["id"].iloc[0] == "a0000000"
 
 
-def test_the_datastore_writer_round_trips_records_across_blocks_with_checksums(tmp_path: Path) -> None:
-    records = [b"a" * 10, bytes(range(256)) * 300, b"", b"z" * 40_000, b"tail"]  # two span the 32 KiB blocks
-    path = write_datastore(tmp_path / "run-x.wandb", records)
-    assert list(datastore_records(path)) == records
-    data = path.read_bytes()
-    crc, length, kind = __import__("struct").unpack_from("<IHB", data, 7)
-    assert crc == zlib.crc32(data[14:14 + length], zlib.crc32(bytes([kind]))) & 0xFFFFFFFF
-
-
 def test_copies_spread_over_figure_12_s_cells_then_seeds() -> None:
     cells = {cell(k)[:3] for k in range(36)}
     assert len(cells) == 36 and cell(36)[3] == 1 and cell(0)[3] == 0
@@ -139,3 +129,32 @@ def test_the_record_reports_exponents_and_extrapolations(tmp_path: Path) -> None
     assert summary["seconds_at_100000"] == pytest.approx(1000.0) and summary["extrapolated_100000"]
     assert summary["peak_at_100000"] == pytest.approx(4e8 + 1e10) and not summary["extrapolated_12611"]
     json.dumps(summary)
+
+
+def test_copies_of_one_run_read_back_as_one_table_from_folders_and_from_w_and_b(tmp_path: Path) -> None:
+    from helpers.fake_runs import write_job
+
+    from medal import wandb_record
+    from medal.scale.runs import run_folders, wandb_runs
+    from medal.tables.folder_runs import collect_runs
+    from medal.tables.wandb_runs import collect_disk_runs
+
+    seed = tmp_path / "seed"
+    write_job(seed, "ptl", "gan", "all")
+    files = seed / "wandb" / "offline-run-20261207_120000-abc123" / "files"
+    files.mkdir(parents=True)
+    (files.parent / "run-abc123.wandb").write_bytes(b":W&B")  # W&B's own log, which the tables never read
+    config = yaml.safe_load((seed / ".hydra" / "config.yaml").read_text())
+    wandb_record.write_run(files, "abc123", "medal", "figure12", ["finetune=ptl"], config)
+    wandb_record.append_history(files, {"train/loss": 1.0, "epoch": 0}, step=9)
+    wandb_record.write_summary(files, "ok", json.loads((seed / "metrics.json").read_text()))
+    folders = collect_runs(run_folders(seed, tmp_path / "runs", 40))
+    w_and_b = collect_disk_runs(wandb_runs(seed, tmp_path / "wandb", 40))
+
+    def cells(runs: list) -> list:
+        return sorted((r.get("finetune.name"), r.get("enhance.name"), r.get("cohort.name"), r.get("seed"),
+                       round(r.metrics["test/mae"], 6)) for r in runs)
+
+    assert len(folders) == len(w_and_b) == 40 and cells(folders) == cells(w_and_b)
+    assert len({c[:3] for c in cells(folders)}) == 36  # every Figure 12 cell, then a second seed
+    assert len({r.extra["id"] for r in w_and_b}) == 40

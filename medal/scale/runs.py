@@ -4,8 +4,8 @@
 copies hold exactly what a run writes: `.hydra/`, `metrics.json`, `csv/metrics.csv` and `wandb/offline-run-*/`.
 `run_folders` lays out n copies as a multirun folder (`<out>/<job>/`), each with its config moved to another cell
 of Figure 12 (fine-tune mode x enhancement x cohort, then seeds) and its test MAE perturbed. `wandb_runs` copies
-the W&B run folder n times and rewrites each `.wandb` log record by record with a new run id and the same config
-moves, re-chunked into W&B's log format with its checksums (`write_datastore`).
+the W&B run folder n times with medal's record in it (what `table.source=wandb_offline` reads) rewritten with a new
+run id and the same moves.
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +26,6 @@ from medal.models.stages import FINETUNE_MODES
 DONE = ".medal/scale_runs.json"
 CELLS = [(mode, enhance, cohort) for cohort in ("all", "male", "female") for enhance in ("gan", "none")
          for mode in FINETUNE_MODES]
-_HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
-_BLOCK = 32 * 1024
-_CHUNK = struct.Struct("<IHB")
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
 def cell(k: int) -> tuple[str, str, str, int]:
@@ -48,7 +41,7 @@ def cell(k: int) -> tuple[str, str, str, int]:
 
 def seed_run(out: Path, base: Path, quick: bool) -> Path:
     """One finished `medal boneage` run (tiny model, 2 epochs, csv + offline W&B loggers) on the phantoms `base`."""
-    if (out / "metrics.json").is_file() and any(out.glob("wandb/offline-run-*/run-*.wandb")):
+    if (out / "metrics.json").is_file() and any(out.glob("wandb/offline-run-*/files/medal/run.json")):
         return out
     shutil.rmtree(out, ignore_errors=True)
     args = ["boneage", f"data.root={base}", f"data.work_dir={out.parent / 'work' / 'seed_run'}", "data.images=raw",
@@ -95,7 +88,8 @@ def run_folders(seed: Path, out: Path, n: int) -> Path:
         (job / "csv").mkdir(exist_ok=True)
         (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(_move_config(config, k), sort_keys=False))
         for name in ("hydra.yaml", "overrides.yaml"):
-            shutil.copyfile(seed / ".hydra" / name, job / ".hydra" / name)
+            if (seed / ".hydra" / name).is_file():
+                shutil.copyfile(seed / ".hydra" / name, job / ".hydra" / name)
         moved = {key: (_mae(v, k) if key.startswith("test/mae") and isinstance(v, float) else v)
                  for key, v in metrics.items()}
         (job / "metrics.json").write_text(json.dumps(moved))
@@ -106,81 +100,35 @@ def run_folders(seed: Path, out: Path, n: int) -> Path:
     return out
 
 
-def write_datastore(path: Path, records: Iterable[bytes]) -> Path:
-    """W&B's run log (`run-<id>.wandb`): the header, then each serialized record as chunks in 32 KiB blocks, each
-    chunk headed by its CRC-32 (of the chunk type byte and data), length and type, as `datastore_records` reads."""
-    data = bytearray(_HEADER)
-    for record in records:
-        left, first = memoryview(record), True
-        while True:
-            room = _BLOCK - len(data) % _BLOCK
-            if room < _CHUNK.size:
-                data += b"\0" * room
-                room = _BLOCK
-            take = min(len(left), room - _CHUNK.size)
-            last = take == len(left)
-            kind = _FULL if first and last else _FIRST if first else _LAST if last else _MIDDLE
-            chunk = bytes(left[:take])
-            data += _CHUNK.pack(zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF, take, kind) + chunk
-            left, first = left[take:], False
-            if last:
-                break
-    path.write_bytes(bytes(data))
-    return path
-
-
-def _rewrite(raw: bytes, k: int, run_id: str) -> bytes:
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    record = pb.Record()
-    record.ParseFromString(raw)
-    kind = record.WhichOneof("record_type")
-    items = []
-    if kind == "run":
-        record.run.run_id = run_id
-        items = list(record.run.config.update)
-    elif kind == "config":
-        items = list(record.config.update)
-    mode, enhance, cohort, seed = cell(k)
-    moves = {"finetune": ("name", mode), "enhance": ("name", enhance), "cohort": ("name", cohort)}
-    for item in items:
-        key = item.key or (item.nested_key[0] if item.nested_key else "")
-        if key in moves and not item.nested_key:
-            value = json.loads(item.value_json)
-            if isinstance(value, dict):
-                value[moves[key][0]] = moves[key][1]
-                item.value_json = json.dumps(value)
-        elif key == "seed" and not item.nested_key:
-            item.value_json = json.dumps(seed)
-    summaries = [record.summary] if kind == "summary" else [record.run.summary] if kind == "run" else []
-    for summary in summaries:
-        for item in summary.update:
-            if item.key.startswith("test/mae"):
-                value = json.loads(item.value_json)
-                if isinstance(value, float):
-                    item.value_json = json.dumps(_mae(value, k))
-    return record.SerializeToString()
-
-
 def wandb_runs(seed: Path, out: Path, n: int) -> Path:
-    """`out/<k>/wandb/offline-run-<time>-<id>/` for k < n: the seed run's W&B folder with its log rewritten (new
-    run id, Figure 12's cells, test MAE moved). Reused when complete."""
-    from medal.tables.wandb_runs import datastore_records
+    """`out/<k>/wandb/offline-run-<time>-<id>/` for k < n: the seed run's W&B folder with medal's record in it
+    (`medal.wandb_record`) rewritten: a new run id, Figure 12's cells, the test MAE moved; the history and W&B's own
+    log shared as hard links. Reused when complete."""
+    from medal.wandb_record import RECORD_DIR, RUN_FILE, SUMMARY_FILE
 
-    spec = {"seed": str(seed.resolve()), "n": int(n), "version": 1}
+    spec = {"seed": str(seed.resolve()), "n": int(n), "version": 2}
     if _done(out, spec):
         return out
     print(f"[fixture] {n} offline W&B runs -> {out}", flush=True)
     source = next(seed.glob("wandb/offline-run-*"))
-    log = next(source.glob("run-*.wandb"))
-    records = list(datastore_records(log))
+    run = json.loads((source / RECORD_DIR / RUN_FILE).read_text())
+    summary = json.loads((source / RECORD_DIR / SUMMARY_FILE).read_text())
     stamp = source.name.split("-")[2]
+    files = [p for p in source.rglob("*") if p.is_file() and p.name not in (RUN_FILE, SUMMARY_FILE)]
     for k in range(n):
         run_id = f"s{k:07d}"
         target = out / str(k) / "wandb" / f"offline-run-{stamp}-{run_id}"
         if target.is_dir():
             continue
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("run-*.wandb"))
-        write_datastore(target / f"run-{run_id}.wandb", (_rewrite(r, k, run_id) for r in records))
+        for path in files:
+            rel = path.relative_to(source)
+            if rel.parent == Path(".") and rel.name.startswith("run-") and rel.suffix == ".wandb":
+                rel = Path(f"run-{run_id}.wandb")  # W&B names its log by the run id
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target / rel)
+        write_json(target / RECORD_DIR / RUN_FILE, {**run, "id": run_id, "config": _move_config(run["config"], k)})
+        metrics = {key: (_mae(v, k) if key.startswith("test/mae") and isinstance(v, float) else v)
+                   for key, v in summary["metrics"].items()}
+        write_json(target / RECORD_DIR / SUMMARY_FILE, {**summary, "metrics": metrics})
     write_json(out / DONE, spec)
     return out

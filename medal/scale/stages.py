@@ -649,18 +649,32 @@ def report(ctx: Ctx) -> dict[str, Any]:
     return ctx.report(ctx.n, notes="data section and configuration (no stage results)")
 
 
+def _page_client(ctx: Ctx, annotator: Any) -> Any:
+    """Starlette's TestClient talking as the annotator's page does: at the bound address, with its Origin, holding
+    the cookie from one visit of the printed address (`medal annotate` serves the same app through uvicorn)."""
+    from starlette.testclient import TestClient
+
+    from medal.annotate.access import launch_access
+    from medal.annotate.app import build_app
+
+    cfg = ctx.compose("annotate", [])
+    access = launch_access("127.0.0.1", int(cfg.annotate.port), int(cfg.annotate.max_upload_mib), {})
+    base = access.url(with_token=False).rstrip("/")
+    client = TestClient(build_app(annotator, access), base_url=base, headers={"Origin": base})
+    assert client.get(access.url()).status_code == 200
+    return client
+
+
 def annotate_masks(ctx: Ctx) -> dict[str, Any]:
     """`medal annotate` (masks mode) on round 3 of an active-learning run over a pool of n: open the round, the
     page, its state and one image, through the app (Starlette's TestClient)."""
-    from starlette.testclient import TestClient
-
-    from medal.annotate.app import Annotator, build_app
+    from medal.annotate.app import Annotator
     from medal.annotate.rounds import open_round
 
     round_dir = _mask_round(ctx)
     ctx.begin()
     rnd = open_round(round_dir)
-    client = TestClient(build_app(Annotator("masks", masks=rnd)))
+    client = _page_client(ctx, Annotator("masks", masks=rnd))
     page = client.get("/")
     state = client.get("/api/state")
     image = client.get(f"/masks/{rnd.ids[0]}/image.png")
@@ -708,9 +722,6 @@ def _layout_ids(ctx: Ctx) -> pd.DataFrame:
 def annotate_gold(ctx: Ctx) -> dict[str, Any]:
     """`medal annotate annotate.mode=gold annotate.gold.count=500` on a data set of n: the request chosen over
     every training and validation RoI, then the page, its state and one RoI, through the app."""
-    from starlette.testclient import TestClient
-
-    from medal.annotate.app import build_app
     from medal.annotate.serve import open_annotator
 
     rois = ctx.fixtures / "rois" / f"n{ctx.n}"
@@ -719,7 +730,7 @@ def annotate_gold(ctx: Ctx) -> dict[str, Any]:
                                    f"annotate.gold.input_dir={rois}", f"annotate.gold.gold_dir={ctx.out / 'gold'}"])
     ctx.begin()
     annotator = open_annotator(cfg)
-    client = TestClient(build_app(annotator))
+    client = _page_client(ctx, annotator)
     page = client.get("/")
     state = client.get("/api/state")
     first = annotator.gold.ids[0]
