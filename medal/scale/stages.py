@@ -530,6 +530,7 @@ def _any_bundle(ctx: Ctx) -> Path:
 def synthetic_rows(ids: list[str], paths: list[str], seed: int = 0) -> pd.DataFrame:
     """predictions.csv rows (`medal.predict.rows.COLUMNS`) for `ids` as a finished chain writes them: estimates,
     intervals, a few flags and failures, picture paths (what the archive-level steps read back)."""
+    from medal.predict.rows import COLUMNS, NUMERIC
     from medal.predict.run import _picture_path
 
     rng = np.random.default_rng(seed)
@@ -537,7 +538,7 @@ def synthetic_rows(ids: list[str], paths: list[str], seed: int = 0) -> pd.DataFr
     age = rng.uniform(1, 228, n)
     status = np.where(rng.random(n) < 0.01, "no_hand", "ok")
     ok = status == "ok"
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         "id": ids, "sex": np.where(rng.random(n) < 0.5, "M", "F"), "sex_source": "csv",
         "boneage": np.where(ok, age, np.nan), "low": np.where(ok, age - 15, np.nan),
         "high": np.where(ok, age + 15, np.nan), "spread": np.where(ok, rng.uniform(0, 3, n), np.nan),
@@ -547,6 +548,10 @@ def synthetic_rows(ids: list[str], paths: list[str], seed: int = 0) -> pd.DataFr
         "status": status, "message": np.where(ok, "", "no hand found"), "calibration": "all", "path": paths,
         "reference": np.nan, "overlay": [_picture_path("overlays", i) for i in ids],
         "thumb": [_picture_path("thumbs", i) for i in ids]})
+    for column in COLUMNS:  # the rest as a chain leaves them without chronological ages
+        if column not in frame:
+            frame[column] = np.nan if column in NUMERIC else ""
+    return frame[COLUMNS]
 
 
 def predict_archive(ctx: Ctx) -> dict[str, Any]:
