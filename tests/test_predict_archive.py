@@ -5,6 +5,8 @@ benchmark's (scripts/bench_scale.py); these tests check the behaviour the fixes 
 from __future__ import annotations
 
 import errno
+import gc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +67,26 @@ def test_pictures_are_copied_where_the_file_system_cannot_link(tmp_path: Path, m
     copy = tmp_path / "out" / "a.png"
     assert copy.read_bytes() == b"picture" and copy.stat().st_ino != (tmp_path / "a.png").stat().st_ino
     assert not list((tmp_path / "out").glob(".*"))  # no temporary file left behind
+
+
+def test_export_s_calibration_holds_one_batch_of_images_not_the_validation_split(
+        tiny_phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers.bundles import export, train_regressor
+
+    from medal.predict.chain import ChainModule
+
+    run = train_regressor(tiny_phantoms, tmp_path / "train", "data.split.val_fraction=0.3")
+    measure, alive, batches = ChainModule.measure, [], []
+
+    def watched(self, batch):  # every image array of earlier batches must be gone when the next batch comes
+        gc.collect()
+        batches.append(sum(ref() is not None for ref in alive))
+        measured = measure(self, batch)
+        alive.extend(weakref.ref(a) for m in measured for a in m.sample.get("inputs", []))
+        return measured
+
+    monkeypatch.setattr(ChainModule, "measure", watched)
+    _, metrics = export([run], tmp_path / "export", "export.batch_size=4")
+    assert metrics["export/calibration_images"] >= 12 and len(batches) >= 3
+    # at most the last image of the batch before (the loop's variable) is alive: nothing of the split piles up
+    assert alive and max(batches) <= 1, batches

@@ -35,7 +35,7 @@ from medal.data.rsna import read_index
 from medal.data.split import read_split
 from medal.errors import MedalError
 from medal.predict import conformal, ensemble, qc
-from medal.predict.chain import TTA, ChainModule, ChainOptions, InputImages, collate
+from medal.predict.chain import TTA, ChainModule, ChainOptions, InputImages, Measured, collate
 
 log = logging.getLogger("medal.predict")
 
@@ -106,6 +106,18 @@ def difficulty_of(runs: list[Path]) -> dict[str, list[float]]:
     return conformal.difficulty_curve(val["predicted"].to_numpy(float), val["true"].to_numpy(float))
 
 
+#: what calibration reads of each measured image's sample (the rest is pixels)
+KEPT = ("id", "status", "male", "reference")
+
+
+def slim(m: Measured) -> Measured:
+    """`m` without its pixels: the sample's decoded radiograph, working image and network inputs, the thumbnail
+    and overlay are dropped, the estimates and measures kept, so the pass holds one batch of images, not the
+    split (a decoded 1,300-px radiograph alone is ~6 MB as float32; an image's residuals are a few numbers)."""
+    return Measured({k: m.sample[k] for k in KEPT}, predictions=m.predictions, mask_fraction=m.mask_fraction,
+                    agreement=m.agreement)
+
+
 def calibrate(bundle: Bundle, inputs: pd.DataFrame, device: str, batch_size: int, num_workers: int,
               settings: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
     """The calibration table (module docstring) of `bundle`'s chain run over `inputs` (labelled: `reference`)."""
@@ -114,7 +126,7 @@ def calibrate(bundle: Bundle, inputs: pd.DataFrame, device: str, batch_size: int
     module.prepare()
     loader = DataLoader(InputImages(inputs, bundle.chain, "unknown"), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate)
-    measured = [m for batch in tqdm(loader, desc="calibrating", unit="batch") for m in module.measure(batch)]
+    measured = [slim(m) for batch in tqdm(loader, desc="calibrating", unit="batch") for m in module.measure(batch)]
     live = [m for m in measured if m.sample["status"] == "ok" and np.isfinite(m.sample["male"])]
     kept = {id(m) for m in live}  # by identity: a Measured holds arrays, which `==` cannot compare
     skipped = {m.sample["id"]: m.sample["status"] if m.sample["status"] != "ok" else "no_sex" for m in measured
