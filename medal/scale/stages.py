@@ -558,7 +558,8 @@ def predict_archive(ctx: Ctx) -> dict[str, Any]:
     """`medal predict` over an archive folder of n images in a run folder whose predictions.csv already holds
     every row (a killed run whose chain had finished): listing the folder, the shard, the resume record, reading
     the rows back, predictions.csv in input order, the metrics and the page. The chain's own time per image is
-    stage predict_chain's (added in `projected_s`)."""
+    stage predict_chain's, reported beside it (`chain_s`), not added: its cost is linear by construction and
+    would hide what the archive-level steps cost."""
     from medal.predict.inputs import read_inputs
     from medal.predict.rows import COLUMNS, PREDICTIONS
     from medal.predict.run import run_predict
@@ -576,12 +577,11 @@ def predict_archive(ctx: Ctx) -> dict[str, Any]:
     ctx.disk(run)
     ctx.begin()
     metrics = run_predict(cfg)
-    seconds = ctx.seconds()
     chain = _unit(ctx, "predict_chain", "images_per_s")
-    extra, rule = (ctx.n / chain, f"+ {ctx.n} images at the chain's {chain:.2f} img/s") if chain else \
-        (0.0, "(the chain's time not added: run stage predict_chain first)")
-    return ctx.report(int(metrics["predict/images"]), projected_s=seconds + extra,
-                      prefix=f"archive-level steps timed {rule}", page_bytes=(run / "predictions.html").stat().st_size)
+    return ctx.report(int(metrics["predict/images"]), page_bytes=(run / "predictions.html").stat().st_size,
+                      chain_s=ctx.n / chain if chain else None,
+                      notes="the archive-level steps alone; the chain's own time is n / predict_chain's rate "
+                            "(chain_s)")
 
 
 SHARDS = 4
