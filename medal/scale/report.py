@@ -46,6 +46,8 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                                    "failed": [r["n"] for r in failed]}
         if points and len(stage.sizes) > 1:
             summary["time_exponent"] = growth_exponent(ns, times)
+            if any(p["prefix"] for p in points):  # what was run for all n: set-up, listing, the strategy's arithmetic
+                summary["measured_exponent"] = growth_exponent(ns, [p["seconds"] for p in points])
             summary["memory_exponent"], summary["memory_law"] = memory_law(ns, base, peaks)
             for target in targets(name):
                 summary[f"seconds_at_{target}"] = extrapolate(ns, times, target)
@@ -100,11 +102,15 @@ def markdown(summaries: list[dict[str, Any]], machine: dict[str, Any], notes: st
         label = s["stage"] + (f" ({t1:,}/{t2:,} runs)" if s["stage"].startswith("table_") else "")
         mem = _exp(s["memory_exponent"]) + (" (flat)" if s["memory_law"] == "flat" else "")
         sizes = ", ".join(f"{p['n']:,}" for p in s["points"])
-        lines.append(f"| {label} | {sizes} | {_exp(s['time_exponent'])} | "
+        texp = _exp(s["time_exponent"]) + (f" ({_exp(s['measured_exponent'])} measured part)"
+                                          if s.get("measured_exponent") is not None else "")
+        lines.append(f"| {label} | {sizes} | {texp} | "
                      f"{mem} | {_seconds(s[f'seconds_at_{t1}'])}{mark[t1]} | {_gib(s[f'peak_at_{t1}'])}{mark[t1]} | "
                      f"{_seconds(s[f'seconds_at_{t2}'])}{mark[t2]} | {_gib(s[f'peak_at_{t2}'])}{mark[t2]} |")
     lines += ["", "\\* extrapolated from the measured sizes (the power law of the exponent, anchored at the largest "
-              "n; memory: the baseline plus the growth above it).", ""]
+              "n; memory: the baseline plus the growth above it). Time is the whole job's where a prefix was timed or a "
+              "stand-in network ran (the real networks' seconds per image added); the exponent of what ran for every "
+              "n (set-up, listing, the strategy's own arithmetic) is in brackets.", ""]
     lines += ["## Every measurement", "",
               "| stage | n | items | seconds | projected | items/s | peak (anon) | above baseline | RSS incl. file "
               "pages | disk | how |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -127,7 +133,8 @@ def markdown(summaries: list[dict[str, Any]], machine: dict[str, Any], notes: st
 
 def write_record(root: Path, results: dict[str, list[dict[str, Any]]], notes: str, out_dir: Path | None = None,
                  plot: Path | None = None) -> Path:
-    """scale.json (BenchRows + every summary) and scale.md under `out_dir` (default outputs/bench); the plot."""
+    """<root's name>.json (BenchRows + every summary) and .md under `out_dir` (default outputs/bench): scale.json
+    for outputs/bench/scale; the plot."""
     summaries = summarise(results)
     rows = []
     for s in summaries:
@@ -138,10 +145,10 @@ def write_record(root: Path, results: dict[str, list[dict[str, Any]]], notes: st
         rows.append(BenchRow(f"{s['stage']}: seconds at n={hi['n']:,}", hi["projected_s"], "s",
                              f"n={lo['n']:,} (same run)", lo["projected_s"], higher_is_better=False,
                              extra={k: v for k, v in s.items() if k != "points"} | {"points": pts}))
-    path = write_bench("scale", rows, notes, out_dir=out_dir)
+    path = write_bench(root.name, rows, notes, out_dir=out_dir)
     from medal.bench import machine_info
 
-    (path.parent / "scale.md").write_text(markdown(summaries, machine_info(), notes))
+    path.with_suffix(".md").write_text(markdown(summaries, machine_info(), notes))
     if plot is not None:
         plot_scale(summaries, plot)
     return path
