@@ -46,6 +46,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,8 +55,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from medal.active import compare, strategies
 from medal.active.loop import lowres
-from medal.active.model import SegModel
-from medal.active.scoring import QBC, Candidates
+from medal.active.model import Rows, SegModel
+from medal.active.scoring import QBC, Candidates, distance_distortion
 from medal.active.stratified import allocate, eta_squared, foreground_share
 from medal.bench import BENCH_DIR, BenchRow, write_bench
 from medal.config import CONF_DIR
@@ -76,15 +77,19 @@ ORACLE, RANDOM, BASELINE = "oracle", "random", "unet_random"
 STRATIFIED = "random_stratified"  # the foreground-aware random: the default baseline
 RANDOMS = ("random", "random_stratified", "random_acquisition")  # the random baselines (no model uncertainty)
 ARMS = ("oracle", "random", "random_stratified", "random_acquisition", "qbc", "qbc_paper", "entropy", "entropy_power",
-        "entropy_power_stratified", "bald", "bald_mc", "vote_entropy", "coreset", "hybrid", "unet_random")
-# 9 arms x 10 seeds = 90 runs, about 1.5 h on two idle cores; the other strategies run when named in --arms. Ten
+        "entropy_power_stratified", "bald", "bald_mc", "vote_entropy", "coreset", "coreset_full", "hybrid", "unet_random")
+# Arms that are a strategy with other options: core-set on the members' full flattened bottleneck, to check that its
+# default compact descriptor (a sparse random projection, `strategy.descriptor=projected`) selects no worse.
+VARIANTS = {"coreset_full": ["strategy=coreset", "strategy.descriptor=full"]}
+# 10 arms x 10 seeds = 100 runs, about 1.7 h on two idle cores; the other strategies run when named in --arms. Ten
 # seeds, not five: with five, random's spread over seeds hid the yardstick (docs/experiments.md, "Calibrating the
 # yardstick").
 DEFAULT_ARMS = ("oracle", "random", "random_stratified", "random_acquisition", "qbc", "entropy",
-                "entropy_power_stratified", "bald", "coreset")
+                "entropy_power_stratified", "bald", "coreset", "coreset_full")
 CURVE_ARMS = ("oracle", "random", "random_stratified", "random_acquisition", "qbc", "entropy",
-              "entropy_power_stratified", "bald", "coreset")  # drawn in the figures
+              "entropy_power_stratified", "bald", "coreset", "coreset_full")  # drawn in the figures
 DICE, WORST = "test/dice", "test/dice_worst_decile"
+DISTORTION_SAMPLE = 64  # pool images whose pairwise distances measure the projection's distortion
 NETS = {  # overrides of conf/segment.yaml: (FC-DenseNet member, U-Net baseline); "paper" keeps its defaults
     "tiny": (["segment.net.first_conv=8", "segment.net.growth=4", "segment.net.down_layers=[2,2,2]",
               "segment.net.bottleneck_layers=4", "segment.net.dropout=0.1"],  # dropout: bald_mc samples it
@@ -166,7 +171,7 @@ def bench_config(args: argparse.Namespace, root: Path, work: Path, overrides: li
 
 def arm_overrides(arm: str) -> list[str]:
     """The config choice of an arm; the oracle runs as `strategy=random` with its strategy swapped in run_job."""
-    return [f"strategy={RANDOM if arm == ORACLE else arm}"]
+    return VARIANTS.get(arm, [f"strategy={RANDOM if arm == ORACLE else arm}"])
 
 
 def run_job(job: tuple[str, int, SegData, Path, DictConfig, dict]) -> dict:
@@ -187,10 +192,13 @@ def run_job(job: tuple[str, int, SegData, Path, DictConfig, dict]) -> dict:
         setup = dataclasses.replace(setup, strategy=WorstSegmented(ORACLE, str(masks_dir)))
     result = build_learner(setup, data).run()
     rows = data.where("test", with_masks=True)  # final masks made as `medal segment` makes them
-    final = held_out_scores(result.model, data.images[rows], [data.ids[r] for r in rows], masks_dir,
+    final = held_out_scores(result.model, Rows(data.images, rows), [data.ids[r] for r in rows], masks_dir,
                             setup.segment.postprocess, setup.al.score_batch_size)
     out = {"arm": arm, "seed": seed, "history": result.pool.history, "final": final,
            "queried": {i: r for i, r in result.pool.labelled.items()}, "seconds": time.perf_counter() - started}
+    if getattr(setup.strategy, "descriptor", None) == "projected":  # the projection's distortion on trained features
+        sample = Rows(data.images, data.where("train")[:DISTORTION_SAMPLE])
+        out["distortion"] = distance_distortion(result.model, sample, setup.al.score_batch_size, setup.strategy.dim)
     marker.finish(settings, result=out)
     return out
 
@@ -198,11 +206,11 @@ def run_job(job: tuple[str, int, SegData, Path, DictConfig, dict]) -> dict:
 def scoring_throughput(data: SegData, cfg: DictConfig, device: str, repeats: int = 2) -> dict[str, float]:
     """Pool-scoring images/s of the same committee: fp32 contiguous vs channels_last, with and without bf16."""
     rows = data.where("train")
-    images = data.images[rows]
+    images = Rows(data.images, rows)
     qbc, gen = QBC("qbc", "probs", 16), torch.Generator().manual_seed(0)
 
     def candidates(n: int) -> Candidates:
-        return Candidates([data.ids[r] for r in rows[:n]], images[:n], 16, images[:0], 8, 1)
+        return Candidates([data.ids[r] for r in rows[:n]], Rows(data.images, rows[:n]), 16, images[:0], 8, 1)
 
     out = {}
     for label, fast, channels_last in (("fp32", False, False), ("fp32_channels_last", False, True),
@@ -244,6 +252,11 @@ def summarise(arm: str, runs: list[dict], hard: set[str], target: float, reach: 
         "query_cv": mean_over(histories, "query/cv", skip_first=False),
         "seconds": float(np.mean([r["seconds"] for r in runs])),
     }
+    distortions = [r["distortion"] for r in runs if "distortion" in r]
+    if distortions:
+        out["distortion"] = {k: float(np.mean([d[k] for d in distortions])) for k in distortions[0]}
+        out["distortion"].update(ratio_min=min(d["ratio_min"] for d in distortions),
+                                 ratio_max=max(d["ratio_max"] for d in distortions))
     if arm == BASELINE:
         return out
     to_target = [compare.labels_to_reach(h, DICE, target) for h in histories]
@@ -385,6 +398,38 @@ def strata_table(check: dict) -> str:
     return "\n".join(lines)
 
 
+def descriptor_check(summary: dict[str, dict], runs_of: Any) -> str:
+    """The compact descriptor against the full one (coreset vs coreset_full, paired by seed): the difference
+    full - compact on each measure, and whether the full one wins beyond the seed spread (the compact one then
+    selects worse); the projection's distortion on the trained committees' features."""
+    if "coreset" not in summary or "coreset_full" not in summary:
+        return ""
+    compact, full = runs_of("coreset"), runs_of("coreset_full")
+    measures = {"worst-decile Dice AUC": lambda r: compare.area_under_curve(r["history"], WORST),
+                "Dice AUC": lambda r: compare.area_under_curve(r["history"], DICE),
+                "worst-decile Dice, full size": lambda r: r["final"]["dice_worst_decile"],
+                "Dice, full size": lambda r: r["final"]["dice"]}
+    lines = []
+    for what, value in measures.items():
+        a, b = [value(r) for r in full], [value(r) for r in compact]
+        if len(a) < 2:
+            lines.append(f"{what}: full {np.mean(a):.4f}, compact {np.mean(b):.4f} (one seed: no spread)")
+            continue
+        d = paired_units(a, b)
+        lines.append(f"{what}: full - compact {d.mean:+.4f} (95% CI {d.low:+.4f} to {d.high:+.4f}, sign-flip "
+                     f"p={d.p:.3f}; compact's sd over seeds {np.std(b, ddof=1):.4f}): the full descriptor "
+                     f"{'beats' if d.low > 0 else 'loses to' if d.high < 0 else 'does not differ beyond chance from'} "
+                     "the compact one")
+    dist = summary["coreset"].get("distortion")
+    if dist:
+        lines.append(f"projection distortion on the trained committees' features ({dist['pairs']:.0f} pairs of "
+                     f"{DISTORTION_SAMPLE} pool images, {dist['dim_in']:.0f} -> {dist['dim']:.0f} values a member): "
+                     f"distance ratio mean {dist['ratio_mean']:.4f}, sd {dist['ratio_sd']:.4f}, "
+                     f"range {dist['ratio_min']:.3f}-{dist['ratio_max']:.3f}")
+    return ("**Compact vs full descriptor** (coreset: sparse random projection, the default; coreset_full: the "
+            "flattened bottleneck; paired by seed). " + "; ".join(lines) + ".\n\n")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     args = parse()
@@ -413,7 +458,8 @@ def main() -> None:
     def job(arm: str, seed: int) -> tuple:
         cfg = bench_config(args, root, work, [*arm_overrides(arm), f"seed={seed}",
                                               f"al.dir={work / 'al' / f'{arm}_seed{seed}'}"])
-        return arm, seed, data, masks_dir, cfg, {**settings, "arm": arm, "config": OmegaConf.to_container(cfg.segment)}
+        return arm, seed, data, masks_dir, cfg, {**settings, "arm": arm, "config": OmegaConf.to_container(cfg.segment),
+                                                 "strategy": OmegaConf.to_container(cfg.strategy)}
 
     jobs = [job(arm, seed) for seed in args.seeds for arm in args.arms]
     context = multiprocessing.get_context("spawn" if args.device == "cuda" else None)  # CUDA cannot fork
@@ -490,6 +536,7 @@ def main() -> None:
         f"{verdict('worst_auc', 'Worst-decile Dice (primary)')}. {verdict('auc', 'Mean Dice')}.\n\n"
         f"**Against {args.baseline}** (Holm over the {family} comparisons: every arm, both measures). Worst-decile "
         f"Dice AUC: {winners('worst_auc')}. Dice AUC: {winners('auc')}.\n\n"
+        f"{descriptor_check(summary, runs_of)}"
         f"AUC = mean held-out Dice over the query rounds (the learning curve as one number); Δ vs {args.baseline} is "
         "paired by seed (same initial draw and initialisation): mean, 95% t interval, exact two-sided sign-flip p "
         f"(with {len(args.seeds)} seeds it cannot go below {2 / 2 ** len(args.seeds):.3g}), Holm-adjusted over the "

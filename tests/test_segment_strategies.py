@@ -119,19 +119,21 @@ def test_bald_with_mc_dropout_refuses_a_model_that_cannot_sample() -> None:
         BALD("bald_mc", "mc_dropout", 1)
 
 
-def test_coreset_picks_the_far_cluster_first() -> None:
+@pytest.mark.parametrize("descriptor", ["projected", "full"])
+def test_coreset_picks_the_far_cluster_first(descriptor: str) -> None:
     near = torch.randn(N - 2, 4, generator=_gen()) * 0.5  # around the labelled images, ~1 from them
     far = torch.tensor([[6.0, 6.0, 0.0, 0.0], [6.1, 6.0, 0.0, 0.0]])
     features = torch.cat([near, far])[None].expand(2, N, 4)  # two members, same space here
     labelled = torch.zeros(2, 2, 4)  # two labelled images at the near cluster's centre
     model = Planted(_agreeing(2), torch.cat([features, labelled], 1))
-    scores = CoreSet("coreset").score(model, _candidates(labelled=[0, 1], k=3), _gen())
+    scores = CoreSet("coreset", descriptor, 512).score(model, _candidates(labelled=[0, 1], k=3), _gen())
     picks = select(scores, 3)
     assert picks[0] in (N - 2, N - 1)  # first, one image of the far cluster
     assert len({p for p in picks if p >= N - 2}) == 1  # never both: the second is close to the first
 
 
-def test_hybrid_keeps_to_the_uncertain_shortlist_and_spreads_within_it() -> None:
+@pytest.mark.parametrize("descriptor", ["projected", "full"])
+def test_hybrid_keeps_to_the_uncertain_shortlist_and_spreads_within_it(descriptor: str) -> None:
     probs = _agreeing()
     for i, level in ((0, 0.5), (1, 0.49), (2, 0.48), (5, 0.47)):  # four uncertain images, most to least
         probs[:, i] = level
@@ -142,7 +144,7 @@ def test_hybrid_keeps_to_the_uncertain_shortlist_and_spreads_within_it() -> None
     features[:, 11] = torch.tensor([50.0, 50.0])  # the most diverse image, but a certain one
     model = Planted(probs, torch.cat([features, torch.zeros(3, 1, 2)], 1))
     candidates = _candidates(labelled=[0], k=2)
-    scores = Hybrid("hybrid", Entropy("entropy"), 2.0).score(model, candidates, _gen())
+    scores = Hybrid("hybrid", Entropy("entropy"), 2.0, descriptor, 512).score(model, candidates, _gen())
     picks = set(select(scores, 2))
     assert picks <= {0, 1, 2, 5}  # stage 1: only the 2 x 2 most uncertain
     assert 11 not in picks and not {0, 1} <= picks  # stage 2: not both near-copies

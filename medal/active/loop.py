@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from medal.active.model import SegModel
+from medal.active.model import ImageSource, Rows, SegModel
 from medal.active.oracles import Oracle, OracleWaiting, QueryContext, edit_effort
 from medal.active.pool import ActivePool
 from medal.active.scoring import Candidates, Strategy, one_of, select
@@ -83,11 +83,12 @@ class ALConfig:
 
 
 class PoolData(Protocol):
-    """The images the loop draws from: every image at working resolution, row `rows[id]` of `images`."""
+    """The images the loop draws from: every image at working resolution, row `rows[id]` of `images` (read on
+    demand: the loop reads the labelled set whole and hands the pool to the strategy as `Rows`)."""
 
     ids: list[str]
     rows: dict[str, int]
-    images: np.ndarray  # (N, S, S) float in [0, 1]
+    images: ImageSource  # (N, S, S) float32 in [0, 1]
 
     @property
     def size(self) -> int: ...
@@ -168,29 +169,34 @@ class ActiveLearner:
 
     def _import_answers(self) -> None:
         """Store every pending answer, with how far it is from the proposal a person would have been shown (the
-        folder oracle's `<id>_start.png`: the coarse mask in round 0, the latest model's after)."""
+        folder oracle's `<id>_start.png`: the coarse mask in round 0, the latest model's after). The pool is
+        saved once, after the last answer: the masks are on disk before, and until then the answers are still
+        pending, so a crash in between imports them again (pool.json of a 100,000-image pool is megabytes)."""
         answers = self.oracle.answer(self.pool.round, list(self.pool.pending), self.ctx)
         for image_id in list(self.pool.pending):
             mask = answers[image_id]
             path = write_png(self.dir / "labels" / f"{image_id}.png", mask)
             self.labels[image_id] = lowres(mask, self.data.size)
             proposal = self.ctx.start_mask_of(image_id)
-            self.pool.label(image_id, path, edit_effort(proposal, mask) if proposal is not None else None)
+            self.pool.label(image_id, path, edit_effort(proposal, mask) if proposal is not None else None, save=False)
+        self.pool.save()
 
     def _train(self, model: SegModel) -> dict[str, float]:
         ids = sorted(self.pool.labelled, key=self.data.rows.__getitem__)
-        images = np.asarray(self.data.images[[self.data.rows[i] for i in ids]], dtype=np.float32)
+        images = np.asarray(self.data.images[[self.data.rows[i] for i in ids]], dtype=np.float32)  # <= al.budget
         masks = np.stack([self.labels[i] for i in ids]).astype(np.float32)
         log.info("round %d: training on %d labelled images", self.pool.round, len(ids))
         return model.fit(images, masks)
 
     def _query(self, model: SegModel) -> None:
         """Score the unlabelled pool, take the top k; the scores' spread (`query/cv`, `query/top_k_over_median`)
-        joins the round's history record, so a score that cannot tell images apart shows."""
+        joins the round's history record, so a score that cannot tell images apart shows. The candidates are
+        `Rows` of the data's images: the strategy reads them `al.score_batch_size` at a time."""
         free = self.pool.unlabelled
         k = min(self.cfg.per_round, self.cfg.budget - len(self.pool.labelled), len(free))
-        images = self.data.images[[self.data.rows[i] for i in free]]
-        labelled = self.data.images[sorted(self.data.rows[i] for i in self.pool.labelled)]
+        images = Rows(self.data.images, np.array([self.data.rows[i] for i in free], dtype=np.int64))
+        labelled = Rows(self.data.images, np.array(sorted(self.data.rows[i] for i in self.pool.labelled),
+                                                    dtype=np.int64))
         generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.pool.round)
         candidates = Candidates(free, images, self.cfg.score_batch_size, labelled, k, self.pool.round)
         scores = self.strategy.score(model, candidates, generator)

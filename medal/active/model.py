@@ -4,16 +4,58 @@ The round loop, the strategies and the oracles' starting masks use only these me
 FC-DenseNet committee, the U-Net baseline, a single network sampled with MC dropout, or a strategy that reads
 ground truth all fit behind it. Shapes: images (N, S, S) float32 in [0, 1] at working resolution; outputs are
 CPU tensors with the members (or samples) first.
+
+Images come as an `ImageSource`: an array, or a reader that keeps them on disk (`medal.segment.data`'s); the pool
+is handed to a strategy as `Rows` of it and read a chunk at a time (`in_chunks`), never copied whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+
+class ImageSource(Protocol):
+    """Images (N, S, S) indexed like an array: `source[key]` (a slice, a list or an index array of rows) is an
+    (n, S, S) array read then. A numpy array is one; so is a reader of a file on disk."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, key: Any) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows `index` of `source`, read only when indexed (`rows[a:b]` reads those rows of `source`): how the loop
+    hands the pool to a strategy without copying it. An `ImageSource` itself.
+
+    Examples:
+        >>> pool = Rows(np.arange(10.0)[:, None, None] * np.ones((1, 2, 2)), np.array([7, 2, 5]))
+        >>> len(pool), pool.shape, pool[1:][:, 0, 0].tolist()
+        (3, (3, 2, 2), [2.0, 5.0])
+    """
+
+    source: ImageSource
+    index: np.ndarray  # (n,) int rows of `source`
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.source.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rows = self.index[key]
+        return self.source[rows] if np.ndim(rows) else self.source[[int(rows)]][0]
 
 
 @runtime_checkable
@@ -51,21 +93,32 @@ class MCDropoutModel(Protocol):
         ...
 
 
-def in_chunks(fn: Callable[[np.ndarray], torch.Tensor], images: np.ndarray, size: int, dim: int = 0,
+def chunks(images: ImageSource, size: int, desc: str = "scoring") -> Iterator[np.ndarray]:
+    """The rows of `images` (N, ...) read `size` at a time, in order (a progress bar when there is more than one
+    chunk and stderr is a terminal).
+
+    Examples:
+        >>> [c.tolist() for c in chunks(np.arange(5), 2)]
+        [[0, 1], [2, 3], [4]]
+    """
+    n = len(images)
+    if size < 1:
+        raise ValueError(f"chunk size {size}: must be >= 1")
+    for start in tqdm(range(0, n, size), desc=desc, unit="batch", leave=False,
+                      disable=True if n <= size else None):  # None: no bar where stderr is not a terminal
+        yield images[start:start + size]
+
+
+def in_chunks(fn: Callable[[np.ndarray], torch.Tensor], images: ImageSource, size: int, dim: int = 0,
               desc: str = "scoring") -> torch.Tensor:
     """`fn` over chunks of `size` rows of `images` (N, ...), results concatenated along `dim`.
 
-    Keeps a 12k-image pool from ever holding every probability map at once: a strategy reduces each chunk
-    to its scores before the next one is predicted.
+    Keeps a 12k-image pool from ever holding every image or probability map at once: a strategy reduces each
+    chunk to its scores before the next one is read and predicted.
 
     Examples:
         >>> in_chunks(lambda x: torch.from_numpy(x.sum(1)), np.ones((5, 2)), 2).tolist()
         [2.0, 2.0, 2.0, 2.0, 2.0]
     """
-    n = len(images)
-    if size < 1:
-        raise ValueError(f"chunk size {size}: must be >= 1")
-    out = [fn(images[start:start + size])
-           for start in tqdm(range(0, n, size), desc=desc, unit="batch", leave=False,
-                             disable=True if n <= size else None)]  # None: no bar where stderr is not a terminal
+    out = [fn(chunk) for chunk in chunks(images, size, desc)]
     return torch.cat(out, dim=dim) if out else torch.empty(0)

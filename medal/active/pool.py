@@ -88,9 +88,10 @@ class ActivePool:
             self.history[-1].update({k: float(v) for k, v in stats.items()})
         self.save()
 
-    def label(self, image_id: str, answer: str | Path, edit: dict[str, float] | None = None) -> None:
+    def label(self, image_id: str, answer: str | Path, edit: dict[str, float] | None = None, save: bool = True) -> None:
         """Record the oracle's answer for one pending id (the stored mask's path) and, when the oracle was shown a
-        proposal, how far the answer is from it (`edit`, see `medal.active.oracles.edit_effort`); save."""
+        proposal, how far the answer is from it (`edit`, see `medal.active.oracles.edit_effort`); save unless
+        `save` is false (a caller labelling a round's answers saves once, after the last)."""
         if image_id not in self.pending:
             raise MedalError(f"active pool: answer for {image_id}, which was not queried in round {self.round}")
         self.pending.remove(image_id)
@@ -98,7 +99,8 @@ class ActivePool:
         self.answers[image_id] = str(answer)
         if edit is not None:
             self.edits[image_id] = {k: float(v) for k, v in edit.items()}
-        self.save()
+        if save:
+            self.save()
 
     def round_edits(self) -> dict[str, float]:
         """The mean of each edit measure over the answers of the current round (`oracle/<measure>`); {} if none."""

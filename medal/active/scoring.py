@@ -10,35 +10,46 @@ YAML file naming it.
 
 Options that wrap another strategy (`Power.base`, `Hybrid.uncertainty`) hold its config node, built here through
 `medal.config.build_from`, so a typo in the nested node fails in one line too.
+
+Memory: the candidates are read `chunk` images at a time and every strategy reduces a chunk before the next, so
+nothing holds the pool's images, probability maps or feature maps at once. Core-set and the hybrid keep one
+compact descriptor per image and member (`diversity_features`: the bottleneck projected to `dim` values, 3 x
+12,611 x 512 float32 = 77 MB, against 30 GB for the paper's flattened 192 x 32 x 32 bottleneck at 256 px).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from sklearn.random_projection import SparseRandomProjection
 
 from medal.active import strategies
-from medal.active.model import MCDropoutModel, SegModel, in_chunks
+from medal.active.model import ImageSource, MCDropoutModel, Rows, SegModel, chunks, in_chunks
 from medal.config import build_from
 from medal.errors import MedalError
 
 QBC_DESCRIPTORS = ("bottleneck", "probs")
 BALD_SOURCES = ("committee", "mc_dropout")
+DIVERSITY_DESCRIPTORS = ("projected", "full")
+PROJECTION_SEED = 0  # one projection for every run and round: a fixed measuring instrument, like a metric
 
 
 @dataclass(frozen=True)
 class Candidates:
-    """The pool images a strategy scores: ids (N) and images (N, S, S), predicted `chunk` rows at a time; the
-    labelled images (L, S, S) (diversity strategies measure distance to them); `k`, how many the loop takes
-    this round; `round_no`, for strategies whose behaviour follows a schedule."""
+    """The pool images a strategy scores: ids (N) and images (N, S, S), read and predicted `chunk` rows at a
+    time; the labelled images (L, S, S) (diversity strategies measure distance to them); `k`, how many the loop
+    takes this round; `round_no`, for strategies whose behaviour follows a schedule. The images are any
+    `ImageSource`: the loop passes `Rows` of the data set, read from disk a chunk at a time."""
 
     ids: list[str]
-    images: np.ndarray
+    images: ImageSource
     chunk: int
-    labelled: np.ndarray
+    labelled: ImageSource
     k: int
     round_no: int
 
@@ -195,52 +206,146 @@ class StratifiedRandom:
         return strategies.stratified_uniform(strategies.quantile_strata(share, self.strata), generator)
 
 
-def diversity_features(model: SegModel, images: np.ndarray, chunk: int) -> torch.Tensor:
-    """Feature vectors (N, M*D) for distances between images: every member's vector, each member scaled by its
-    mean norm over `images` so each counts equally, concatenated. Members need no common basis here: a distance
-    compares two images within one member's own space."""
-    features = in_chunks(model.features, images, chunk, dim=1, desc="features")  # (M, N, D)
-    if features.shape[-1] == 0:
-        raise MedalError("diversity strategies (coreset, hybrid) need feature vectors; this segmenter has none")
-    scale = features.double().norm(dim=-1).mean(1).clamp(min=1e-12)  # (M,)
-    return (features.double() / scale[:, None, None]).permute(1, 0, 2).flatten(1)
+@functools.lru_cache(maxsize=4)
+def projection(dim_in: int, dim: int) -> SparseRandomProjection:
+    """The seeded very sparse random projection (Li, Hastie & Church 2006; scikit-learn's, density 1/sqrt(dim_in))
+    of dim_in-vectors to `dim`: a Johnson-Lindenstrauss map, so distances keep their size within ~1/sqrt(2 dim)
+    relative error (3 % at 512; the segmentation benchmark records it). Its matrix holds ~dim·sqrt(dim_in)
+    values (0.2 M for the paper's 196,608-value bottleneck), built once per size."""
+    return SparseRandomProjection(n_components=dim, dense_output=True, random_state=PROJECTION_SEED).fit(
+        np.zeros((1, dim_in), dtype=np.float32))
 
 
-def _pool_and_labelled(model: SegModel, candidates: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
-    n = len(candidates.images)
-    both = np.concatenate([np.asarray(candidates.images), np.asarray(candidates.labelled)])
-    features = diversity_features(model, both, candidates.chunk)
-    return features[:n], features[n:]
+def _refuse_beyond_memory(n: int, members: int, dim: int) -> None:
+    """`descriptor=full` holds (n, members, dim) float32: refused in one line when that exceeds the machine's
+    physical memory (where the system says it), before the pool is scored."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # a system that does not say: nothing to check against
+        return
+    need = 4 * n * members * dim
+    if need > physical:
+        raise MedalError(f"strategy.descriptor=full: {n} images x {members} members x {dim} values need "
+                         f"{need / 2**30:.1f} GiB, more than this machine's {physical / 2**30:.1f} GiB; "
+                         "use strategy.descriptor=projected")
+
+
+def member_vectors(model: SegModel, images: ImageSource, chunk: int, descriptor: str,
+                   dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every member's descriptor of `images` (N, S, S), read `chunk` at a time: ((N, M, d) float32, (N, M)
+    float64 norms of the members' full feature vectors). `projected`: each (M, b, D) chunk of bottleneck vectors
+    through `projection(D, dim)` as it comes (d = dim; the vectors themselves when D <= dim); `full`: the vectors
+    as they are (d = D). Only one chunk of full-size vectors exists at a time."""
+    out = norms = None
+    rows = 0
+    for part in chunks(images, chunk, desc="features"):
+        features = model.features(part)  # (M, b, D)
+        m, b, dim_in = features.shape
+        if dim_in == 0:
+            raise MedalError("diversity strategies (coreset, hybrid) need feature vectors; this segmenter has none")
+        project = descriptor == "projected" and dim_in > dim
+        if out is None:
+            if descriptor == "full":
+                _refuse_beyond_memory(len(images), m, dim_in)
+            out = torch.empty((len(images), m, dim if project else dim_in), dtype=torch.float32)
+            norms = torch.empty((len(images), m), dtype=torch.float64)
+        norms[rows:rows + b] = torch.linalg.vector_norm(features, dim=-1, dtype=torch.float64).T
+        if project:
+            flat = features.float().reshape(m * b, dim_in).numpy()
+            features = torch.from_numpy(projection(dim_in, dim).transform(flat)).reshape(m, b, dim)
+        out[rows:rows + b] = features.transpose(0, 1)
+        rows += b
+    if out is None:
+        return torch.empty((0, 0, 0)), torch.empty((0, 0), dtype=torch.float64)
+    return out, norms
+
+
+def diversity_features(model: SegModel, sets: list[ImageSource], chunk: int, descriptor: str,
+                       dim: int) -> list[torch.Tensor]:
+    """Feature vectors (N_i, M*d) float32 of each image set in `sets` (the pool and the labelled images), for
+    distances between images: every member's descriptor (`member_vectors`), each member scaled by its mean full
+    norm over all the sets so each counts equally, concatenated. Members need no common basis: a distance compares
+    two images within one member's own space. A projection is linear, so scaling after it is scaling before."""
+    parts = [member_vectors(model, images, chunk, descriptor, dim) for images in sets]
+    norms = torch.cat([n for _, n in parts if len(n)])  # (sum N_i, M)
+    scale = norms.mean(0).clamp(min=1e-12).float()  # (M,)
+    return [v.div_(scale[None, :, None]).flatten(1) if len(v) else torch.empty((0, 0)) for v, _ in parts]
+
+
+def distance_distortion(model: SegModel, images: ImageSource, chunk: int, dim: int) -> dict[str, float]:
+    """How far the `projected` descriptor's distances are from the `full` one's on `images` (a sample of the pool:
+    the full vectors of all of them are held): the ratio projected / full of every pair's distance, both scaled
+    alike (`diversity_features`), as its mean, sd, min and max over the pairs; `dim_in`, the full vectors' size
+    per member (no projection when it is <= dim: every ratio 1)."""
+    full, = diversity_features(model, [images], chunk, "full", dim)
+    projected, = diversity_features(model, [images], chunk, "projected", dim)
+    exact, approx = torch.pdist(full.double()), torch.pdist(projected.double())
+    ratio = approx[exact > 0] / exact[exact > 0]
+    members = model.features(images[:1]).shape[0]
+    return {"ratio_mean": float(ratio.mean()), "ratio_sd": float(ratio.std()), "ratio_min": float(ratio.min()),
+            "ratio_max": float(ratio.max()), "pairs": float(ratio.numel()), "dim": float(dim),
+            "dim_in": float(full.shape[1] // max(members, 1))}
+
+
+def check_descriptor(descriptor: str, dim: int) -> None:
+    """Refuse a diversity descriptor (`projected`, `full`) or projection width outside their range, in one line.
+
+    Examples:
+        >>> check_descriptor("pooled", 512)
+        Traceback (most recent call last):
+        ...
+        medal.errors.MedalError: strategy.descriptor='pooled': use one of projected, full
+    """
+    one_of("strategy.descriptor", descriptor, DIVERSITY_DESCRIPTORS)
+    if dim < 1:
+        raise MedalError(f"strategy.dim={dim}: must be >= 1")
 
 
 @dataclass(frozen=True)
 class CoreSet:
     """Core-set (k-centre greedy, Sener & Savarese 2018) on the members' bottleneck features: each pick is the
-    pool image farthest from the labelled set and the earlier picks."""
+    pool image farthest from the labelled set and the earlier picks. `descriptor`: `projected` (the default:
+    each member's vector through a seeded sparse random projection to `dim` values, chunk by chunk) or `full`
+    (the vectors as they are: the paper's flattened bottleneck is 196,608 values per member at 256 px, 30 GB
+    over 12,611 images, so only for small pools)."""
 
     name: str
+    descriptor: str
+    dim: int
+
+    def __post_init__(self) -> None:
+        check_descriptor(self.descriptor, self.dim)
 
     def score(self, model: SegModel, candidates: Candidates, generator: torch.Generator) -> torch.Tensor:
-        pool, labelled = _pool_and_labelled(model, candidates)
+        pool, labelled = diversity_features(model, [candidates.images, candidates.labelled], candidates.chunk,
+                                            self.descriptor, self.dim)
         return strategies.k_center_greedy(pool, labelled, candidates.k)
 
 
 @dataclass(frozen=True)
 class Hybrid:
     """Uncertainty, then diversity: the `shortlist` x k candidates the `uncertainty` strategy ranks highest, then
-    k-centre greedy among them (`strategies.uncertain_then_diverse`)."""
+    k-centre greedy among them (`strategies.uncertain_then_diverse`) on `descriptor` / `dim` as for `CoreSet`.
+    Descriptors are computed for the shortlist and the labelled images only (each member scaled by its mean norm
+    over those)."""
 
     name: str
     uncertainty: Any  # a strategy's config node (`_target_`, name, its options), built in __post_init__
     shortlist: float
+    descriptor: str
+    dim: int
 
     def __post_init__(self) -> None:
+        check_descriptor(self.descriptor, self.dim)
         object.__setattr__(self, "uncertainty", _strategy(self.uncertainty, "strategy.uncertainty"))
 
     def score(self, model: SegModel, candidates: Candidates, generator: torch.Generator) -> torch.Tensor:
         uncertainty = self.uncertainty.score(model, candidates, generator)
-        pool, labelled = _pool_and_labelled(model, candidates)
-        return strategies.uncertain_then_diverse(uncertainty, pool, labelled, candidates.k, self.shortlist)
+        top = strategies.shortlist_of(uncertainty, candidates.k, self.shortlist)
+        shortlisted, labelled = diversity_features(model, [Rows(candidates.images, top.numpy()),
+                                                           candidates.labelled], candidates.chunk,
+                                                   self.descriptor, self.dim)
+        return strategies.uncertain_then_diverse(uncertainty, top, shortlisted, labelled, candidates.k)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ The uncertainty heuristics for probability maps (predictive entropy, BALD, vote 
 baal's `mean` reduction. They are called through `compute_score` and the reduction, not baal's
 `get_uncertainties`: that one silently replaces a non-finite score by 10000 or 0, whereas medal's `select`
 refuses it. Batch strategies that need the whole pool at once (k-centre greedy, the two-stage hybrid) are
-written here in the same `(N,) scores, top k = the batch` form: baal has no core-set, and its stochastic
-`PowerSampling` draws indices itself from NumPy's global random state (unseeded, and not scores), so its power
-distribution is sampled here by the equivalent Gumbel top-k trick with the round's generator.
+written here in the same `(N,) scores, top k = the batch` form, in O(N) memory beyond their features: baal has
+no core-set, and its stochastic `PowerSampling` draws indices itself from NumPy's global random state
+(unseeded, and not scores), so its power distribution is sampled here by the equivalent Gumbel top-k trick with
+the round's generator.
 """
 
 from __future__ import annotations
@@ -137,6 +138,49 @@ def vote_entropy(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     return _per_image(_ENTROPY, _two_class(votes, "vote entropy"))
 
 
+def squared_norms(x: torch.Tensor) -> torch.Tensor:
+    """|x|² of each row of x (N, D), accumulated in float64 -> (N,) float64, without a float64 copy of x.
+
+    Examples:
+        >>> squared_norms(torch.tensor([[3.0, 4.0], [1.0, 0.0]])).tolist()
+        [25.0, 1.0]
+    """
+    return torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).square()
+
+
+def nearest_distance(pool: torch.Tensor, centres: torch.Tensor, nearest: torch.Tensor | None = None,
+                     pool_sq: torch.Tensor | None = None, rows: int = 2048) -> torch.Tensor:
+    """Each pool vector's Euclidean distance to its nearest centre, pool (N, D), centres (C, D) -> (N,) float64;
+    with `nearest` (N,) given, the smaller of it and that distance, written into it (`pool_sq`: the pool's
+    `squared_norms`, when the caller has them).
+
+    Computed `rows` pool vectors and `rows` centres at a time as |x|² + |c|² - 2 x·c (a matrix product in the
+    pool's dtype, the squared norms in float64, clamped at 0), so the memory beyond the inputs is O(rows²):
+    never an (N, C) or an (N, D) temporary. In float32 the cross term leaves an absolute error of ~1e-7 |x| |c|
+    in the squared distance: far below the distances that k-centre's farthest-point picks compare.
+
+    Examples:
+        >>> nearest_distance(torch.tensor([[0.0, 0.0], [3.0, 4.0]]), torch.tensor([[0.0, 0.0], [3.0, 0.0]])).tolist()
+        [0.0, 4.0]
+    """
+    n = len(pool)
+    if nearest is None:
+        nearest = torch.full((n,), math.inf, dtype=torch.float64)
+    if len(centres) == 0:
+        return nearest
+    if pool_sq is None:
+        pool_sq = squared_norms(pool)
+    for first in range(0, len(centres), rows):  # centres `rows` at a time too: temporaries stay O(rows²)
+        c = centres[first:first + rows].to(pool.dtype)
+        c_sq = squared_norms(c)
+        for start in range(0, n, rows):
+            block = pool[start:start + rows]
+            d2 = pool_sq[start:start + rows, None] + c_sq[None, :] - 2.0 * (block @ c.T).double()
+            part = nearest[start:start + rows]
+            torch.minimum(part, d2.clamp(min=0.0).min(1).values.sqrt(), out=part)
+    return nearest
+
+
 def k_center_greedy(pool: torch.Tensor, labelled: torch.Tensor, k: int) -> torch.Tensor:
     """Core-set (Sener & Savarese 2018): greedy k-centre over pool features (N, D) given the labelled ones
     (L, D); scores (N,) whose top k are the greedy picks.
@@ -147,6 +191,9 @@ def k_center_greedy(pool: torch.Tensor, labelled: torch.Tensor, k: int) -> torch
     `select(scores, k)` returns the greedy batch. With no labelled image the first centre is the image farthest
     from the pool's mean.
 
+    Cost: O(N · D · (L + k)) time; memory beyond the features O(N) (each image's distance to its nearest centre,
+    updated in place by `nearest_distance`), so the features may be float32 and are never copied.
+
     Examples:
         >>> near = torch.tensor([[0.0, 0.1], [0.2, 0.0], [0.0, -0.1]]); far = torch.tensor([[5.0, 5.0], [5.1, 5.0]])
         >>> scores = k_center_greedy(torch.cat([near, far]), torch.zeros(1, 2), k=2)
@@ -156,25 +203,40 @@ def k_center_greedy(pool: torch.Tensor, labelled: torch.Tensor, k: int) -> torch
     if pool.dim() != 2 or labelled.dim() != 2 or (len(labelled) and labelled.shape[1] != pool.shape[1]):
         raise MedalError(f"core-set features: pool {tuple(pool.shape)} and labelled {tuple(labelled.shape)} "
                          "must be (images, dim) with one dim")
-    x = pool.double()
-    centres = labelled.double() if len(labelled) else x.mean(0, keepdim=True)
-    nearest = torch.cdist(x, centres).min(1).values
+    centres = labelled if len(labelled) else pool.mean(0, keepdim=True, dtype=torch.float64)
+    pool_sq = squared_norms(pool)
+    nearest = nearest_distance(pool, centres, pool_sq=pool_sq)
     scores = nearest.clone()
-    for _ in range(min(k, len(x))):
+    for _ in range(min(k, len(pool))):
         pick = int(nearest.argmax())
         scores[pick] = nearest[pick]
-        nearest = torch.minimum(nearest, torch.cdist(x, x[pick:pick + 1])[:, 0])
+        nearest_distance(pool, pool[pick:pick + 1], nearest, pool_sq)
         nearest[pick] = -1.0  # picked: never again
     left = nearest >= 0
     scores[left] = nearest[left]
     return scores.float()
 
 
-def uncertain_then_diverse(uncertainty: torch.Tensor, pool: torch.Tensor, labelled: torch.Tensor, k: int,
-                           shortlist: float) -> torch.Tensor:
-    """Two stages: the `ceil(shortlist * k)` most uncertain images, then k-centre greedy (`k_center_greedy`)
-    within them, so a batch is uncertain *and* not k near-copies of one hard case. uncertainty (N,), pool
-    features (N, D), labelled features (L, D) -> (N,) scores whose top k are the picks.
+def shortlist_of(uncertainty: torch.Tensor, k: int, shortlist: float) -> torch.Tensor:
+    """Indices of the `ceil(shortlist * k)` most uncertain images (at least k, at most all), most uncertain first:
+    the first stage of `uncertain_then_diverse`.
+
+    Examples:
+        >>> shortlist_of(torch.tensor([0.9, 0.1, 0.7, 0.8]), k=2, shortlist=1.5).tolist()
+        [0, 3, 2]
+    """
+    if shortlist < 1:
+        raise MedalError(f"strategy.shortlist={shortlist}: must be >= 1 (a multiple of the query size)")
+    size = min(len(uncertainty), max(k, math.ceil(shortlist * k)))
+    return torch.topk(uncertainty, size).indices
+
+
+def uncertain_then_diverse(uncertainty: torch.Tensor, top: torch.Tensor, top_features: torch.Tensor,
+                           labelled: torch.Tensor, k: int) -> torch.Tensor:
+    """Two stages: the shortlist `top` of the most uncertain images (`shortlist_of`), then k-centre greedy
+    (`k_center_greedy`) within it, so a batch is uncertain *and* not k near-copies of one hard case.
+    uncertainty (N,), top (T,) indices, the shortlist's features (T, D) (only those: the pool's are never
+    needed), labelled features (L, D) -> (N,) scores whose top k are the picks.
 
     Scores are ranks: in [1, 2) inside the shortlist, ordered by the k-centre pass; in [0, 1) outside it,
     ordered by uncertainty.
@@ -182,20 +244,16 @@ def uncertain_then_diverse(uncertainty: torch.Tensor, pool: torch.Tensor, labell
     Examples:
         >>> u = torch.tensor([0.9, 0.8, 0.7, 0.1])  # images 0 and 1 are near-copies, 3 is certain
         >>> f = torch.tensor([[0.0, 0.0], [0.0, 0.01], [3.0, 0.0], [9.0, 9.0]])
-        >>> picks = torch.topk(uncertain_then_diverse(u, f, torch.zeros(0, 2), k=2, shortlist=1.5), 2).indices
-        >>> sorted(picks.tolist())  # the shortlist is 0, 1, 2: image 2 and one of the near-copies, never 3
+        >>> top = shortlist_of(u, k=2, shortlist=1.5)  # images 0, 1, 2
+        >>> picks = torch.topk(uncertain_then_diverse(u, top, f[top], torch.zeros(0, 2), k=2), 2).indices
+        >>> sorted(picks.tolist())  # image 2 and one of the near-copies, never 3
         [1, 2]
     """
-    n = len(uncertainty)
-    if shortlist < 1:
-        raise MedalError(f"strategy.shortlist={shortlist}: must be >= 1 (a multiple of the query size)")
-    size = min(n, max(k, math.ceil(shortlist * k)))
-    rank = torch.argsort(torch.argsort(uncertainty)).double() / max(n, 1)
-    scores = rank.clone()
+    n, size = len(uncertainty), len(top)
+    scores = torch.argsort(torch.argsort(uncertainty)).double() / max(n, 1)
     if size == 0:
         return scores.float()
-    top = torch.topk(uncertainty, size).indices
-    diverse = k_center_greedy(pool[top], labelled, k)
+    diverse = k_center_greedy(top_features, labelled, k)
     scores[top] = 1.0 + torch.argsort(torch.argsort(diverse)).double() / size
     return scores.float()
 

@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from medal.active.loop import ActiveLearner, ALConfig, LoopResult, RoundHooks
-from medal.active.model import SegModel
+from medal.active.model import Rows, SegModel
 from medal.active.oracles import Oracle, QueryContext
 from medal.active.pool import ActivePool
 from medal.active.scoring import Baseline, Strategy
@@ -43,7 +43,7 @@ from medal.resume import Marker, fingerprint
 from medal.segment import figures
 from medal.segment.coarse_phase import COARSE_DIR, CoarseOptions, coarse_phase
 from medal.segment.data import SegData, load_seg_data, with_masks
-from medal.segment.evaluate import held_out_scores, mean_probs, split_scores
+from medal.segment.evaluate import held_out_scores, mean_prob_maps, mean_probs, split_scores
 from medal.segment.infer import FinalOutputs, write_final
 from medal.segment.metrics import mask_scores
 from medal.segment.model import CommitteeModel
@@ -294,7 +294,7 @@ def write_outputs(setup: SegmentSetup, learner: ActiveLearner, data: SegData) ->
         return outputs
     if learner.model is None:
         raise MedalError(f"al.dir={learner.dir}: no trained model to write the final masks with")
-    probs = mean_probs(learner.model, data.images, setup.al.score_batch_size)
+    probs = mean_prob_maps(learner.model, data.images, setup.al.score_batch_size)  # a batch at a time
     write_final(outputs, data.ids, data.paths, probs, dict(zip(data.ids, data.inverted.tolist(), strict=True)), gold)
     marker.finish(parts, images=len(data.ids))
     return outputs
@@ -331,8 +331,8 @@ def run_segment(cfg: DictConfig) -> dict[str, float]:
         if test_ids:
             metrics.update({f"test/{k}": v for k, v in mask_scores(outputs.masks, eval_dir, test_ids).items()})
     elif test_ids:  # comparison runs (experiment=al_strategies) write nothing but report the same full-size scores
-        rows = [data.rows[i] for i in test_ids]
-        scores = held_out_scores(result.model, data.images[rows], test_ids, eval_dir, seg.postprocess,
+        rows = np.array([data.rows[i] for i in test_ids], dtype=np.int64)
+        scores = held_out_scores(result.model, Rows(data.images, rows), test_ids, eval_dir, seg.postprocess,
                                  setup.al.score_batch_size)
         metrics.update({f"test/{k}": v for k, v in scores.items()})
     return metrics

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +101,7 @@ def write_final(
     out: FinalOutputs,
     ids: Sequence[str],
     paths: Sequence[str],
-    probs: np.ndarray,
+    probs: Iterable[np.ndarray],
     inverted: dict[str, bool],
     gold_dir: Path | None = None,
 ) -> Path:
@@ -111,15 +111,17 @@ def write_final(
     (the file's stored range mapped to [0, 1], so a 12-bit image in a 16-bit file keeps its 4096 levels and
     its polarity flip stays inside its range).
 
-    `probs` is the committee-mean probability at working resolution, row i for ids[i] (a stretched
-    square of the image, so a plain resize maps it back). boxes.csv is written last: its presence
-    marks a complete pass.
+    `probs` yields the committee-mean probability at working resolution (S, S) of ids[i], in order (a
+    stretched square of the image, so a plain resize maps it back): an (N, S, S) array, or a stream
+    (`medal.segment.evaluate.mean_prob_maps`), so one image's maps and full-size arrays are in memory at a
+    time. boxes.csv is written last: its presence marks a complete pass.
     """
     rows = []
-    for i, (image_id, path) in enumerate(tqdm(list(zip(ids, paths, strict=True)), desc="masks + RoIs", unit="img")):
+    for image_id, path, prob in tqdm(zip(ids, paths, probs, strict=True), total=len(ids), desc="masks + RoIs",
+                                     unit="img"):
         image = read_radiograph(path)
         flip = bool(inverted.get(image_id, False))
-        mask, roi, box = hand_roi(image, probs[i], flip, out.postprocess, out.margin, out.roi_size)
+        mask, roi, box = hand_roi(image, prob, flip, out.postprocess, out.margin, out.roi_size)
         write_png(out.masks / f"{image_id}.png", mask)
         write_png(out.roi / f"{image_id}.png", roi, bits=DERIVED_BITS)
         has_gold = False
