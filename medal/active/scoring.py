@@ -249,11 +249,11 @@ def member_vectors(model: SegModel, images: ImageSource, chunk: int, descriptor:
                 _refuse_beyond_memory(len(images), m, dim_in)
             out = torch.empty((len(images), m, dim if project else dim_in), dtype=torch.float32)
             norms = torch.empty((len(images), m), dtype=torch.float64)
-        norms[rows:rows + b] = torch.linalg.vector_norm(features, dim=-1, dtype=torch.float64).T
-        if project:
-            flat = features.float().reshape(m * b, dim_in).numpy()
-            features = torch.from_numpy(projection(dim_in, dim).transform(flat)).reshape(m, b, dim)
-        out[rows:rows + b] = features.transpose(0, 1)
+        norms[rows:rows + b] = torch.linalg.vector_norm(features.float(), dim=-1).T  # float32: 1e-6 relative
+        for k in range(m):  # a member at a time: the projection's temporaries are one member's (b, D)
+            vectors = features[k].float()
+            out[rows:rows + b, k] = (torch.from_numpy(projection(dim_in, dim).transform(vectors.numpy())) if project
+                                     else vectors)
         rows += b
     if out is None:
         return torch.empty((0, 0, 0)), torch.empty((0, 0), dtype=torch.float64)

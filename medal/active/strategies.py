@@ -138,14 +138,17 @@ def vote_entropy(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     return _per_image(_ENTROPY, _two_class(votes, "vote entropy"))
 
 
-def squared_norms(x: torch.Tensor) -> torch.Tensor:
-    """|x|² of each row of x (N, D), accumulated in float64 -> (N,) float64, without a float64 copy of x.
+def squared_norms(x: torch.Tensor, rows: int = 2048) -> torch.Tensor:
+    """|x|² of each row of x (N, D) in float64 -> (N,) float64, `rows` rows at a time (never a float64 copy of x).
 
     Examples:
         >>> squared_norms(torch.tensor([[3.0, 4.0], [1.0, 0.0]])).tolist()
         [25.0, 1.0]
     """
-    return torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).square()
+    out = torch.empty(len(x), dtype=torch.float64)
+    for start in range(0, len(x), rows):
+        out[start:start + rows] = torch.linalg.vector_norm(x[start:start + rows], dim=1, dtype=torch.float64).square()
+    return out
 
 
 def nearest_distance(pool: torch.Tensor, centres: torch.Tensor, nearest: torch.Tensor | None = None,
@@ -203,7 +206,7 @@ def k_center_greedy(pool: torch.Tensor, labelled: torch.Tensor, k: int) -> torch
     if pool.dim() != 2 or labelled.dim() != 2 or (len(labelled) and labelled.shape[1] != pool.shape[1]):
         raise MedalError(f"core-set features: pool {tuple(pool.shape)} and labelled {tuple(labelled.shape)} "
                          "must be (images, dim) with one dim")
-    centres = labelled if len(labelled) else pool.mean(0, keepdim=True, dtype=torch.float64)
+    centres = labelled if len(labelled) else pool.mean(0, keepdim=True)
     pool_sq = squared_norms(pool)
     nearest = nearest_distance(pool, centres, pool_sq=pool_sq)
     scores = nearest.clone()
