@@ -1,7 +1,7 @@
 """Host memory of `medal segment`'s active-learning stages as the pool grows: does every strategy stay bounded?
 
-Each case is one strategy at one pool size n, run in a fresh process (peak resident memory, `ru_maxrss`, read
-after each phase) through the task's own code: `load_seg_data` over an image cache of n images at the paper's 256
+Each case is one strategy at one pool size n, run in a fresh process (peak resident memory, VmHWM, read after
+each phase) through the task's own code: `load_seg_data` over an image cache of n images at the paper's 256
 px, `configure` + `build_learner` (conf/segment.yaml: 100 initial labels, 100 per round, val_limit 200, chunks of
 al.score_batch_size = 16), one round's evaluation (`learner.evaluate`: Dice on the validation and test masks), one
 query (`learner._query`: the strategy scores the pool, the top 100 are selected, pool.json is written) and the
@@ -172,7 +172,12 @@ def make_data(root: Path, n: int) -> Path:
 
 # -- one case, in its own process ----------------------------------------------------------------------------
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
+    """This process's peak resident memory in MB: VmHWM, the high-water mark of its own address space (Linux's
+    `ru_maxrss` would also count the parent's peak, inherited across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # not Linux: kB on BSDs, bytes on macOS
 
 
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
@@ -253,7 +258,7 @@ def forward_case() -> dict[str, Any]:
     torch.set_num_threads(2)
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose(config_name="segment", overrides=["trainer.accelerator=cpu", "al.fast_scoring=false",
-                                                        "strategy=coreset"])
+                                                        "strategy=coreset", "oracle=folder"])
     setup = configure(cfg)
     seg, al = setup.segment, setup.al
     model = setup.segmenter.build(seed=0, lr=seg.lr, weight_decay=seg.weight_decay, augment=seg.augment,
@@ -367,7 +372,7 @@ def main() -> None:
     wall = time.perf_counter() - started
     header = ("| code | strategy | n | after imports | " + " | ".join(f"after {p} (s)" for p in PHASES)
               + " | peak / random's | pool.json MB |\n" + "|---" * (6 + len(PHASES)) + "|")
-    notes = (f"Peak resident memory (MB, `ru_maxrss`) of one process per case, after each phase; {SIZE} px, 3-member "
+    notes = (f"Peak resident memory (MB, VmHWM) of one process per case, after each phase; {SIZE} px, 3-member "
              "stand-in with the paper committee's output shapes (bottleneck 196,608 values a member), conf/segment.yaml "
              f"(initial 100, per round 100, val_limit 200, al.score_batch_size 16). Splits {SPLITS}. Cases: "
              f"{args.strategies} x n {args.n}, phases {args.phases}"

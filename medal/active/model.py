@@ -11,6 +11,8 @@ is handed to a strategy as `Rows` of it and read a chunk at a time (`in_chunks`)
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -18,6 +20,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+# glibc's malloc_trim (Linux); other C libraries (macOS, musl) hand freed memory back their own way
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform.startswith("linux") else None
 
 
 class ImageSource(Protocol):
@@ -107,6 +112,18 @@ def chunks(images: ImageSource, size: int, desc: str = "scoring") -> Iterator[np
     for start in tqdm(range(0, n, size), desc=desc, unit="batch", leave=False,
                       disable=True if n <= size else None):  # None: no bar where stderr is not a terminal
         yield images[start:start + size]
+        release_freed_memory()
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory freed so far back to the system (glibc's `malloc_trim`; nothing to do elsewhere).
+
+    A chunk's maps, features and the strategies' float64 temporaries are freed before the next chunk, but glibc
+    keeps fragments of them in its heap: without this, one pass over a pool grew the process by ~10 MB a chunk
+    (an entropy pass at 256 px: 1.04 GB -> 1.55 GB in 60 chunks), so memory grew with the pool after all.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def in_chunks(fn: Callable[[np.ndarray], torch.Tensor], images: ImageSource, size: int, dim: int = 0,

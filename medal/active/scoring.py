@@ -218,7 +218,7 @@ def projection(dim_in: int, dim: int) -> SparseRandomProjection:
 
 def _refuse_beyond_memory(n: int, members: int, dim: int) -> None:
     """`descriptor=full` holds (n, members, dim) float32: refused in one line when that exceeds the machine's
-    physical memory (where the system says it), before the pool is scored."""
+    physical memory (where the system says it), after the first chunk, before the rest is scored."""
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):  # a system that does not say: nothing to check against
@@ -252,8 +252,9 @@ def member_vectors(model: SegModel, images: ImageSource, chunk: int, descriptor:
         norms[rows:rows + b] = torch.linalg.vector_norm(features.float(), dim=-1).T  # float32: 1e-6 relative
         for k in range(m):  # a member at a time: the projection's temporaries are one member's (b, D)
             vectors = features[k].float()
-            out[rows:rows + b, k] = (torch.from_numpy(projection(dim_in, dim).transform(vectors.numpy())) if project
-                                     else vectors)
+            if project:
+                vectors = torch.from_numpy(projection(dim_in, dim).transform(vectors.numpy()))
+            out[rows:rows + b, k] = vectors
         rows += b
     if out is None:
         return torch.empty((0, 0, 0)), torch.empty((0, 0), dtype=torch.float64)
@@ -275,16 +276,16 @@ def diversity_features(model: SegModel, sets: list[ImageSource], chunk: int, des
 def distance_distortion(model: SegModel, images: ImageSource, chunk: int, dim: int) -> dict[str, float]:
     """How far the `projected` descriptor's distances are from the `full` one's on `images` (a sample of the pool:
     the full vectors of all of them are held): the ratio projected / full of every pair's distance, both scaled
-    alike (`diversity_features`), as its mean, sd, min and max over the pairs; `dim_in`, the full vectors' size
-    per member (no projection when it is <= dim: every ratio 1)."""
-    full, = diversity_features(model, [images], chunk, "full", dim)
-    projected, = diversity_features(model, [images], chunk, "projected", dim)
-    exact, approx = torch.pdist(full.double()), torch.pdist(projected.double())
+    alike (as `diversity_features` scales them), as its mean, sd, min and max over the pairs; `dim_in`, the full
+    vectors' size per member (no projection when it is <= dim: every ratio 1)."""
+    full, norms = member_vectors(model, images, chunk, "full", dim)
+    projected, _ = member_vectors(model, images, chunk, "projected", dim)
+    scale = norms.mean(0).clamp(min=1e-12)[None, :, None]
+    exact, approx = (torch.pdist((v.double() / scale).flatten(1)) for v in (full, projected))
     ratio = approx[exact > 0] / exact[exact > 0]
-    members = model.features(images[:1]).shape[0]
     return {"ratio_mean": float(ratio.mean()), "ratio_sd": float(ratio.std()), "ratio_min": float(ratio.min()),
             "ratio_max": float(ratio.max()), "pairs": float(ratio.numel()), "dim": float(dim),
-            "dim_in": float(full.shape[1] // max(members, 1))}
+            "dim_in": float(full.shape[2])}
 
 
 def check_descriptor(descriptor: str, dim: int) -> None:

@@ -40,11 +40,12 @@ def per_image_dice(model: SegModel, images: ImageSource, masks: ImageSource, bat
     if len(images) != len(masks):
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
 
-    def score(start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        probs = model.predict_probs(images[start:start + batch_size]).mean(0)[:, None]
-        return dice_iou(probs, torch.from_numpy(np.asarray(masks[start:start + batch_size], dtype=np.float32))[:, None])
+    def score(part: np.ndarray, gold: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = model.predict_probs(part).mean(0)[:, None]
+        return dice_iou(probs, torch.from_numpy(np.asarray(gold, dtype=np.float32))[:, None])
 
-    parts = [score(start) for start in range(0, len(images), batch_size)]
+    parts = [score(part, gold) for part, gold in zip(chunks(images, batch_size, "scoring"),
+                                                     chunks(masks, batch_size, "masks"), strict=True)]
     if not parts:
         return torch.empty(0), torch.empty(0)
     return torch.cat([d for d, _ in parts]), torch.cat([i for _, i in parts])
