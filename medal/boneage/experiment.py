@@ -1,7 +1,13 @@
 """One bone age experiment: train with the chosen fine-tune mode, keep the best checkpoint by val MAE,
 then test that checkpoint on the held-out split (never on training images) and write every artifact.
 
-Artifacts in the run dir: `checkpoints/{best-*,last}.ckpt`, `predictions.csv` (val + test rows),
+A k-fold run (`cv.folds=K cv.fold=i`, `medal.data.split.CVOptions`) trains on the other folds, selects its
+checkpoint on an inner validation split of them (`cv.inner_val`; 0 keeps the last epoch's weights, no selection),
+and also predicts the fold it holds out (`oof` rows, `oof/*` metrics); the last fold to finish pools the K folds'
+out-of-fold predictions beside them (`medal.boneage.cv`).
+
+Artifacts in the run dir: `checkpoints/{best-*,last}.ckpt`, `predictions.csv` (val + test rows, and the `oof`
+rows of a k-fold run, whose rows carry its `fold`),
 `plots/{bland_altman,predicted_vs_true}.png`, `csv/metrics.csv` (the Lightning CSV logger) and the run's
 record `.medal/boneage.json` (`medal.resume.Marker`): the resolved settings the run was trained with
 (`run_settings`) and, once finished, its metrics. A rerun in the same folder with the same settings
@@ -13,6 +19,7 @@ images the model was trained on.
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,8 +39,10 @@ from medal.boneage.plots import bland_altman, predicted_vs_true
 from medal.boneage.predictions import PREDICTIONS_FILE
 from medal.boneage.targets import TargetScaler
 from medal.callbacks.checkpoints import LAST, best_and_last, resume_from
-from medal.config import to_plain
+from medal.callbacks.checkpoints import latest as last_checkpoint
+from medal.config import options_from, to_plain
 from medal.data.phantom.floor import read_floor
+from medal.data.split import FOLD_COLUMN, CVOptions
 from medal.errors import MedalError
 from medal.hardware import use_bf16
 from medal.loggers import build_loggers, log_figure
@@ -58,11 +67,12 @@ NOT_SETTINGS_IN: dict[str, tuple[str, ...]] = {
 def run_settings(cfg: DictConfig) -> dict[str, Any]:
     """The resolved settings a run's result depends on: the whole config but `NOT_SETTINGS(_IN)`.
 
-    They are the run's resume fingerprint and its record, which `medal cam` reads for the data settings.
+    They are the run's resume fingerprint and its record, which `medal cam` reads for the data settings. A run
+    without folds (`cv.folds` null) records no `cv`, so the folders of runs made before medal had folds resume.
     """
     settings: dict[str, Any] = {}
     for key in cfg:
-        if key in NOT_SETTINGS:
+        if key in NOT_SETTINGS or (key == "cv" and cfg.cv.folds is None):
             continue
         node, skip = cfg[key], NOT_SETTINGS_IN.get(str(key), ())
         if skip and OmegaConf.is_dict(node):
@@ -102,20 +112,35 @@ def _test_module(checkpoint: str | None, module: BoneAgeModule) -> BoneAgeModule
     return module
 
 
+def _keep_last(last: Path, epochs: int) -> str:
+    """A run without checkpoint selection (`cv.inner_val=0`) keeps its last epoch's weights as its `best-*.ckpt`,
+    the one checkpoint every run keeps for what it tested (`medal cam`, `medal export` read it)."""
+    kept = last.parent / f"best-{epochs - 1:03d}.ckpt"
+    with atomic_path(kept) as tmp:
+        shutil.copyfile(last, tmp)
+    return str(kept)
+
+
 def evaluate_splits(module: BoneAgeModule, datamodule: Any, out_dir: Path, cfg: DictConfig,
-                    loggers: list[Any]) -> dict[str, float]:
-    """Val and test metrics by cohort, train-mean baseline, predictions.csv and plots."""
+                    loggers: list[Any], cv: CVOptions | None = None) -> dict[str, float]:
+    """Val and test (and a k-fold run's out-of-fold) metrics by cohort, train-mean baseline, predictions.csv and
+    plots."""
     ev = cfg.evaluation
     bf16 = use_bf16(ev.bf16, next(module.parameters()).device.type)
     train_ids = set(datamodule.frames["train"]["id"])
+    loaders = [("val", datamodule.val_dataloader()), ("test", datamodule.test_dataloader())]
+    if cv is not None and cv.enabled:
+        loaders.append(("oof", datamodule.oof_dataloader()))
     frames = {}
-    for split, loader in (("val", datamodule.val_dataloader()), ("test", datamodule.test_dataloader())):
+    for split, loader in loaders:
         frames[split] = predict_frame(module, loader, split, bf16=bf16)
         leaked = train_ids & set(frames[split]["id"])
         if leaked:
             raise MedalError(f"{len(leaked)} training images are in the {split} split (e.g. {sorted(leaked)[0]}); "
                              "delete split.csv in the run dir and rerun")
     predictions = pd.concat(frames.values(), ignore_index=True)
+    if cv is not None and cv.enabled:
+        predictions[FOLD_COLUMN] = int(cv.fold)
     with atomic_path(out_dir / PREDICTIONS_FILE) as tmp:
         predictions.to_csv(tmp, index=False)
 
@@ -144,13 +169,16 @@ def evaluate_splits(module: BoneAgeModule, datamodule: Any, out_dir: Path, cfg: 
     return metrics
 
 
-def _early_stopping(cfg: DictConfig) -> EarlyStopping | None:
+def _early_stopping(cfg: DictConfig, selects: bool) -> EarlyStopping | None:
     """`early_stopping.patience` epochs without a `min_delta` gain of the checkpoint monitor; null = off."""
     stopping = cfg.early_stopping
     if stopping.patience is None:
         return None
     if int(stopping.patience) < 1:
         raise MedalError(f"early_stopping.patience={stopping.patience}: must be >= 1 (or null for no early stop)")
+    if not selects:
+        raise MedalError(f"early_stopping.patience={stopping.patience} with cv.inner_val=0: no validation images to "
+                         "stop on; set cv.inner_val > 0 or early_stopping.patience=null")
     return EarlyStopping(monitor=str(cfg.checkpoint.monitor), mode=str(cfg.checkpoint.mode),
                          patience=int(stopping.patience), min_delta=float(stopping.min_delta),
                          check_on_train_epoch_end=True)
@@ -184,26 +212,33 @@ def begin_run(marker: Marker, settings: dict[str, Any], ckpt_dir: Path) -> str:
 
 def run_boneage(cfg: DictConfig) -> dict[str, float]:
     """Train, select by val MAE, test; returns the metrics for metrics.json."""
+    from medal.boneage.cv import pool_when_complete
     from medal.data.datamodule import build_boneage_datamodule
 
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
+    cv = options_from(CVOptions, cfg.cv, "cv")
     settings, marker = run_settings(cfg), run_marker(out_dir)
     status = begin_run(marker, settings, ckpt_dir)
     if status == "done":
         log.info("%s already holds this run, finished; its metrics are returned (a new run needs another folder)",
                  out_dir)
+        if cv.enabled:  # a sweep killed after its last fold finished, before it pooled
+            pool_when_complete(out_dir, settings)
         return Reused(marker.read()["metrics"])
+    selects = not (cv.enabled and cv.inner_val == 0)  # a k-fold run may train a fixed number of epochs instead
+    early_stopping = _early_stopping(cfg, selects)
     pl.seed_everything(int(cfg.seed), workers=True)
-    datamodule = build_boneage_datamodule(cfg)
+    datamodule = build_boneage_datamodule(cfg, cv)
     datamodule.prepare_data()
     datamodule.setup("fit")
     module = build_module(cfg, datamodule.frames["train"]["boneage"].to_numpy())
 
-    checkpoint, latest = best_and_last(ckpt_dir, str(cfg.checkpoint.monitor), str(cfg.checkpoint.mode))
     loggers = build_loggers(cfg)
-    callbacks: list[pl.Callback] = [build_finetune_callback(cfg.finetune), checkpoint, latest]
-    if (stopping := _early_stopping(cfg)) is not None:
+    latest = last_checkpoint(ckpt_dir)
+    checkpoint = best_and_last(ckpt_dir, str(cfg.checkpoint.monitor), str(cfg.checkpoint.mode))[0] if selects else None
+    callbacks: list[pl.Callback] = [build_finetune_callback(cfg.finetune), *([checkpoint] if checkpoint else []), latest]
+    if (stopping := early_stopping) is not None:
         callbacks.append(stopping)
     if (averaging := _weight_averaging(cfg)) is not None:
         callbacks.append(averaging)
@@ -217,9 +252,10 @@ def run_boneage(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if not trainer.is_global_zero:
         return {}
-    module = _test_module(checkpoint.best_model_path, module).to(trainer.strategy.root_device)
-    metrics = evaluate_splits(module, datamodule, out_dir, cfg, loggers)
-    if checkpoint.best_model_score is not None:
+    tested = checkpoint.best_model_path if checkpoint is not None else _keep_last(last, trainer.current_epoch)
+    module = _test_module(tested, module).to(trainer.strategy.root_device)
+    metrics = evaluate_splits(module, datamodule, out_dir, cfg, loggers, cv)
+    if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics["val/mae_best_epoch"] = float(checkpoint.best_model_score)
     metrics["train/epochs"] = float(trainer.current_epoch)
     log.info("test MAE %.2f months (train-mean predictor %.2f, noise floor %s); val MAE %.2f",
@@ -227,4 +263,8 @@ def run_boneage(cfg: DictConfig) -> dict[str, float]:
              f"{metrics['test/mae_floor']:.2f}" if "test/mae_floor" in metrics else "unknown: not phantoms",
              metrics.get("val/mae", float("nan")))
     marker.finish(settings, metrics=metrics)
+    if cv.enabled:
+        log.info("fold %d of %d: out-of-fold MAE %.2f months on %d images", cv.fold, cv.folds,
+                 metrics.get("oof/mae", float("nan")), len(datamodule.frames["oof"]))
+        pool_when_complete(out_dir, settings)
     return metrics

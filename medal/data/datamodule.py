@@ -3,7 +3,8 @@
 Batches are dicts: `image` float (B, 1, H, W) in [0, 1], `boneage` float months (B,), `male` float 0/1 (B,),
 `id` list[str]. The split is drawn once per run over the whole data set (saved as `split.csv`) and the
 cohort filter is applied after it, so the male and female test sets are exactly the two halves of the
-pooled one. Augmentation runs on the device after transfer, in training only, after the batch has been
+pooled one. A k-fold run (`cv`, `medal.data.split.CVOptions`) also serves its held-out fold (`oof_dataloader`),
+which it predicts and never trains on or selects with. Augmentation runs on the device after transfer, in training only, after the batch has been
 downscaled where `data.progressive` says so (`medal.data.progressive`).
 """
 
@@ -26,13 +27,13 @@ from medal.data.cache import FITS, build_cache, load_resized
 from medal.data.progressive import ProgressiveOptions, downscale
 from medal.data.rsna import read_index
 from medal.data.sampling import SamplerOptions, make_sampler
-from medal.data.split import HoldoutOptions, SplitOptions, fixed_holdout, load_or_make_split
+from medal.data.split import CVOptions, HoldoutOptions, SplitOptions, fixed_holdout, load_or_make_split
 from medal.errors import MedalError
 
 log = logging.getLogger("medal.data")
 
 COHORTS = ("all", "male", "female")
-ROLES = ("train", "val", "test")  # what the loaders serve; `calibration` images are left to `medal export`
+ROLES = ("train", "val", "test", "oof")  # what the loaders serve; `calibration` images are left to `medal export`
 
 
 class BoneAgeDataset(Dataset):
@@ -101,7 +102,7 @@ class BoneAgeDataModule(pl.LightningDataModule):
                  holdout: HoldoutOptions | None = None,
                  sampler: SamplerOptions | None = None, augment: AugmentOptions | None = None,
                  batch_size: int = 16, num_workers: int = 0, seed: int = 0, cache_workers: int | None = None,
-                 progressive: ProgressiveOptions | None = None):
+                 progressive: ProgressiveOptions | None = None, cv: CVOptions | None = None):
         super().__init__()
         if cohort not in COHORTS:
             raise MedalError(f"cohort.name={cohort!r}: choose one of {', '.join(COHORTS)}")
@@ -116,6 +117,7 @@ class BoneAgeDataModule(pl.LightningDataModule):
         self.use_cache, self.strict, self.seed = cache, strict, seed
         self.split_options = split or SplitOptions()
         self.holdout_options = holdout or HoldoutOptions()
+        self.cv = cv or CVOptions()
         self.sampler_options = sampler or SamplerOptions()
         self.augmentation = build_augmentation(augment or AugmentOptions())
         self.progressive = progressive or ProgressiveOptions()
@@ -159,19 +161,19 @@ class BoneAgeDataModule(pl.LightningDataModule):
             return
         index = read_index(self.root, strict=self.strict)
         holdout = fixed_holdout(index, self.work_dir, self.holdout_options)
-        roles = load_or_make_split(index, self.split_options, self.output_dir, holdout)
+        roles = load_or_make_split(index, self.split_options, self.output_dir, holdout, self.cv)
         frame = self._image_paths(index.loc[roles.index].assign(role=roles))
         frame, cache_path = self._attach_cache(frame)
         if self.cohort != "all":
             frame = frame[frame["male"] == (self.cohort == "male")]
-        # every labelled image is cached (one cache for every split seed); the loaders serve train, val and test
-        # only: calibration images are neither trained, selected nor tested on
+        # every labelled image is cached (one cache for every split seed); the loaders serve train, val, test and
+        # (k-fold) the held-out fold only: calibration images are neither trained, selected nor tested on
         self.frames = {role: frame[frame["role"] == role].reset_index(drop=True) for role in ROLES}
         self.calibration = frame[frame["role"] == "calibration"].reset_index(drop=True)
         self.datasets = {role: BoneAgeDataset(f, self.image_size, self.fit, cache_path)
                          for role, f in self.frames.items()}
         log.info("bone age data (%s cohort): %s", self.cohort,
-                 ", ".join(f"{role} {len(ds)}" for role, ds in self.datasets.items()))
+                 ", ".join(f"{role} {len(ds)}" for role, ds in self.datasets.items() if role != "oof" or self.cv.enabled))
         if not len(self.datasets["train"]):
             raise MedalError(f"data.root={self.root}: no labelled training images for cohort {self.cohort}")
 
@@ -194,6 +196,10 @@ class BoneAgeDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["test"])
 
+    def oof_dataloader(self) -> DataLoader:
+        """The fold a k-fold run holds out (empty without `cv`): its out-of-fold predictions."""
+        return self._loader(self.datasets["oof"])
+
     def _loader(self, dataset: BoneAgeDataset, **kwargs: Any) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
                           collate_fn=collate_batches, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(), **kwargs)
@@ -208,8 +214,9 @@ class BoneAgeDataModule(pl.LightningDataModule):
         return batch
 
 
-def build_boneage_datamodule(cfg: DictConfig) -> BoneAgeDataModule:
-    """The DataModule of a composed task config (`cfg.data`, `cfg.cohort.name`, `cfg.paths.output_dir`, `cfg.seed`).
+def build_boneage_datamodule(cfg: DictConfig, cv: CVOptions | None = None) -> BoneAgeDataModule:
+    """The DataModule of a composed task config (`cfg.data`, `cfg.cohort.name`, `cfg.paths.output_dir`, `cfg.seed`);
+    `cv` (the `medal boneage` config's `cv` node, read by the caller) folds it for k-fold cross-validation.
 
     Every key is read as it is: the YAML holds the defaults, so a renamed or missing key fails loudly.
     """
@@ -222,5 +229,5 @@ def build_boneage_datamodule(cfg: DictConfig) -> BoneAgeDataModule:
         sampler=options_from(SamplerOptions, data.sampler, "data.sampler"),
         augment=options_from(AugmentOptions, data.augment, "data.augment"),
         batch_size=data.batch_size, num_workers=data.num_workers, seed=cfg.seed, cache_workers=data.cache_workers,
-        progressive=options_from(ProgressiveOptions, data.progressive, "data.progressive"),
+        progressive=options_from(ProgressiveOptions, data.progressive, "data.progressive"), cv=cv,
     )

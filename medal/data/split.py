@@ -14,6 +14,13 @@ Two records, two scopes:
   bundle's conformal intervals on it) and `test` (the holdout). The reference code redrew its validation split
   at every fine-tuning stage, leaking validation images into training; here the split is computed once and read
   back by any later stage or resumed run.
+- **k-fold cross-validation** (`cv.folds=K`, `cv.fold=i`; `CVOptions`): the images the split gives `train` and
+  `val` (the pool minus the calibration role) are cut into K folds, stratified by the same age-quantile x sex
+  strata, from `cv.seed` alone (`stratified_folds`), so every fold run, cohort and seed of one data set and
+  `data.split` shares the assignment; `split.csv` records it in a `fold` column. Run i gives fold i the role
+  `oof` (out-of-fold: predicted and scored, never trained on or selected with) and carves its inner `val`
+  (`cv.inner_val` of the training folds, stratified) from the other folds, the rest trains. The calibration
+  role and the test holdout are the same images with or without folds.
 """
 
 from __future__ import annotations
@@ -34,8 +41,11 @@ log = logging.getLogger("medal.data")
 
 SPLIT_FILE = "split.csv"
 HOLDOUT_FILE = "test_holdout.json"
-#: Every role `split.csv` may hold: what trains, what selects, what calibrates, what tests.
-ROLES = ("train", "val", "calibration", "test")
+#: Every role `split.csv` may hold: what trains, what selects, what calibrates, what tests, and (k-fold runs)
+#: the fold a run holds out.
+ROLES = ("train", "val", "calibration", "test", "oof")
+#: The column of `split.csv` that holds each image's fold (k-fold runs; empty for calibration and test images).
+FOLD_COLUMN = "fold"
 
 
 @dataclass(frozen=True)
@@ -74,12 +84,83 @@ class HoldoutOptions:
             raise MedalError(f"data.holdout.bins={self.bins}: must be >= 1")
 
 
+@dataclass(frozen=True)
+class CVOptions:
+    """`cv`: k-fold cross-validation over the split's `train` and `val` images (conf/boneage.yaml holds the values).
+
+    `folds` null is no cross-validation. Otherwise one run trains fold `fold`'s model: the other folds train
+    (less `inner_val` of them, which select its checkpoint), fold `fold` is predicted out of fold.
+    """
+
+    folds: int | None = None
+    fold: int | None = None
+    seed: int = 0  # the fold draw's own seed: the same folds for every training seed, cohort and fine-tune mode
+    inner_val: float = 0.1  # share of the training folds that selects the checkpoint; 0: none, the last epoch's
+
+    def __post_init__(self) -> None:
+        if self.folds is None:
+            if self.fold is not None:
+                raise MedalError(f"cv.fold={self.fold}: set cv.folds=K too (e.g. cv.folds=5), or drop cv.fold")
+            return
+        if int(self.folds) < 2:
+            raise MedalError(f"cv.folds={self.folds}: must be >= 2 (or null for no cross-validation)")
+        if self.fold is None:
+            raise MedalError(f"cv.folds={self.folds}: a run trains one fold; set cv.fold=i (0..{self.folds - 1}), or "
+                             f"run them all: medal boneage -m cv.folds={self.folds} 'cv.fold=range({self.folds})'")
+        if not 0 <= int(self.fold) < int(self.folds):
+            raise MedalError(f"cv.fold={self.fold}: must be one of 0..{int(self.folds) - 1} (cv.folds={self.folds})")
+        if not 0.0 <= self.inner_val < 1.0:
+            raise MedalError(f"cv.inner_val={self.inner_val}: must be in [0, 1) (0: no checkpoint selection)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.folds is not None
+
+
 def _largest_remainder(quotas: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
     """Integer shares of `total` close to `quotas` (floors, then +1 to the largest remainders, ties at random)."""
     takes = np.floor(quotas).astype(int)
     remainders = quotas - takes + rng.random(len(quotas)) * 1e-9
     takes[np.argsort(-remainders)[: max(0, total - int(takes.sum()))]] += 1
     return takes
+
+
+def _strata(frame: pd.DataFrame, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, strata): the rows sorted by id, and each sorted row's stratum (age quantile bin x sex)."""
+    order = np.argsort(frame["id"].astype(str).to_numpy(), kind="stable")
+    ages = frame["boneage"].to_numpy(dtype=float)[order]
+    males = frame["male"].to_numpy(dtype=bool)[order]
+    edges = np.unique(np.quantile(ages, np.linspace(0, 1, bins + 1)[1:-1]))
+    return order, np.digitize(ages, edges) * 2 + males
+
+
+def stratified_folds(frame: pd.DataFrame, folds: int, seed: int, bins: int) -> np.ndarray:
+    """The fold (0..folds-1) of every `frame` row: scikit-learn's `StratifiedKFold` over the (age quantile bin, sex)
+    strata of `stratified_holdout`, shuffled from `seed`. Rows are ordered by id first, so the folds depend on the
+    ids and labels only. A stratum smaller than `folds` spreads over as many folds as it has images.
+
+    Examples:
+        >>> frame = pd.DataFrame({"id": [f"{i:02d}" for i in range(40)], "boneage": np.arange(40.0) * 5,
+        ...                       "male": np.arange(40) % 2 == 0})
+        >>> fold = stratified_folds(frame, 4, seed=0, bins=5)
+        >>> np.bincount(fold).tolist(), np.bincount(fold[frame["male"].to_numpy()]).tolist()
+        ([10, 10, 10, 10], [5, 5, 5, 5])
+    """
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    if len(frame) < folds:
+        raise MedalError(f"cv.folds={folds}: only {len(frame)} images to fold (train + val of the split); use fewer "
+                         "folds or more images")
+    order, strata = _strata(frame, bins)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    assigned = np.empty(len(frame), dtype=int)
+    with warnings.catch_warnings():  # strata smaller than `folds` are expected with few images: spread, not an error
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for fold, (_, held) in enumerate(splitter.split(np.zeros(len(frame)), strata)):
+            assigned[order[held]] = fold
+    return assigned
 
 
 def stratified_holdout(frame: pd.DataFrame, fraction: float, seed: int, bins: int) -> np.ndarray:
@@ -89,11 +170,7 @@ def stratified_holdout(frame: pd.DataFrame, fraction: float, seed: int, bins: in
     """
     if fraction == 0 or len(frame) == 0:
         return np.zeros(len(frame), dtype=bool)
-    order = np.argsort(frame["id"].astype(str).to_numpy(), kind="stable")
-    ages = frame["boneage"].to_numpy(dtype=float)[order]
-    males = frame["male"].to_numpy(dtype=bool)[order]
-    edges = np.unique(np.quantile(ages, np.linspace(0, 1, bins + 1)[1:-1]))
-    strata = np.digitize(ages, edges) * 2 + males
+    order, strata = _strata(frame, bins)
     rng = np.random.default_rng(seed)
     labels, sizes = np.unique(strata, return_counts=True)
     takes = _largest_remainder(fraction * sizes, round(fraction * len(frame)), rng)
@@ -191,6 +268,31 @@ def assign_splits(index: pd.DataFrame, options: SplitOptions, holdout: Collectio
     return pd.concat([roles, test_roles]).loc[labelled.index]
 
 
+def fold_roles(index: pd.DataFrame, roles: pd.Series, options: SplitOptions,
+               cv: CVOptions) -> tuple[pd.Series, pd.Series]:
+    """(roles, folds) of a k-fold run: `roles` (from `assign_splits`) with the fold `cv.fold` as `oof` and its inner
+    `val` carved from the other folds; `folds` the fold of each image the split gave `train` or `val` (Series
+    indexed like `roles`, -1 for calibration and test images, which no fold touches).
+
+    The folds come from `cv.seed` and the split alone (`stratified_folds`), the inner validation split from
+    `data.split.seed`, `cv.seed` and the fold, each stratified by age bin and sex.
+    """
+    pool_index = roles.index[roles.isin(("train", "val"))]
+    pool = index.loc[pool_index]
+    fold = stratified_folds(pool, int(cv.folds), int(cv.seed), options.bins)
+    folds = pd.Series(-1, index=roles.index, dtype=int)
+    folds[pool_index] = fold
+    roles = roles.copy()
+    held = fold == int(cv.fold)
+    roles[pool_index[held]] = "oof"
+    rest = pool[~held]
+    inner_seed = int(np.random.SeedSequence([options.seed, int(cv.seed), int(cv.fold)]).generate_state(1)[0])
+    inner = stratified_holdout(rest, cv.inner_val, inner_seed, options.bins)
+    roles[rest.index] = "train"
+    roles[rest.index[inner]] = "val"
+    return roles, folds
+
+
 def read_split(path: str | Path) -> pd.Series:
     """`split.csv` as a Series of roles indexed by id; one line when it is missing or holds an unknown role."""
     path = Path(path)
@@ -203,13 +305,25 @@ def read_split(path: str | Path) -> pd.Series:
     return pd.Series(saved["role"].to_numpy(), index=saved["id"].to_numpy(), dtype=object)
 
 
+def read_folds(path: str | Path) -> pd.Series | None:
+    """The fold of each image of a k-fold run's `split.csv` (indexed by id, only the folded images), or None for a
+    split without folds."""
+    saved = pd.read_csv(path, dtype={"id": str, "role": str})
+    if FOLD_COLUMN not in saved.columns:
+        return None
+    folded = saved[saved[FOLD_COLUMN].notna()]
+    return pd.Series(folded[FOLD_COLUMN].astype(int).to_numpy(), index=folded["id"].to_numpy(), dtype=int)
+
+
 def load_or_make_split(index: pd.DataFrame, options: SplitOptions, output_dir: str | Path | None,
-                       holdout: Collection[str]) -> pd.Series:
+                       holdout: Collection[str], cv: CVOptions | None = None) -> pd.Series:
     """Roles of `index` rows, read from `<output_dir>/split.csv` when it exists (resume), else drawn and saved.
 
     A saved split whose test set is not the data set's `holdout` (drawn per run by medal before the holdout was
-    fixed per data set) is refused: its test images may have been gold standards or GAN pairs.
+    fixed per data set) is refused: its test images may have been gold standards or GAN pairs. With `cv` (k-fold),
+    the roles are `fold_roles`' and split.csv has a `fold` column.
     """
+    cv = cv or CVOptions()
     path = Path(output_dir) / SPLIT_FILE if output_dir else None
     if path is not None and path.is_file():
         saved = read_split(path)
@@ -224,12 +338,21 @@ def load_or_make_split(index: pd.DataFrame, options: SplitOptions, output_dir: s
             raise MedalError(f"{path}: its test images are not the data set's test holdout ({len(tested ^ set(holdout))} "
                              "differ; a split drawn before medal fixed one holdout per data set); delete it to draw "
                              "a new split (a run in a new folder)")
+        if cv.enabled and read_folds(path) is None:
+            raise MedalError(f"{path}: drawn without cross-validation folds, but this run has cv.folds={cv.folds}; run "
+                             "it in a new folder")
         known = index["id"].isin(roles.keys())
         return pd.Series([roles[i] for i in index.loc[known, "id"]], index=index.index[known], dtype=object)
     roles = assign_splits(index, options, holdout)
+    table = pd.DataFrame({"id": index.loc[roles.index, "id"], "role": roles.to_numpy()})
+    if cv.enabled:
+        roles, folds = fold_roles(index, roles, options, cv)
+        table["role"] = roles.to_numpy()
+        table[FOLD_COLUMN] = pd.array([int(f) if f >= 0 else None for f in folds.to_numpy()], dtype="Int64")
     counts = roles.value_counts()
-    log.info("split: %s", ", ".join(f"{role} {int(counts.get(role, 0))}" for role in ROLES))
+    log.info("split: %s", ", ".join(f"{role} {int(counts.get(role, 0))}" for role in ROLES
+                                    if role != "oof" or cv.enabled))
     if path is not None:
         with atomic_path(path) as tmp:
-            pd.DataFrame({"id": index.loc[roles.index, "id"], "role": roles.to_numpy()}).to_csv(tmp, index=False)
+            table.to_csv(tmp, index=False)
     return roles
