@@ -8,7 +8,9 @@ under `docs/`, metadata in a manifest):
     models/committee.safetensors, models/generator.safetensors, models/regressor_<name>.safetensors
     models/*.onnx            with export.onnx=true (checked against PyTorch; the largest difference recorded)
     calibration.json         the chain's estimates on the calibration split (`medal.predict.calibrate`), the
-                             conformal settings and the quality fences
+                             conformal settings and the quality fences; or (`export.conformal.source=cv_plus`, the
+                             K fold runs of a cross-validation) each folded image's out-of-fold estimate, with
+                             the CV+ intervals' coverage on the calibration split
     gate.json, models/ood.safetensors   valid age range, out-of-distribution score and its threshold
                              (`medal.predict.ood.write_gate`, thresholded on the same calibration images)
     docs/README.md           what it is, how to use it, what it was trained on
@@ -38,7 +40,7 @@ from medal.bundle.manifest import (
     versions,
     write_manifest,
 )
-from medal.bundle.sources import Sources, find_sources, pipeline_regressors
+from medal.bundle.sources import Sources, cv_regressors, find_sources, pipeline_regressors, regressor_folds
 from medal.config import options_from, to_plain
 from medal.data.cache import file_stamp
 from medal.data.split import SPLIT_FILE
@@ -91,10 +93,13 @@ def model_card(name: str, description: str, data: dict[str, Any], calibration: d
     segmentation = ("none (the regressors read whole radiographs)" if seg is None else
                     f"{seg['members']} x {seg['arch']} at {seg['image_size']} px, RoI {seg['roi_size']} px")
     source = calibration["source"]
-    where = (f"{calibration['images']} images of the `calibration` role of `{source.get('split_file')}`, which no model "
-             "trained on or was selected with" if source["kind"] == "split" else
-             f"{calibration['images']} labelled cases from `{source.get('file')}` (sha256 {source.get('sha256', '')[:12]}, "
-             f"{source.get('date')})")
+    where = {"split": f"{calibration['images']} images of the `calibration` role of `{source.get('split_file')}`, "
+                      "which no model trained on or was selected with",
+             "cv_plus": f"CV+ over the out-of-fold estimates of {calibration['images']} images of the {source.get('folds')} "
+                        f"folds of `{source.get('split_file')}`, each by the models that never saw it; checked on the "
+                        f"calibration split: {_check_text(calibration.get('check'))}",
+             "cases": f"{calibration['images']} labelled cases from `{source.get('file')}` (sha256 "
+                      f"{str(source.get('sha256', ''))[:12]}, {source.get('date')})"}[source["kind"]]
     lines = [f"# {name}", "", description, "", "## Use", "", "```bash",
              "medal predict bundle=<this folder> input=<folder | images.csv | RSNA root>", "```", "",
              "## Parts", "", f"- segmentation: {segmentation}", f"- enhancement: {enh['method'] if enh else 'none'}",
@@ -105,6 +110,14 @@ def model_card(name: str, description: str, data: dict[str, Any], calibration: d
              "`medal recalibrate`)", "",
              f"Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}.", ""]
     return "\n".join(lines)
+
+
+def _check_text(check: dict[str, Any] | None) -> str:
+    """The CV+ check of a model card: coverage at each nominal level on the calibration images."""
+    if not check:
+        return "not checked"
+    shares = ", ".join(f"{float(v):.0%} at {float(c):.0%}" for c, v in check["coverage"]["none"].items() if v is not None)
+    return f"{shares} on {check['images']} images"
 
 
 def export_parts(sources: Sources, conformal: ConformalOptions) -> dict[str, Any]:
@@ -130,12 +143,30 @@ def calibration_settings(sources: Sources, conformal: ConformalOptions) -> dict[
             "difficulty_source": "mean absolute error over the estimate of the regressors' validation predictions"}
 
 
+def _cv_plus_calibration(sources: Sources, bundle: Any, check_inputs: Any, settings: dict[str, Any], device: str,
+                         batch_size: int, num_workers: int) -> dict[str, Any]:
+    """The CV+ table of the K fold runs' bundle: every folded image by its own fold's models, then the intervals
+    checked on the calibration split (`check_inputs`), which no fold model saw."""
+    from medal.predict.calibrate import calibrate, cv_plus_check, cv_plus_inputs, refuse_in_fold
+
+    folds = regressor_folds(sources)
+    inputs = cv_plus_inputs(sources.data, [r.spec.cohort for r in sources.regressors])
+    refuse_in_fold(inputs, [(r.run / SPLIT_FILE, fold) for r, fold in zip(sources.regressors, folds, strict=True)])
+    source = {"kind": "cv_plus", "split_file": sources.data["split_file"], "roles": ["train", "val", "oof"],
+              "folds": max(folds) + 1, "root": sources.data["root"], "sha256": sha256(sources.data["split_file"])}
+    calibration = calibrate(bundle, inputs, device, batch_size, num_workers, settings, source, folds=folds)
+    calibration["check"] = cv_plus_check(bundle, calibration, check_inputs, device, batch_size, num_workers)
+    return calibration
+
+
 def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device: str, batch_size: int,
                   num_workers: int, conformal: ConformalOptions, gate: GateExportOptions) -> dict[str, float]:
     """Write (or reuse) the bundle of `sources` at `root`; returns export metrics."""
     from medal.bundle.load import Bundle
     from medal.predict.calibrate import calibrate, calibration_inputs, refuse_seen
 
+    if conformal.source == "cv_plus":
+        regressor_folds(sources)  # refused in one line before anything is written when they are not the K folds
     parts = export_parts(sources, conformal)
     outputs = [root / d for d in ("models", "configs", "docs")] + [root / MANIFEST, root / CALIBRATION, root / GATE]
     marker = Marker.in_folder(root, "export", policy="rebuild", outputs=outputs, what="a model bundle")
@@ -149,15 +180,21 @@ def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device
     bundle = Bundle(root, {"name": name, "versions": versions(), "files": {}}, sources.chain, None)
     inputs = calibration_inputs(sources.data)  # refused in one line before anything is written when there are none
     refuse_seen(set(inputs["id"]), [r.run / SPLIT_FILE for r in sources.regressors])
-    source = {"kind": "split", "split_file": sources.data["split_file"], "role": "calibration",
-              "root": sources.data["root"], "sha256": sha256(sources.data["split_file"])}
-    calibration = calibrate(bundle, inputs, device, batch_size, num_workers, calibration_settings(sources, conformal),
-                            source)
+    settings = calibration_settings(sources, conformal)
+    metrics: dict[str, float] = {}
+    if conformal.source == "cv_plus":
+        calibration = _cv_plus_calibration(sources, bundle, inputs, settings, device, batch_size, num_workers)
+        metrics |= {f"export/cv_plus_coverage_{float(c) * 100:.0f}": float(v)
+                    for c, v in calibration["check"]["coverage"]["none"].items() if v is not None}
+    else:
+        source = {"kind": "split", "split_file": sources.data["split_file"], "role": "calibration",
+                  "root": sources.data["root"], "sha256": sha256(sources.data["split_file"])}
+        calibration = calibrate(bundle, inputs, device, batch_size, num_workers, settings, source)
     write_json(root / CALIBRATION, calibration, indent=1)
     files.append(CALIBRATION)
-    metrics: dict[str, float] = {"export/calibration_images": float(calibration["images"]),
-                                 "export/calibration_mae": calibration["mae"]["none"],
-                                 "export/calibration_mae_tta": calibration["mae"]["flip"]}
+    metrics |= {"export/calibration_images": float(calibration["images"]),
+                "export/calibration_mae": calibration["mae"]["none"],
+                "export/calibration_mae_tta": calibration["mae"]["flip"]}
     gate_files, gate_metrics = write_gate(bundle, sources.data, gate, device, batch_size, num_workers)
     files += gate_files
     metrics |= gate_metrics
@@ -168,7 +205,8 @@ def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device
         extra["onnx"] = export_onnx(bundle, root)
         files += [entry["file"] for entry in extra["onnx"].values()]
         metrics["export/onnx_max_abs_diff"] = max(entry["max_abs_diff"] for entry in extra["onnx"].values())
-    description = (f"Bone age (months) of hand radiographs with a split-conformal interval: "
+    interval = "a CV+ interval" if conformal.source == "cv_plus" else "a split-conformal interval"
+    description = (f"Bone age (months) of hand radiographs with {interval}: "
                    f"{len(sources.regressors)} regressor(s), trained by medal on {sources.data['name']}.")
     write_text(root / "docs" / "README.md", model_card(name, description, sources.data, calibration,
                                                        sources.chain.to_json()))
@@ -185,9 +223,12 @@ def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device
 def run_export(cfg: DictConfig) -> dict[str, float]:
     """`medal export`: the bundle of a pipeline's or of explicit runs, into `export.out`."""
     exp = cfg.export
-    if exp.pipeline and exp.regressors:
-        raise MedalError("export.pipeline and export.regressors: give one (a pipeline folder, or run folders)")
-    runs = pipeline_regressors(exp.pipeline) if exp.pipeline else list(to_plain(exp.regressors) or [])
+    given = [key for key in ("pipeline", "regressors", "cv") if exp[key]]
+    if len(given) > 1:
+        raise MedalError(f"export.{' and export.'.join(given)}: give one (a pipeline folder, run folders, or a "
+                         "cross-validation's folder)")
+    runs = (pipeline_regressors(exp.pipeline) if exp.pipeline else cv_regressors(exp.cv) if exp.cv
+            else list(to_plain(exp.regressors) or []))
     sources = find_sources(runs, committee=exp.committee, enhancer=exp.enhancer)
     device = inference_device(str(exp.device), "export.device")
     root = Path(str(exp.out)).expanduser().resolve()

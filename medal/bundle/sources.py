@@ -218,6 +218,55 @@ def _data(data: dict[str, Any], regressors: list[RegressorSource]) -> dict[str, 
             "images": str(data["images"]), "split": data["split"], "split_file": str(split)}
 
 
+def fold_of(regressor: RegressorSource) -> tuple[int, int, int] | None:
+    """(folds, fold, cv seed) of a k-fold run's regressor, None for a run without folds."""
+    cv = regressor.settings.get("cv")  # absent: a run without folds (they record no `cv`)
+    return None if cv is None else (int(cv["folds"]), int(cv["fold"]), int(cv["seed"]))
+
+
+def regressor_folds(sources: Sources) -> list[int]:
+    """The fold each regressor was trained without, when they are the K fold runs of one cross-validation (every
+    fold present, each with the same cohorts): what CV+ needs; else one line saying what is missing."""
+    found = [fold_of(r) for r in sources.regressors]
+    plain = [r.run for r, f in zip(sources.regressors, found, strict=True) if f is None]
+    if plain:
+        raise MedalError(f"export.conformal.source=cv_plus: {plain[0]} is not a k-fold run (no cv.folds); export the K "
+                         "fold runs of a cross-validation (export.cv=<its sweep folder>), or use source=calibration")
+    draws = {(k, seed) for k, _, seed in found}
+    if len(draws) > 1:
+        raise MedalError(f"export.conformal.source=cv_plus: the runs come from different fold draws (cv.folds, cv.seed: "
+                         f"{sorted(draws)}); export the folds of one cross-validation")
+    (folds, _), = draws
+    cohorts: dict[int, list[str]] = {fold: [] for fold in range(folds)}
+    for regressor, (_, fold, _) in zip(sources.regressors, found, strict=True):
+        cohorts[fold].append(regressor.spec.cohort)
+    missing = [fold for fold, cs in cohorts.items() if not cs]
+    if missing:
+        raise MedalError(f"export.conformal.source=cv_plus: no run of fold {missing[0]} of {folds}; CV+ needs every "
+                         "fold's model (finish the fold sweep, or use source=calibration)")
+    shapes = {fold: sorted(cs) for fold, cs in cohorts.items()}
+    if len({tuple(v) for v in shapes.values()}) > 1:
+        raise MedalError(f"export.conformal.source=cv_plus: the folds hold different models (cohorts by fold: {shapes}); "
+                         "export the same cohorts and seeds of every fold")
+    return [fold for _, fold, _ in found]
+
+
+def cv_regressors(folder: str | Path) -> list[Path]:
+    """The fold runs of a cross-validation: `folder` is its pooled record (`cv_<fingerprint>/`, written by the last
+    fold to finish) or a folder holding exactly one (a fold sweep)."""
+    from medal.boneage.cv import FOLDS_FILE, POOL_PREFIX
+
+    root = Path(folder).expanduser().resolve()
+    pooled = [root] if (root / FOLDS_FILE).is_file() else sorted(p.parent for p in root.glob(f"{POOL_PREFIX}*/{FOLDS_FILE}"))
+    if len(pooled) != 1:
+        what = "none" if not pooled else f"{len(pooled)} ({', '.join(p.name for p in pooled)})"
+        raise MedalError(f"export.cv={root}: holds {what} pooled cross-validations ({POOL_PREFIX}*/{FOLDS_FILE}, "
+                         "written when the last fold finishes); give the one to export")
+    import pandas as pd
+
+    return [Path(run) for run in pd.read_csv(pooled[0] / FOLDS_FILE)["run"]]
+
+
 def pipeline_regressors(pipeline_dir: str | Path) -> list[Path]:
     """The bone age stages (`boneage_<cohort>`) a `medal pipeline` folder finished."""
     from medal.pipeline.stages import read_record

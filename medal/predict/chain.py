@@ -45,7 +45,7 @@ from medal.data.images import as_derived, decode, resize
 from medal.enhance.run import clahe_method, generator_method, identity, to_roi_size, to_working
 from medal.errors import MedalError
 from medal.hardware import use_bf16
-from medal.predict import chronology, conformal, ensemble, gate, ood, qc, valid_range
+from medal.predict import chronology, conformal, cv_plus, ensemble, gate, ood, qc, valid_range
 from medal.predict.clock import StepClock
 from medal.predict.threads import ThreadChoice
 from medal.preprocess.coarse import is_inverted
@@ -503,16 +503,19 @@ class ChainModule(pl.LightningModule):
             return {**row, "status": "no_model", "message": f"no regressor of the bundle applies to sex {sex}"}
         # a known sex: its own calibration group; an averaged estimate: the residuals of averaged estimates
         group = {"M": "male", "F": "female"}.get(sex, "unknown" if self.chain.needs_sex else "all")
-        radius, used = self.intervals.radius(estimate[:1], np.array([group]), self.options.coverage)
+        folds = self.intervals.regressor_folds  # a k-fold bundle's CV+: each fold's models' estimate of the image
+        per_fold = None if folds is None else cv_plus.fold_estimates(m.predictions[self.options.tta], cohorts, folds,
+                                                                     male if np.isfinite(male) else np.nan)
+        low, high, used = self.intervals.bounds(float(estimate[0]), group, self.options.coverage, per_fold)
         measures = {"mask_fraction": m.mask_fraction, "agreement": m.agreement}
-        status, reason, low, high = valid_range.cut(float(estimate[0]), float(radius[0]), self.valid)
+        unbounded = math.isinf(high - low)
+        status, reason, low, high = valid_range.cut_bounds(float(estimate[0]), low, high, self.valid)
         if status != "ok":
             return {**row, "status": status, "message": reason}
-        flags = [qc.flags(measures, self.bundle.calibration["qc"])] + (["interval_unbounded"] if math.isinf(radius[0])
-                                                                        else [])
+        flags = [qc.flags(measures, self.bundle.calibration["qc"])] + (["interval_unbounded"] if unbounded else [])
         flag = ";".join(f for f in flags if f)  # unbounded: too few calibration images, the interval is the range
         return {**row, "boneage": float(estimate[0]), "low": low, "high": high, "spread": float(spread[0]),
-                "flag": flag, "calibration": used[0], "interval_method": self.intervals.method,
+                "flag": flag, "calibration": used, "interval_method": self.intervals.method,
                 **chronology.assess(float(estimate[0]), low, high, row["chronological_age"], sex)}
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:

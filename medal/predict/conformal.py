@@ -26,6 +26,21 @@ Three methods (`METHODS`; `export.conformal.method` sets a bundle's, `predict.in
 
 An estimate for an unknown sex (the mean of the estimates as a boy and as a girl) has errors of its own: it is
 calibrated on the residuals of that same averaged estimate over every calibration image (`unknown`).
+
+Two sources of scores (`export.conformal.source`, `SOURCES`):
+
+- `calibration`: the residuals of the bundle's ensemble on the calibration split (or a hospital's cases), which no
+  model saw: split conformal as above, the interval centred on the estimate.
+- `cv_plus` (a bundle of the K fold models of a k-fold cross-validation): CV+ (Barber, Candes, Ramdas & Tibshirani
+  2021, "Predictive inference with the jackknife+", sec. 3). Every image of the folded pool is a case, scored with
+  the model of its own fold, which never saw it (its out-of-fold residual R_i). For a new image with fold k's
+  estimate mu_k, the interval is [the floor(alpha (n+1))-th smallest of mu_k(i) - R_i, the ceil((1-alpha)(n+1))-th
+  smallest of mu_k(i) + R_i] over the cases i of its group (`cv_plus_bounds`): the fold models' own spread on the
+  new image widens it. Barber et al. prove coverage >= 1 - 2 alpha - sqrt(2/n)-order terms for K-fold CV+, and
+  find about 1 - alpha in practice; the groups of `sex` and `mondrian_age` restrict the cases as above, and
+  `normalised` scales each R_i by sigma. The interval is widened to hold the ensemble's estimate when it would
+  not (only ever wider). It uses every folded image, where split conformal has the calibration split's few; the
+  calibration split, which no fold model saw, then checks it (export records the coverage there).
 """
 
 from __future__ import annotations
@@ -38,8 +53,11 @@ import numpy as np
 
 from medal.errors import MedalError
 
-#: The layout of `calibration.json` this medal writes and reads (1: residuals per sex on the validation split).
+#: The layout of `calibration.json` this medal writes for split-conformal tables (1: residuals per sex on the
+#: validation split, no longer read), and for CV+ tables (3: schema 2 with each case's fold and each regressor's).
 SCHEMA = 2
+CV_PLUS_SCHEMA = 3
+SOURCES = ("calibration", "cv_plus")
 
 
 def conformal_radius(residuals: Sequence[float] | np.ndarray, coverage: float) -> float:
@@ -72,6 +90,39 @@ def conformal_radius(residuals: Sequence[float] | np.ndarray, coverage: float) -
     return float(values[k - 1]) if 1 <= k <= values.size else math.inf
 
 
+def cv_plus_bounds(centres: np.ndarray, scores: np.ndarray, scale: float, coverage: float) -> tuple[float, float]:
+    """The CV+ interval (Barber et al. 2021) from each case's fold model's estimate of the new image and the case's
+    out-of-fold score.
+
+    Args:
+        centres: (n,) months, mu_{k(i)}(x): the new image as estimated by the model of case i's fold.
+        scores: (n,) case i's out-of-fold score (|residual|, or |residual| / sigma for normalised conformal).
+        scale: what a score is in months at this image (1, or sigma(estimate) for normalised).
+        coverage: nominal coverage 1 - alpha in (0, 1).
+
+    Returns:
+        (low, high): the k-th largest of centres - scale * scores and the k-th smallest of centres + scale * scores,
+        k = ceil((n + 1) * coverage); infinite where k > n.
+
+    Examples:
+        >>> scores = np.arange(1.0, 10.0)  # 9 cases; at 90% k = 9: the extremes
+        >>> cv_plus_bounds(np.full(9, 100.0), scores, 1.0, 0.9)  # fold models agree: split conformal's 100 -+ 9
+        (91.0, 109.0)
+        >>> cv_plus_bounds(np.array([96.0, 104.0] * 4 + [96.0]), scores, 1.0, 0.9)  # they disagree: wider
+        (87.0, 112.0)
+        >>> cv_plus_bounds(np.full(3, 100.0), np.ones(3), 1.0, 0.9)
+        (-inf, inf)
+    """
+    centres, scores = np.asarray(centres, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    if centres.shape != scores.shape:
+        raise MedalError(f"CV+: {centres.size} fold estimates for {scores.size} scores")
+    if not centres.size:
+        return -math.inf, math.inf
+    upper = conformal_radius(centres + scale * scores - centres.min(), coverage) + centres.min()
+    lower = centres.max() - conformal_radius(centres.max() - (centres - scale * scores), coverage)
+    return float(lower), float(upper)
+
+
 def empirical_coverage(estimate: np.ndarray, low: np.ndarray, high: np.ndarray, truth: np.ndarray) -> float:
     """Share of images whose truth lies in [low, high] (NaN rows ignored).
 
@@ -96,12 +147,15 @@ GROUPS = ("male", "female", "unknown", "all")
 class ConformalOptions:
     """`export.conformal`: how a bundle's intervals are calibrated (conf/export.yaml holds the values)."""
 
+    source: str = "calibration"  # calibration (split conformal) | cv_plus (the out-of-fold residuals of k-fold runs)
     method: str = "mondrian_age"
     min_cohort: int = 50  # a sex is calibrated on its own residuals from this many images
     min_band: int = 30  # an age band (of a sex) is calibrated on its own from this many images
     bands: int = 5  # age bands of mondrian_age: quantiles of the training labels
 
     def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise MedalError(f"export.conformal.source={self.source!r}: choose one of {', '.join(SOURCES)}")
         if self.method not in METHODS:
             raise MedalError(f"export.conformal.method={self.method!r}: choose one of {', '.join(METHODS)}")
         if self.min_cohort < 1 or self.min_band < 1 or self.bands < 1:
@@ -194,6 +248,7 @@ class Pool:
 
     label: str
     scores: np.ndarray  # sorted
+    folds: np.ndarray | None = None  # CV+: the fold of each score's case (aligned with `scores`)
 
 
 class IntervalTable:
@@ -209,6 +264,8 @@ class IntervalTable:
         curve: the difficulty curve for `normalised`.
         min_cohort: images a sex needs to be calibrated on its own.
         min_band: images a band (of a sex) needs to be calibrated on its own.
+        case_folds: (n,) CV+ only: the fold of each case, whose models' out-of-fold estimate `known`/`unknown` hold.
+        regressor_folds: (R,) CV+ only: the fold each regressor of the bundle was trained without.
 
     `notes` lists every fallback to a coarser group with its count (logged by whoever builds the table).
 
@@ -224,7 +281,8 @@ class IntervalTable:
 
     def __init__(self, male: np.ndarray, reference: np.ndarray, known: np.ndarray, unknown: np.ndarray | None,
                  method: str, edges: Sequence[float] | None, curve: Mapping[str, Sequence[float]] | None,
-                 min_cohort: int, min_band: int) -> None:
+                 min_cohort: int, min_band: int, case_folds: np.ndarray | None = None,
+                 regressor_folds: Sequence[int] | None = None) -> None:
         if method not in METHODS:
             raise MedalError(f"conformal method {method!r}: choose one of {', '.join(METHODS)}")
         if method == "mondrian_age" and edges is None:
@@ -243,24 +301,33 @@ class IntervalTable:
         for kind, est in self._estimate.items():
             error = np.abs(est - reference)
             self._score[kind] = error / sigma(est, curve) if method == "normalised" else error
+        self.case_folds = None if case_folds is None else np.asarray(case_folds, dtype=int)
+        self.regressor_folds = None if regressor_folds is None else [int(f) for f in regressor_folds]
+        if (self.case_folds is None) != (self.regressor_folds is None):
+            raise MedalError("CV+ calibration: needs the fold of every case and of every regressor; re-export")
+        if self.case_folds is not None and self.case_folds.shape != male.shape:
+            raise MedalError(f"CV+ calibration: {self.case_folds.size} case folds for {male.size} cases; re-export")
         self._pools: dict[tuple[str, int], Pool] = {}
         self.notes: list[str] = []
 
-    def _scores(self, kind: str, members: np.ndarray) -> np.ndarray:
+    def _scores(self, label: str, kind: str, members: np.ndarray) -> Pool:
         values = self._score[kind][members]
-        return np.sort(values[np.isfinite(values)])
+        keep = np.isfinite(values)
+        order = np.argsort(values[keep], kind="stable")
+        folds = None if self.case_folds is None else self.case_folds[members][keep][order]
+        return Pool(label, values[keep][order], folds)
 
     def _sex_pool(self, group: str) -> Pool:
         """`sex` method's pool of a group: its own residuals where it has `min_cohort`, else everyone's."""
         if group == "unknown":
-            return Pool("unknown", self._scores("unknown", self._sex["all"]))
+            return self._scores("unknown", "unknown", self._sex["all"])
         if group != "all":
-            own = self._scores("known", self._sex[group])
-            if own.size >= self.min_cohort:
-                return Pool(group, own)
-            self.notes.append(f"{group}: {own.size} calibration images (< min_cohort {self.min_cohort}): calibrated "
-                              "with both sexes")
-        return Pool("all", self._scores("known", self._sex["all"]))
+            own = self._scores(group, "known", self._sex[group])
+            if own.scores.size >= self.min_cohort:
+                return own
+            self.notes.append(f"{group}: {own.scores.size} calibration images (< min_cohort {self.min_cohort}): "
+                              "calibrated with both sexes")
+        return self._scores("all", "known", self._sex["all"])
 
     def _band_pool(self, group: str, band: int) -> Pool:
         """`mondrian_age`'s pool: the band within the group, else the band over both sexes, else the group's."""
@@ -268,15 +335,15 @@ class IntervalTable:
         in_band = band_of(self._estimate[kind], self.edges) == band
         where = band_label(band, self.edges)
         sexes = self._sex["all"] if group in ("unknown", "all") else self._sex[group]
-        own = self._scores(kind, sexes & in_band)
-        if own.size >= self.min_band:
-            return Pool(f"{group}, {where}", own)
-        reason = f"{group}, {where}: {own.size} calibration images (< min_band {self.min_band})"
+        own = self._scores(f"{group}, {where}", kind, sexes & in_band)
+        if own.scores.size >= self.min_band:
+            return own
+        reason = f"{group}, {where}: {own.scores.size} calibration images (< min_band {self.min_band})"
         if group in ("male", "female"):
-            both = self._scores(kind, in_band)
-            if both.size >= self.min_band:
-                self.notes.append(f"{reason}: calibrated with both sexes in that band ({both.size})")
-                return Pool(f"both sexes, {where}", both)
+            both = self._scores(f"both sexes, {where}", kind, in_band)
+            if both.scores.size >= self.min_band:
+                self.notes.append(f"{reason}: calibrated with both sexes in that band ({both.scores.size})")
+                return both
         fallback = self._sex_pool(group)
         self.notes.append(f"{reason}: calibrated on {fallback.label} ({fallback.scores.size}), every age")
         return fallback
@@ -318,18 +385,41 @@ class IntervalTable:
             radius = radius * sigma(estimate, self.curve)
         return radius, labels
 
+    def bounds(self, estimate: float, group: str, coverage: float,
+               fold_estimates: np.ndarray | None = None) -> tuple[float, float, str]:
+        """(low, high, calibration group) of one estimate at `coverage`: split conformal's estimate -+ radius, or,
+        for a CV+ table, `cv_plus_bounds` from `fold_estimates` ((K,) months: the image as each fold's models
+        estimate it), widened to hold `estimate` where it would not."""
+        if self.case_folds is None:
+            radius, labels = self.radius(np.array([estimate]), np.array([group]), coverage)
+            return estimate - float(radius[0]), estimate + float(radius[0]), labels[0]
+        if fold_estimates is None:
+            raise MedalError("a CV+ calibration needs each fold's estimate of the image (the regressors' folds)")
+        chosen = self.pool(group, estimate)
+        scale = float(sigma(estimate, self.curve)) if self.method == "normalised" else 1.0
+        centres = np.asarray(fold_estimates, dtype=np.float64)[chosen.folds]
+        low, high = cv_plus_bounds(centres, chosen.scores, scale, coverage)
+        return min(low, estimate), max(high, estimate), chosen.label
+
 
 def interval_table(calibration: Mapping, tta: str, method: str | None = None) -> IntervalTable:
-    """The `IntervalTable` of a bundle's calibration (`calibration.json`) for one TTA mode, by the bundle's own
-    method unless `method` names another."""
-    if calibration.get("schema") != SCHEMA:
+    """The `IntervalTable` of a bundle's calibration (`calibration.json`, schema 2 or, CV+, 3) for one TTA mode, by
+    the bundle's own method unless `method` names another."""
+    schema = calibration.get("schema")
+    if isinstance(schema, int) and schema > CV_PLUS_SCHEMA:
+        raise MedalError(f"calibration.json: schema {schema} is newer than this medal reads ({SCHEMA} and "
+                         f"{CV_PLUS_SCHEMA}); upgrade medal")
+    if schema not in (SCHEMA, CV_PLUS_SCHEMA):
         raise MedalError("calibration.json: calibrated by an older medal on the validation split, whose images chose "
                          "the checkpoint (its intervals are too narrow); re-export the bundle from runs with a "
                          "calibration split, or run `medal recalibrate bundle=<bundle> cases=<labelled cases>`")
     cases, settings = calibration["cases"], calibration["settings"]
     unknown = cases["unknown"][tta] if cases["unknown"] is not None else None
+    cv_plus = schema == CV_PLUS_SCHEMA
     return IntervalTable(np.array(cases["male"], dtype=np.float64), np.array(cases["reference"], dtype=np.float64),
                          np.array(cases["known"][tta], dtype=np.float64),
                          None if unknown is None else np.array(unknown, dtype=np.float64),
                          method or settings["method"], settings["edges"], settings["difficulty"],
-                         int(settings["min_cohort"]), int(settings["min_band"]))
+                         int(settings["min_cohort"]), int(settings["min_band"]),
+                         case_folds=np.array(cases["fold"], dtype=int) if cv_plus else None,
+                         regressor_folds=calibration["regressor_folds"] if cv_plus else None)

@@ -73,8 +73,14 @@ def training_labels(data: dict[str, Any]) -> pd.Series:
 
 
 def cut(estimate: float, radius: float, valid: ValidRange) -> tuple[str, str, float, float]:
-    """(status, reason, low, high) of an estimate with a conformal `radius`: `ok` with the interval cut to the
-    range, or `out_of_range` (NaN interval) when the estimate itself lies outside it.
+    """`cut_bounds` of the interval estimate -+ radius."""
+    return cut_bounds(estimate, estimate - radius, estimate + radius, valid)
+
+
+def cut_bounds(estimate: float, low: float, high: float, valid: ValidRange) -> tuple[str, str, float, float]:
+    """(status, reason, low, high) of an estimate with its conformal interval [low, high] (estimate -+ radius, or
+    CV+'s, which need not be centred): `ok` with the interval cut to the range, or `out_of_range` (NaN interval)
+    when the estimate itself lies outside it.
 
     Examples:
         >>> rng = ValidRange(0.0, 240.0, (1.0, 228.0), 12.0, "training labels")
@@ -94,4 +100,4 @@ def cut(estimate: float, radius: float, valid: ValidRange) -> tuple[str, str, fl
         reason = (f"the estimate {estimate:.1f} months lies {side} the valid range {valid.low:.1f}-{valid.high:.1f} "
                   f"months ({origin})")
         return "out_of_range", reason, math.nan, math.nan
-    return "ok", "", max(valid.low, estimate - radius), min(valid.high, estimate + radius)
+    return "ok", "", max(valid.low, low), min(valid.high, high)
