@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from medal.bundle.spec import ChainSpec, EnhancerSpec, RegressorSpec, SegmenterSpec
@@ -262,8 +263,6 @@ def cv_regressors(folder: str | Path) -> list[Path]:
         what = "none" if not pooled else f"{len(pooled)} ({', '.join(p.name for p in pooled)})"
         raise MedalError(f"export.cv={root}: holds {what} pooled cross-validations ({POOL_PREFIX}*/{FOLDS_FILE}, "
                          "written when the last fold finishes); give the one to export")
-    import pandas as pd
-
     return [Path(run) for run in pd.read_csv(pooled[0] / FOLDS_FILE)["run"]]
 
 
