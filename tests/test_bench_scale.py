@@ -16,7 +16,7 @@ from medal.data.checks import damaged_images
 from medal.data.rsna import read_index
 from medal.scale import fixtures
 from medal.scale.measure import run_child
-from medal.scale.runs import cell
+from medal.scale.runs import CELLS, cell
 from medal.scale.standin import ShapeCommittee
 
 CHILD = """
@@ -101,8 +101,8 @@ def test_an_archive_folder_is_a_flat_folder_of_links(tiny_phantoms: Path, tmp_pa
 
 
 def test_copies_spread_over_figure_12_s_cells_then_seeds() -> None:
-    cells = {cell(k)[:3] for k in range(36)}
-    assert len(cells) == 36 and cell(36)[3] == 1 and cell(0)[3] == 0
+    cells = {cell(k)[:3] for k in range(len(CELLS))}
+    assert len(cells) == len(CELLS) == 54 and cell(len(CELLS))[3] == 1 and cell(0)[3] == 0
 
 
 def test_the_stand_in_committee_has_the_real_shapes_and_counts_its_images() -> None:
@@ -148,13 +148,14 @@ def test_copies_of_one_run_read_back_as_one_table_from_folders_and_from_w_and_b(
     wandb_record.write_run(files, "abc123", "medal", "figure12", ["finetune=ptl"], config)
     wandb_record.append_history(files, {"train/loss": 1.0, "epoch": 0}, step=9)
     wandb_record.write_summary(files, "ok", json.loads((seed / "metrics.json").read_text()))
-    folders = collect_runs(run_folders(seed, tmp_path / "runs", 40))
-    w_and_b = collect_disk_runs(wandb_runs(seed, tmp_path / "wandb", 40))
+    copies = len(CELLS) + 6
+    folders = collect_runs(run_folders(seed, tmp_path / "runs", copies))
+    w_and_b = collect_disk_runs(wandb_runs(seed, tmp_path / "wandb", copies))
 
     def cells(runs: list) -> list:
         return sorted((r.get("finetune.name"), r.get("enhance.name"), r.get("cohort.name"), r.get("seed"),
                        round(r.metrics["test/mae"], 6)) for r in runs)
 
-    assert len(folders) == len(w_and_b) == 40 and cells(folders) == cells(w_and_b)
-    assert len({c[:3] for c in cells(folders)}) == 36  # every Figure 12 cell, then a second seed
-    assert len({r.extra["id"] for r in w_and_b}) == 40
+    assert len(folders) == len(w_and_b) == copies and cells(folders) == cells(w_and_b)
+    assert len({c[:3] for c in cells(folders)}) == len(CELLS)  # every Figure 12 cell, then a second seed
+    assert len({r.extra["id"] for r in w_and_b}) == copies

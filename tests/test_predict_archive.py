@@ -75,7 +75,7 @@ def test_export_s_calibration_holds_one_batch_of_images_not_the_validation_split
 
     from medal.predict.chain import ChainModule
 
-    run = train_regressor(tiny_phantoms, tmp_path / "train", "data.split.val_fraction=0.3")
+    run = train_regressor(tiny_phantoms, tmp_path / "train", "data.split.calibration=0.3")
     measure, alive, batches = ChainModule.measure, [], []
 
     def watched(self, batch):  # every image array of earlier batches must be gone when the next batch comes

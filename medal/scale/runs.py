@@ -29,10 +29,11 @@ CELLS = [(mode, enhance, cohort) for cohort in ("all", "male", "female") for enh
 
 
 def cell(k: int) -> tuple[str, str, str, int]:
-    """(fine-tune mode, enhancement, cohort, seed) of copy k: Figure 12's 36 cells, then the next seed.
+    """(fine-tune mode, enhancement, cohort, seed) of copy k: Figure 12's 54 cells (every `finetune=` mode), then the
+    next seed.
 
     Examples:
-        >>> cell(0), cell(37)
+        >>> cell(0), cell(55)
         (('above_fc', 'gan', 'all', 0), ('above_exit', 'gan', 'all', 1))
     """
     mode, enhance, cohort = CELLS[k % len(CELLS)]

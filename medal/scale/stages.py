@@ -603,7 +603,7 @@ def _shards(ctx: Ctx, parts: Path, ids: list[str], paths: list[str]) -> None:
     Image.fromarray((rng.random((192, 150, 3)) * 255).astype(np.uint8)).save(picture)
     rows = synthetic_rows(ids, paths)
     shard = np.array([shard_of(i, SHARDS) for i in ids])
-    options = {"tta": "none", "sex": "input", "coverage": 0.9, "bf16": "as_trained", "cam": True,
+    options = {"tta": "none", "sex": "input", "coverage": 0.9, "bf16": "as_trained", "cam": True, "interval": "bundle",
                "num_shards": SHARDS}
     for k in range(SHARDS):
         folder = parts / str(k)
