@@ -194,6 +194,37 @@ def test_a_killed_run_resumes_without_redoing_rows_and_never_writes_into_its_inp
     assert _tree_hash(tiny_phantoms) == before
 
 
+def test_a_rerun_of_a_finished_export_or_predict_keeps_the_first_run_s_metrics_json(
+        raw_regressor: Path, tiny_phantoms: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The same command again in the same run folder (`hydra.run.dir=<run>`): the work is reused, and that run's
+    metrics.json stays as the run that did the work wrote it (its time, its mtime)."""
+    from helpers.hydra_compose import compose_task
+
+    from medal.bundle.export import run_export
+    from medal.tasks.runner import run_task
+
+    ids = sorted(read_index(tiny_phantoms, strict=False)["id"])[:4]
+    source = _csv(tiny_phantoms, tmp_path / "in" / "list.csv", ids)
+    bundle = tmp_path / "export" / "run" / "bundle"
+    tasks = {"export": (run_export, lambda: compose_task("export", [f"export.regressors=['{raw_regressor}']"],
+                                                          tmp_path / "export")),
+             "predict": (predict_run.run_predict, lambda: compose_task(
+                 "predict", [f"bundle={bundle}", f"input={source}", "trainer.enable_progress_bar=false"],
+                 tmp_path / "predict"))}
+    for name, (task, cfg) in tasks.items():
+        run_task(task, cfg())
+        path = tmp_path / name / "run" / "metrics.json"
+        before, stamp = path.read_text(), path.stat().st_mtime_ns
+        first = json.loads(before)
+        assert first["status"] == "ok" and len(first) > 5, first  # the work's metrics, not a near-empty record
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            run_task(task, cfg())
+        assert path.read_text() == before and path.stat().st_mtime_ns == stamp, name
+        text = caplog.text
+        assert "reused" in text and "finished by an earlier run; skipped, its metrics.json is kept" in text, name
+
+
 def test_shards_cover_the_input_once_and_merge_into_the_whole_run(bundle: Path, tiny_phantoms: Path,
                                                                    tmp_path: Path) -> None:
     source = _csv(tiny_phantoms, tmp_path / "in.csv")

@@ -49,6 +49,7 @@ from medal.hardware import inference_device
 from medal.predict.conformal import ConformalOptions
 from medal.predict.ood import GATE, GateExportOptions, write_gate
 from medal.resume import Marker
+from medal.runs import Reused
 
 log = logging.getLogger("medal.bundle")
 
@@ -161,7 +162,8 @@ def _cv_plus_calibration(sources: Sources, bundle: Any, check_inputs: Any, setti
 
 def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device: str, batch_size: int,
                   num_workers: int, conformal: ConformalOptions, gate: GateExportOptions) -> dict[str, float]:
-    """Write (or reuse) the bundle of `sources` at `root`; returns export metrics."""
+    """Write (or reuse) the bundle of `sources` at `root`; returns export metrics (`medal.runs.Reused`, the
+    first export's, when the bundle of these runs is there already)."""
     from medal.bundle.load import Bundle
     from medal.predict.calibrate import calibrate, calibration_inputs, refuse_seen
 
@@ -171,8 +173,8 @@ def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device
     outputs = [root / d for d in ("models", "configs", "docs")] + [root / MANIFEST, root / CALIBRATION, root / GATE]
     marker = Marker.in_folder(root, "export", policy="rebuild", outputs=outputs, what="a model bundle")
     if marker.begin({**parts, "gate": gate.__dict__}) == "done" and (root / MANIFEST).is_file():
-        log.info("%s: the bundle of these runs is there already", root)
-        return dict(marker.read()["metrics"])
+        log.info("%s: the bundle of these runs is there already; reused", root)
+        return Reused(marker.read()["metrics"])
     files = write_weights(sources, root)
     write_json(root / INFERENCE, sources.chain.to_json(), indent=1)
     files.append(INFERENCE)
@@ -238,4 +240,5 @@ def run_export(cfg: DictConfig) -> dict[str, float]:
                             gate=options_from(GateExportOptions, exp.gate, "export.gate"))
     (Path(cfg.paths.output_dir)).mkdir(parents=True, exist_ok=True)
     log.info("use it: medal predict bundle=%s input=<folder of radiographs>", root)
-    return {**metrics, "export/regressors": float(len(sources.regressors))}
+    result = {**metrics, "export/regressors": float(len(sources.regressors))}
+    return Reused(result) if isinstance(metrics, Reused) else result  # a rerun keeps the first run's metrics.json

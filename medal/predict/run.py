@@ -40,6 +40,7 @@ from medal.predict.ood import read_gate
 from medal.predict.page import PAGE, write_page
 from medal.predict.rows import PREDICTIONS, RowWriter, read_rows, write_ordered
 from medal.resume import Marker, fingerprint
+from medal.runs import Reused
 
 log = logging.getLogger("medal.predict")
 
@@ -180,9 +181,9 @@ def run_predict(cfg: DictConfig) -> dict[str, float]:
     log.info("%s", gate_line)
     marker = Marker.in_folder(out_dir, MARKER, policy="refuse", what="predictions")
     status = marker.begin(settings)
-    if status == "done":
-        log.info("%s holds these predictions, finished; nothing to do", out_dir)
-        return dict(marker.read()["metrics"])
+    if status == "done":  # a rerun: the first run's metrics, and its metrics.json kept as that run wrote it
+        log.info("%s holds these predictions, finished; reused, nothing to do", out_dir)
+        return Reused(marker.read()["metrics"])
     csv_path = out_dir / PREDICTIONS
     done = read_rows(csv_path)
     todo = frame[~frame["id"].isin(set(done["id"]))]
