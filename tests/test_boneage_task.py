@@ -184,3 +184,28 @@ def test_cam_takes_the_run_data_settings_and_refuses_contradictions(make_cfg, ti
     stray.write_bytes(b"x")
     with pytest.raises(MedalError, match=r"no record of the run that trained it"):
         run_cam(make_cfg("cam", [f"ckpt={stray}"]))
+
+
+def test_cam_and_export_refuse_a_run_recorded_before_the_fixed_test_holdout_in_one_line(make_cfg, tiny_phantoms,
+                                                                                       tmp_path) -> None:
+    """A run made when `data.split.test_fraction` drew each run's test set (no `data.holdout`): its record is
+    refused by name, with the fix, instead of `data.split.test_fraction: unknown key`."""
+    from medal.bundle.sources import find_sources
+
+    folder = tmp_path / "old_run"
+    cfg, ckpt = _recorded_run(make_cfg, tiny_phantoms, folder, [])
+    settings = run_settings(cfg)
+    data = settings["data"]
+    data["split"] = {"val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "bins": 10}  # as medal recorded it then
+    del data["holdout"]
+    run_marker(folder).finish(settings, metrics={"test/mae": 20.0})
+    with pytest.raises(MedalError) as cam:
+        run_cam(make_cfg("cam", [f"ckpt={ckpt}"]))
+    with pytest.raises(MedalError) as export:
+        find_sources([str(folder)])
+    for err in (cam, export):
+        text = str(err.value)
+        assert text.startswith(f"{folder.resolve()}: a bone age run made before medal fixed one test holdout")
+        assert "data.split.test_fraction" in text and "retrain it in a new folder" in text and "\n" not in text
+        assert "unknown key" not in text
+

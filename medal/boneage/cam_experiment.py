@@ -27,7 +27,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from medal.atomic import atomic_path  # noqa: E402
 from medal.boneage.cam import class_activation_map, normalise, overlay  # noqa: E402
 from medal.boneage.cam_regions import RegionTally, region_maps  # noqa: E402
-from medal.boneage.experiment import run_marker  # noqa: E402
+from medal.boneage.experiment import check_recorded_split, run_marker  # noqa: E402
 from medal.boneage.module import BoneAgeModule  # noqa: E402
 from medal.config import to_plain  # noqa: E402
 from medal.data.split import SPLIT_FILE  # noqa: E402
@@ -75,6 +75,7 @@ def training_settings(ckpt: Path) -> tuple[Path, dict[str, Any]]:
         raise MedalError(f"ckpt={ckpt}: no record of the run that trained it ({marker.path}); give a checkpoint "
                          "inside its `medal boneage` run folder (<run>/checkpoints/), where CAM finds the images "
                          "the model was trained on")
+    check_recorded_split(record["parts"], run)
     return run, record["parts"]
 
 

@@ -87,6 +87,24 @@ def run_marker(run_dir: str | Path) -> Marker:
     return Marker.in_folder(run_dir, RUN_MARKER, policy="refuse", what="a bone age run")
 
 
+def check_recorded_split(settings: dict[str, Any], run: str | Path) -> None:
+    """Refuse, in one line naming `run`, the record of a bone age run made before medal fixed one test holdout
+    per data set: its `data.split` has `test_fraction` (a test set drawn per run, with the split's seed) and its
+    `data` no `holdout`.
+
+    Reading the old key as `data.holdout.fraction` would not make the run usable: its test images are not the data
+    set's holdout, so its `split.csv` is refused when loaded (`medal.data.split.load_or_make_split`), and they may
+    since have made gold standards or GAN pairs. Tasks that read a run's record (`medal cam`, `medal export`) call
+    this before anything else.
+    """
+    data = settings["data"]
+    if "test_fraction" in data["split"] or "holdout" not in data:
+        raise MedalError(f"{run}: a bone age run made before medal fixed one test holdout per data set (its record has "
+                         "data.split.test_fraction, no data.holdout), so its test images are not the data set's "
+                         "holdout; retrain it in a new folder with this medal (the same `medal boneage` overrides), "
+                         "or read it with the medal version that made it")
+
+
 def build_module(cfg: DictConfig, train_months: Any) -> BoneAgeModule:
     """The LightningModule of a composed `boneage` config, its target scaling fitted on `train_months`."""
     scaler = TargetScaler.fit(str(cfg.target.scaling), train_months, divisor=float(cfg.target.divisor))

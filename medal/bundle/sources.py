@@ -73,11 +73,12 @@ def best_checkpoint(run: Path) -> Path:
 
 def _regressor(run: Path, name: str) -> RegressorSource:
     from medal.boneage.cam_experiment import load_trained
-    from medal.boneage.experiment import run_marker
+    from medal.boneage.experiment import check_recorded_split, run_marker
 
     run = run.expanduser().resolve()
     record = finished_record(run_marker(run), "a bone age run", "give the folder of a finished `medal boneage` run")
     settings = record["parts"]
+    check_recorded_split(settings, run)
     checkpoint = best_checkpoint(run)
     module = load_trained(checkpoint)
     data = settings["data"]
