@@ -82,7 +82,8 @@ def trained(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="module")
 def bundle(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path, metrics = export([trained], tmp_path_factory.mktemp("export"), "export.conformal.method=mondrian_age")
+    path, metrics = export([trained], tmp_path_factory.mktemp("export"), "export.conformal.method=mondrian_age",
+                           "export.gate.false_reject=0.1")  # an OOD threshold its ~19 calibration images can set
     assert metrics["export/calibration_images"] >= 15
     return path
 
@@ -139,7 +140,8 @@ def test_recalibrate_rewrites_the_table_keeps_the_old_and_the_manifest_consisten
     with caplog.at_level(logging.INFO, logger="medal.bundle"):
         assert recalibrate(copy, cases, None, "sex", "cpu", 16, 0)["recalibrate/unchanged"] == 1.0
     assert "already calibrated on these cases" in caplog.text
-    out = predict(copy, tiny_phantoms, tmp_path, tmp_path / "out", "predict.cam=false", "predict.interval=mondrian_age")
+    out = predict(copy, tiny_phantoms, tmp_path, tmp_path / "out", "predict.cam=false", "predict.interval=mondrian_age",
+                  "predict.gate.ood=false")  # the intervals of every image (a 10 % OOD gate refuses some)
     rows = read_rows(tmp_path / "out" / PREDICTIONS)
     assert out["predict/ok"] == 64 and set(rows["interval_method"]) == {"mondrian_age"}
     assert all(label.startswith(("male", "female", "both sexes", "all")) for label in rows["calibration"])
@@ -158,3 +160,82 @@ def test_recalibrate_refuses_unlabelled_cases_and_images_the_models_saw(bundle: 
     seen.assign(male=seen["male"].astype(int))[["id", "path", "male", "boneage"]].to_csv(cases, index=False)
     with pytest.raises(MedalError, match=r"cases: 3 are images the bundle's models trained on or were selected with"):
         recalibrate(bundle, cases, None, None, "cpu", 16, 0)
+
+
+def _hospital_cases(root: Path, n: int, seed: int) -> Path:
+    """A CSV of `n` fresh labelled phantoms (another seed: images no model of the bundle saw), as a hospital's."""
+    from medal.data.phantom import generate_dataset
+
+    generate_dataset(root, n=n, seed=seed, image_size=128, workers=1, progress=False)
+    index = read_index(root, strict=False)
+    cases = root / "cases.csv"
+    index.assign(male=index["male"].astype(int))[["id", "path", "male", "boneage"]].to_csv(cases, index=False)
+    return cases
+
+
+def test_recalibrate_refits_the_ood_threshold_on_the_cases_and_keeps_the_old_gate_record(
+        bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from medal.predict.ood import GATE, threshold
+
+    copy = Path(shutil.copytree(bundle, tmp_path / "bundle"))
+    before = json.loads((copy / GATE).read_text())
+    assert before["ood"]["threshold"] is not None and before["ood"]["calibration"]["split"] == "calibration"
+    cases = _hospital_cases(tmp_path / "hospital", 24, seed=7)
+    metrics = recalibrate(copy, cases, None, None, "cpu", 16, 0)
+    loaded = load_bundle(copy)  # the new gate.json and the archived one match bundle.json
+    ood = json.loads((copy / GATE).read_text())["ood"]
+    assert metrics["recalibrate/ood_refit"] == 1.0 and ood["false_reject"] == 0.1  # the export's rate
+    assert ood["calibration"]["split"] == "cases" and ood["calibration"]["images"] == 24
+    assert ood["calibration"]["source"] == loaded.calibration["source"]  # the recalibration's source, recorded
+    assert ood["history"][-1]["threshold"] == before["ood"]["threshold"]
+    assert ood["history"][-1]["calibration"] == before["ood"]["calibration"]
+    history = loaded.manifest["calibration"]["history"][-1]
+    assert json.loads((copy / history["gate_archived_as"]).read_text()) == before
+    assert history["gate_archived_as"] in loaded.manifest["files"]
+    assert loaded.manifest["calibration"]["ood"] == {"threshold": ood["threshold"], "false_reject": 0.1,
+                                                     "images": 24, "split": "cases"}
+    # the threshold is the export's rule over the cases' own scores: predict scores them alike
+    with caplog.at_level(logging.INFO, logger="medal.predict"):
+        predict(copy, cases, tmp_path, tmp_path / "out", "predict.cam=false")
+    scores = read_rows(tmp_path / "out" / PREDICTIONS)["ood_score"].to_numpy(float)
+    assert len(scores) == 24 and ood["threshold"] == pytest.approx(threshold(scores, 0.1), rel=1e-4)
+    assert int((scores > ood["threshold"] * (1 + 1e-4)).sum()) <= 1  # ceil(25 * 0.9) = 23 of 24 at or below it
+    assert f"on 24 labelled cases ({cases})" in caplog.text
+
+    few = _hospital_cases(tmp_path / "few", 6, seed=8)  # too few for 5 %: the refitted threshold stays
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medal.predict"):
+        metrics = recalibrate(copy, few, None, None, "cpu", 16, 0, false_reject=0.05)
+    kept = json.loads((copy / GATE).read_text())["ood"]
+    assert metrics["recalibrate/ood_refit"] == 0.0 and kept["threshold"] == ood["threshold"]
+    assert kept["refit"]["images"] == 6 and kept["refit"]["needs"] == 19 and kept["refit"]["kept"] == ood["threshold"]
+    assert "6 cases are too few to refit the OOD threshold at 5% false rejects (needs 19)" in caplog.text
+    load_bundle(copy)
+
+
+
+def test_a_recalibration_killed_between_the_table_and_the_gate_record_finishes_both_on_rerun(
+        bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medal.bundle import recalibrate as module
+    from medal.predict import calibrate as calibrate_module
+    from medal.predict.ood import GATE
+
+    copy = Path(shutil.copytree(bundle, tmp_path / "bundle"))
+    cases = _hospital_cases(tmp_path / "hospital", 12, seed=9)
+
+    def killed_after_the_table(root: Path, table_text: str, gate) -> None:  # noqa: ANN001
+        (root / "calibration.json").write_text(table_text)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(module, "_write_new", killed_after_the_table)
+    with pytest.raises(RuntimeError, match="killed"):
+        recalibrate(copy, cases, None, None, "cpu", 16, 0)
+    with pytest.raises(MedalError, match="calibration.json: sha256 differs"):
+        load_bundle(copy)  # half-written: the manifest still lists the old table
+    monkeypatch.undo()
+    monkeypatch.setattr(calibrate_module, "measure", lambda *a, **k: pytest.fail("the chain ran again"))
+    metrics = recalibrate(copy, cases, None, None, "cpu", 16, 0)
+    loaded = load_bundle(copy)
+    ood = json.loads((copy / GATE).read_text())["ood"]
+    assert metrics["recalibrate/ood_refit"] == 1.0 and ood["calibration"]["images"] == 12
+    assert loaded.manifest["calibration"]["ood"]["threshold"] == ood["threshold"]

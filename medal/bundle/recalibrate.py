@@ -10,13 +10,21 @@ chain gives new estimates; they replace `calibration.json`, so the intervals the
   validation images (where its data set is on this machine) is refused too: the models have seen it.
 - Kept: the age band edges and the difficulty curve of the bundle (fixed by its training run, so they stay
   independent of the cases); the method unless `recalibrate.method` names another.
+- The out-of-distribution gate: the same pass scores the cases (`medal.predict.ood.recalibrated`), and the
+  threshold is refitted on them by the export's rule at the bundle's `export.gate.false_reject` (or
+  `recalibrate.false_reject`), so the hospital's own radiographs are wrongly refused at that rate; the score's mean
+  and covariance (the training images') stay. Too few cases for the rate keep the previous threshold, said in one
+  line with the share of the cases it refuses.
 - Recorded: the table's `source` (the file, its sha256, the images' sha256, the count, the date, the medal
-  version) and, in `bundle.json`, `calibration.current` and `calibration.history` (every earlier source). The old
-  table is kept under `calibrations/<date>_<sha12>.json`, listed in the manifest with its sha256; the new
-  `calibration.json` and the model card are hashed into the manifest, which is written last.
-- Resumable: the chain's pass is the slow part; a run killed after the new table was written but before the
-  manifest (`.medal/recalibrate.json` says which table it wrote) finishes the manifest on rerun. The same cases
-  and method a second time change nothing.
+  version), the same source in `gate.json`'s `ood.calibration` (the previous one in `ood.history`) and, in
+  `bundle.json`, `calibration.current`, `calibration.ood` (threshold, rate, cases) and `calibration.history`
+  (every earlier source). The old table and the old gate record are kept under `calibrations/<date>_<sha12>.json`
+  and `calibrations/<date>_gate_<sha12>.json`, listed in the manifest with their sha256; the new
+  `calibration.json`, `gate.json` and the model card are hashed into the manifest, which is written last.
+- Resumable: the chain's pass is the slow part; `.medal/recalibrate.json` records the new table's sha256 and the
+  new gate record before either file is written, so a run killed after the table was written but before the
+  manifest finishes them on rerun, and one killed earlier starts over on the untouched bundle. The same cases and
+  method a second time change nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from medal.bundle.load import Bundle, load_bundle
 from medal.bundle.manifest import CALIBRATION, read_manifest, sha256, verify_files, versions, write_manifest
 from medal.errors import MedalError
 from medal.hardware import inference_device
-from medal.predict import conformal
+from medal.predict import conformal, ood
 from medal.predict.inputs import read_inputs
 from medal.resume import Marker
 
@@ -121,9 +129,10 @@ def _settings(bundle: Bundle, method: str | None) -> dict[str, Any]:
     return settings
 
 
-def _finish(root: Path, manifest: dict[str, Any], old_source: dict[str, Any] | None, archived: str | None,
-            new: dict[str, Any]) -> None:
-    """The model card and the manifest of the recalibrated bundle (the manifest last)."""
+def _finish(root: Path, manifest: dict[str, Any], old_source: dict[str, Any] | None, archived: dict[str, str],
+            new: dict[str, Any], gate: dict[str, Any] | None) -> None:
+    """The model card and the manifest of the recalibrated bundle (the manifest last). `archived`: the old
+    table's (`table`) and gate record's (`gate`) archive paths; `gate`: the new gate record, or None (none)."""
     from medal.bundle.export import model_card
 
     chain = json.loads((root / "configs" / "inference.json").read_text())
@@ -131,40 +140,64 @@ def _finish(root: Path, manifest: dict[str, Any], old_source: dict[str, Any] | N
     record = dict(manifest.get("calibration") or {})
     history = list(record.get("history") or [])
     if old_source is not None:
-        history.append({**old_source, "archived_as": archived})
+        history.append({**old_source, "archived_as": archived["table"], "gate_archived_as": archived.get("gate")})
     files = dict(manifest["files"])
-    for rel in [CALIBRATION, CARD] + ([archived] if archived else []):
+    for rel in [CALIBRATION, CARD, *archived.values()] + ([ood.GATE] if gate is not None else []):
         files[rel] = sha256(root / rel)
-    write_manifest(root, {**manifest, "files": files, "calibration": {"current": new["source"], "history": history}})
+    current = {"current": new["source"], "history": history}
+    if gate is not None:
+        limit = gate["ood"]
+        current["ood"] = {"threshold": limit["threshold"], "false_reject": limit["false_reject"],
+                          "images": limit["calibration"]["images"], "split": limit["calibration"]["split"]}
+    write_manifest(root, {**manifest, "files": files, "calibration": current})
+
+
+def _text(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, indent=1)
+
+
+def _write_new(root: Path, table_text: str, gate: dict[str, Any] | None) -> None:
+    """The new table, then the new gate record (a rerun after a kill between them rewrites the gate record)."""
+    write_text(root / CALIBRATION, table_text)
+    if gate is not None:
+        write_text(root / ood.GATE, _text(gate))
 
 
 def recalibrate(bundle_dir: str | Path, cases: str | Path, labels: str | Path | None, method: str | None,
-                device: str, batch_size: int, num_workers: int) -> dict[str, float]:
-    """Recalibrate the bundle at `bundle_dir` on `cases` (module docstring); returns metrics."""
-    from medal.predict.calibrate import calibrate
+                device: str, batch_size: int, num_workers: int, *, false_reject: float | None = None) -> dict[str, float]:
+    """Recalibrate the bundle at `bundle_dir` on `cases` (module docstring); returns metrics. `false_reject`: the
+    refitted OOD threshold's rate (None: the bundle's, `export.gate.false_reject`)."""
+    from medal.predict.calibrate import measure, table_of
 
     root = Path(bundle_dir).expanduser().resolve()
     frame = read_cases(cases, labels)
+    if false_reject is not None:
+        ood.threshold(np.zeros(1), false_reject)  # refuses a rate outside (0, 1) before any work
     source_file = Path(labels if labels is not None else cases).expanduser().resolve()
     parts = {"cases": str(Path(cases).expanduser().resolve()), "images_sha256": _digest(frame),
-             "file_sha256": sha256(source_file) if source_file.is_file() else None, "method": method}
+             "file_sha256": sha256(source_file) if source_file.is_file() else None, "method": method,
+             "false_reject": false_reject}
     marker = Marker.in_folder(root, "recalibrate", policy="rebuild", what="a recalibration")
     record = marker.read()
     manifest = read_manifest(root)
-    pending = (record is not None and not record.get("finished") and record.get("parts") == json.loads(
-        json.dumps(parts)) and record.get("table") == sha256(root / CALIBRATION))
+    pending = (record is not None and not record.get("finished") and "gate" in record and record.get("parts") ==
+               json.loads(json.dumps(parts)) and record.get("table") == sha256(root / CALIBRATION))
     if pending:  # killed after the new table, before the manifest: finish it
         log.info("%s: finishing the recalibration a killed run began", root)
+        gate = record["gate"]
+        if gate is not None:
+            write_text(root / ood.GATE, _text(gate))
         verify_files(root, {**manifest, "files": {k: v for k, v in manifest["files"].items()
-                                                  if k not in (CALIBRATION, CARD)}})
+                                                  if k not in (CALIBRATION, CARD, ood.GATE)}})
         new = json.loads((root / CALIBRATION).read_text())
-        _finish(root, manifest, record["old_source"], record["archived"], new)
+        _finish(root, manifest, record["old_source"], record["archived"], new, gate)
         marker.finish(parts, metrics=record["metrics"])
         return dict(record["metrics"])
     bundle = load_bundle(root)
     current = (bundle.calibration or {}).get("source") or {}
     if (current.get("images_sha256") == parts["images_sha256"]
-            and (method is None or (bundle.calibration or {}).get("settings", {}).get("method") == method)):
+            and (method is None or (bundle.calibration or {}).get("settings", {}).get("method") == method)
+            and false_reject in (None, (record or {}).get("parts", {}).get("false_reject"))):
         log.info("%s: already calibrated on these cases (%s); nothing to do", root, current.get("file"))
         return {"recalibrate/images": float(bundle.calibration["images"]), "recalibrate/unchanged": 1.0}
     refuse_training_images(frame, manifest.get("data") or {})
@@ -172,22 +205,30 @@ def recalibrate(bundle_dir: str | Path, cases: str | Path, labels: str | Path | 
     source = {"kind": "cases", "file": str(source_file), "sha256": parts["file_sha256"],
               "images_sha256": parts["images_sha256"], "count": int(len(frame)),
               "date": datetime.now(UTC).isoformat(timespec="seconds"), "medal": versions()["medal"]}
-    table = calibrate(bundle, frame, device, batch_size, num_workers, settings, source)
+    live, skipped = measure(bundle, frame, device, batch_size, num_workers)  # the chain's one pass over the cases
+    table = table_of(bundle, live, skipped, settings, source, frame)
+    gate, gate_metrics = ood.recalibrated(root, [m.features for m in live if m.features], false_reject, source)
     old_source = (bundle.calibration or {}).get("source") or {"kind": "validation split (medal before schema 2)"}
-    stamp = (bundle.calibration or {}).get("source", {}).get("date") or manifest.get("created", "unknown")
-    archived = f"{ARCHIVE}/{str(stamp).replace(':', '-')}_{manifest['files'][CALIBRATION][:12]}.json"
+    stamp = str((bundle.calibration or {}).get("source", {}).get("date") or manifest.get("created", "unknown"))
+    stamp = stamp.replace(":", "-")
+    archived = {"table": f"{ARCHIVE}/{stamp}_{manifest['files'][CALIBRATION][:12]}.json"}
     (root / ARCHIVE).mkdir(exist_ok=True)
-    write_text(root / archived, (root / CALIBRATION).read_text())  # the old table, kept
+    write_text(root / archived["table"], (root / CALIBRATION).read_text())  # the old table, kept
+    if gate is not None:
+        archived["gate"] = f"{ARCHIVE}/{stamp}_gate_{manifest['files'][ood.GATE][:12]}.json"
+        write_text(root / archived["gate"], (root / ood.GATE).read_text())  # the old gate record, kept
     metrics = {"recalibrate/images": float(table["images"]), "recalibrate/mae": table["mae"]["none"],
-               "recalibrate/skipped": float(len(table["skipped"]))}
+               "recalibrate/skipped": float(len(table["skipped"])), **gate_metrics}
+    table_text = _text(table)
     marker.begin(parts)
-    write_json(root / CALIBRATION, table, indent=1)
-    write_json(marker.path, {**marker.read(), "table": sha256(root / CALIBRATION), "old_source": old_source,
-                             "archived": archived, "metrics": metrics}, indent=1, sort_keys=True)
-    _finish(root, manifest, old_source, archived, table)
+    write_json(marker.path, {**marker.read(), "table": hashlib.sha256(table_text.encode()).hexdigest(),
+                             "gate": gate, "old_source": old_source, "archived": archived, "metrics": metrics},
+               indent=1, sort_keys=True)  # before the files: a rerun knows what this run was writing
+    _write_new(root, table_text, gate)
+    _finish(root, manifest, old_source, archived, table, gate)
     marker.finish(parts, metrics=metrics)
     log.info("%s recalibrated on %d cases from %s (MAE %.2f months; the old table is %s)", root, table["images"],
-             source_file, table["mae"]["none"], archived)
+             source_file, table["mae"]["none"], archived["table"])
     return metrics
 
 
@@ -196,7 +237,7 @@ def run_recalibrate(cfg: DictConfig) -> dict[str, float]:
     rc = cfg.recalibrate
     device = inference_device(str(rc.device), "recalibrate.device")
     metrics = recalibrate(cfg.bundle, cfg.cases, rc.labels, rc.method, device, int(rc.batch_size),
-                          int(rc.num_workers))
+                          int(rc.num_workers), false_reject=None if rc.false_reject is None else float(rc.false_reject))
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     log.info("predict with it: medal predict bundle=%s input=<folder of radiographs>", Path(str(cfg.bundle)))
     return metrics

@@ -160,10 +160,11 @@ KEPT = ("id", "status", "male", "reference")
 
 def slim(m: Measured) -> Measured:
     """`m` without its pixels: the sample's decoded radiograph, working image and network inputs, the thumbnail
-    and overlay are dropped, the estimates and measures kept, so the pass holds one batch of images, not the
-    split (a decoded 1,300-px radiograph alone is ~6 MB as float32; an image's residuals are a few numbers)."""
+    and overlay are dropped, the estimates, measures and pooled features (D floats per regressor, which
+    `medal recalibrate` scores for the OOD threshold) kept, so the pass holds one batch of images, not the split
+    (a decoded 1,300-px radiograph alone is ~6 MB as float32; an image's residuals are a few numbers)."""
     return Measured({k: m.sample[k] for k in KEPT}, predictions=m.predictions, mask_fraction=m.mask_fraction,
-                    agreement=m.agreement)
+                    agreement=m.agreement, features=m.features)
 
 
 def measure(bundle: Bundle, inputs: pd.DataFrame, device: str, batch_size: int,
@@ -195,6 +196,13 @@ def calibrate(bundle: Bundle, inputs: pd.DataFrame, device: str, batch_size: int
     is estimated by its own fold's models: the out-of-fold table of CV+.
     """
     live, skipped = measure(bundle, inputs, device, batch_size, num_workers)
+    return table_of(bundle, live, skipped, settings, source, inputs, folds)
+
+
+def table_of(bundle: Bundle, live: list[Measured], skipped: dict[str, str], settings: dict[str, Any],
+             source: dict[str, Any], inputs: pd.DataFrame, folds: list[int] | None = None) -> dict[str, Any]:
+    """The calibration table of the images `measure` estimated (`live`; `skipped`: why the others gave none), so
+    a caller that needs more of the same pass (`medal recalibrate`: the OOD scores) runs the chain once."""
     cohorts = [r.cohort for r in bundle.chain.regressors]
     male = np.array([m.sample["male"] for m in live], dtype=np.float64)
     truth = np.array([m.sample["reference"] for m in live], dtype=np.float64)

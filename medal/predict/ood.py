@@ -221,8 +221,8 @@ def write_gate(bundle: Any, data: dict[str, Any], options: GateExportOptions, de
     bundle folder. Returns (the files written, relative to the bundle, and export metrics).
 
     The calibration images are the intervals' at export (`medal.predict.calibrate.calibration_inputs`: the
-    regressors' `calibration` role, which no model trained on or was selected with); `medal recalibrate` rewrites
-    the intervals' table only, and this threshold stays the export's.
+    regressors' `calibration` role, which no model trained on or was selected with); `medal recalibrate` refits
+    the threshold on a hospital's cases (`recalibrated`), keeping the mean and covariance fitted here.
     """
     from medal.predict.calibrate import calibration_inputs
 
@@ -255,3 +255,57 @@ def write_gate(bundle: Any, data: dict[str, Any], options: GateExportOptions, de
     metrics = {"export/ood_threshold": limit, "export/ood_calibration_images": float(len(scores)),
                "export/valid_low": valid.low, "export/valid_high": valid.high}
     return [WEIGHTS, GATE], metrics
+
+
+def recalibrated(root: Path, features: Sequence[dict[int, np.ndarray]], false_reject: float | None,
+                 source: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, float]]:
+    """The bundle's `gate.json` with its OOD threshold refitted on a hospital's labelled cases (`medal recalibrate`):
+    (the new record, or None when the bundle has no fitted OOD score to refit; metrics).
+
+    `features` are the cases' pooled features ({regressor: (D,)} per case that reached the regressors), from the
+    calibration pass itself. The mean and covariance stay the training images' (they define the score); only the
+    threshold moves, by the export's rule (`threshold`) at `false_reject` (None: the rate the bundle was exported
+    with, `export.gate.false_reject`), so that the cases' own radiographs are refused at that rate rather than at
+    whatever rate the export's threshold gives them. The previous calibration goes to `ood.history`, and every
+    record says the share of these cases the previous threshold would have refused. Too few cases for the rate
+    (n + 1 < 1 / false_reject): the previous threshold is kept, said in one warning with that share, and recorded
+    as `ood.refit` (raise the rate, e.g. recalibrate.false_reject=0.05 from 19 cases, or bring more cases).
+    """
+    record = read_gate(root)
+    if record is None or record.ood is None:
+        log.warning("recalibrate: bundle %s has no fitted out-of-distribution score (%s); its OOD gate stays off: "
+                    "re-export the bundle to fit one", root, "no gate.json" if record is None else "gate.json's ood is "
+                    "null")
+        return None, {}
+    if not features:
+        raise MedalError("recalibrate: no case reached the regressors, so the OOD threshold cannot be refitted; check "
+                         "the cases' images")
+    old = record.ood
+    model = load_model(root, record)
+    scores = model.score({k: np.stack([f[k] for f in features]) for k in range(len(model.means))})
+    rate = float(old["false_reject"] if false_reject is None else false_reject)
+    limit = threshold(scores, rate)
+    previous = math.inf if old["threshold"] is None else float(old["threshold"])
+    above = float(np.mean(scores > previous))
+    summary = {"split": "cases", "images": int(len(scores)), "source": source, "median": float(np.median(scores)),
+               "max": float(np.max(scores)), "above_previous_threshold": above}
+    metrics = {"recalibrate/ood_cases": float(len(scores)), "recalibrate/ood_above_previous": above}
+    if math.isinf(limit):
+        need = math.ceil(1.0 / rate - 1.0)
+        kept = ("the export's" if old["calibration"]["split"] == "calibration" else "the previous")
+        refit = {**summary, "false_reject": rate, "needs": need, "kept": old["threshold"]}
+        log.warning("recalibrate: %d cases are too few to refit the OOD threshold at %s false rejects (needs %d); "
+                    "%s threshold %s is kept, and it refuses %.1f%% of these cases", len(scores), f"{rate:.0%}", need,
+                    kept, "(none: the gate stays off)" if old["threshold"] is None else f"{previous:.2f}", 100 * above)
+        ood = {**old, "refit": refit}
+        return {"schema": SCHEMA, "valid_range": record.valid_range.to_json(), "ood": ood}, {
+            **metrics, "recalibrate/ood_refit": 0.0, "recalibrate/ood_threshold": previous}
+    history = [*old.get("history", []), {k: old[k] for k in ("threshold", "false_reject", "calibration")}]
+    ood = {k: v for k, v in old.items() if k not in ("refit", "note")}
+    ood |= {"threshold": limit, "false_reject": rate, "calibration": summary, "history": history}
+    log.info("recalibrate: OOD threshold refitted on %d cases at %s false rejects: %.2f (was %s; that one refused "
+             "%.1f%% of these cases)", len(scores), f"{rate:.0%}", limit,
+             "none, the gate was off" if old["threshold"] is None else f"{previous:.2f}", 100 * above)
+    return {"schema": SCHEMA, "valid_range": record.valid_range.to_json(), "ood": ood}, {
+        **metrics, "recalibrate/ood_refit": 1.0, "recalibrate/ood_threshold": limit}
+

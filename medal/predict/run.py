@@ -97,8 +97,10 @@ def gate_state(bundle: Bundle, options: GateOptions) -> str:
         return f"out-of-distribution gate off (predict.gate.ood=false); {span}"
     if ood is None or ood["threshold"] is None:
         return f"out-of-distribution gate off for this bundle ({(ood or {}).get('note', 'not fitted')}); {span}"
+    on = ood["calibration"]
+    what = "calibration images" if on["split"] == "calibration" else f"labelled cases ({on['source']['file']})"
     return (f"out-of-distribution gate on: threshold {ood['threshold']:.2f}, calibrated for {ood['false_reject']:.0%} "
-            f"false rejects on {ood['calibration']['images']} {ood['calibration']['split']} images; {span}")
+            f"false rejects on {on['images']} {what}; {span}")
 
 
 def check_output(out_dir: Path, source: str, paths: list[str]) -> None:
