@@ -52,6 +52,18 @@ def raw_regressor(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory)
                            "data.split.calibration=0.3")
 
 
+@pytest.fixture(scope="session")
+def gated_bundle(raw_regressor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's tiny regressor exported with an OOD threshold its 19 calibration images can calibrate (10 %
+    false rejects; 1 % needs 99 images); shared by the gate's tests and the gate benchmark's, which only read it."""
+    import numpy as np
+    from helpers.bundles import export
+
+    path, metrics = export([raw_regressor], tmp_path_factory.mktemp("gated"), "export.gate.false_reject=0.1")
+    assert np.isfinite(metrics["export/ood_threshold"]) and metrics["export/ood_calibration_images"] >= 15
+    return path
+
+
 @pytest.fixture
 def one_thread():
     """Tiny nets on a shared 2-core machine: one intra-op thread is faster than two fighting."""

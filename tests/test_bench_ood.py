@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.bundles import export
 from helpers.scripts import load_script
 
 from medal.bundle.load import load_bundle
@@ -31,10 +30,9 @@ def test_wilson_intervals_and_redrawn_false_rejects(bench) -> None:
     assert same["p2_5"] <= same["mean"] <= same["p97_5"] and 0.0 <= same["above_nominal"] <= 1.0
 
 
-def test_the_judge_names_the_layer_that_refuses_each_image(bench, raw_regressor: Path, tiny_phantoms: Path,
+def test_the_judge_names_the_layer_that_refuses_each_image(bench, gated_bundle: Path, tiny_phantoms: Path,
                                                            tmp_path: Path) -> None:
-    bundle_dir, _ = export([raw_regressor], tmp_path / "export", "export.gate.false_reject=0.1")
-    judge = bench.Judge(load_bundle(bundle_dir), bench.gate_options())
+    judge = bench.Judge(load_bundle(gated_bundle), bench.gate_options())
     assert np.isfinite(judge.threshold)
     source = bench.phantom_frame(read_index(tiny_phantoms, strict=False).head(3))
     sets = bench.shifted_sets(source, tmp_path / "shifted", seed=0)

@@ -17,7 +17,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "cam": ("medal.tasks.cam", "class activation maps of a trained bone age model"),
     "table": ("medal.tasks.table", "ablation tables and loss curves from runs (folders or W&B)"),
     "export": ("medal.tasks.export", "a portable model bundle (weights, settings, calibration) from finished runs"),
-    "recalibrate": ("medal.tasks.recalibrate", "rewrite a bundle's interval calibration on your own labelled cases"),
+    "recalibrate": ("medal.tasks.recalibrate", "rewrite a bundle's interval calibration and OOD threshold on your own labelled cases"),
     "predict": ("medal.tasks.predict", "bone age with an interval for new radiographs, through a model bundle"),
     "pipeline": ("medal.tasks.pipeline", "the whole system end to end, resumable, with a report"),
 }

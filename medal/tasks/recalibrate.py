@@ -1,4 +1,5 @@
-"""`medal recalibrate bundle=DIR cases=...`: a bundle's intervals calibrated on a hospital's own labelled cases."""
+"""`medal recalibrate bundle=DIR cases=...`: a bundle's intervals and OOD threshold calibrated on a hospital's own
+labelled cases."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from medal.tasks.runner import hydra_task
 
 @hydra_task("recalibrate")
 def main(cfg: DictConfig) -> dict[str, float]:
-    """The bundle's chain over the cases; a new calibration.json, the old one kept, the manifest updated."""
+    """The bundle's chain over the cases; a new calibration.json and gate.json, the old ones kept, the manifest
+    updated."""
     return run_recalibrate(cfg)
 
 
