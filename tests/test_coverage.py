@@ -45,8 +45,10 @@ def test_intervals_cover_the_held_out_phantom_test_split_within_five_points(tmp_
     index[index["split"] == "test"][["id", "path", "male", "boneage"]].to_csv(test_csv, index=False)
     for nominal in (0.8, 0.9):
         out = tmp_path / f"out_{nominal}"
+        # the OOD gate off: at its 1 % false-reject rate it refuses a few of these in-distribution images, and
+        # this test is about the intervals of every image (the gate's rate is scripts/bench_ood.py's)
         result = predict(bundle, test_csv, tmp_path, out, f"predict.coverage={nominal}", "predict.cam=false",
-                         "predict.batch_size=64")
+                         "predict.batch_size=64", "predict.gate.ood=false")
         rows = read_rows(out / PREDICTIONS)
         assert len(rows) >= 780 and (rows["status"] == "ok").all()
         covered = empirical_coverage(rows["boneage"].to_numpy(), rows["low"].to_numpy(), rows["high"].to_numpy(),
