@@ -139,7 +139,9 @@ def pool_folds(runs: dict[int, Path], out: Path, settings: dict[str, Any]) -> di
     from medal.boneage.experiment import RUN_MARKER
     from medal.data.phantom.floor import read_floor
 
-    stamps = {str(fold): [file_stamp(run / f) for f in (PREDICTIONS_FILE, SPLIT_FILE, METRICS_FILE)]
+    # the run record, not metrics.json: a sweep's or a pipeline's wrapper writes that after the last fold has pooled
+    stamps = {str(fold): [file_stamp(p) for p in (run / PREDICTIONS_FILE, run / SPLIT_FILE,
+                                                  Marker.in_folder(run, RUN_MARKER).path)]
               for fold, run in runs.items()}
     outputs = [out / PREDICTIONS_FILE, out / FOLDS_FILE, out / METRICS_FILE, out / ".hydra"]
     marker = Marker.in_folder(out, "cv", policy="rebuild", outputs=outputs, what="pooled cross-validation metrics")
