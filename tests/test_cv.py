@@ -13,7 +13,7 @@ from helpers.bundles import RAW_BONEAGE
 from helpers.hydra_compose import compose_task
 from helpers.rsna_layouts import make_kaggle
 
-from medal.boneage.cv import FOLDS_FILE, POOL_PREFIX, pool_dir, pool_when_complete
+from medal.boneage.cv import FOLDS_FILE, POOL_PREFIX, pool_dir, pool_runs, pool_when_complete
 from medal.boneage.experiment import RUN_MARKER, run_boneage
 from medal.boneage.predictions import PREDICTIONS_FILE
 from medal.data.datamodule import BoneAgeDataModule
@@ -221,6 +221,20 @@ def test_pooling_waits_for_every_fold_and_refuses_what_is_not_one_cross_validati
     frame.to_csv(twice / "f1" / PREDICTIONS_FILE, index=False)
     with pytest.raises(MedalError, match=r"out-of-fold image p000 is not in fold 1"):
         pool_when_complete(twice / "f0", _settings(0))
+
+
+def test_a_caller_that_knows_the_fold_runs_pools_them_in_order(tmp_path: Path) -> None:
+    """`pool_runs` (the pipeline's fold stages): the record the last fold writes, or refused in one line."""
+    oof, _ = _planted_cv(tmp_path)
+    runs = [tmp_path / f"f{i}" for i in range(3)]
+    pooled = pool_runs(runs)
+    assert pooled.folder == pool_dir(tmp_path, _settings(0))
+    assert pooled.metrics["cv/mae"] == pytest.approx((oof["predicted"] - oof["true"]).abs().mean(), rel=1e-6)
+    assert pooled.folds["images"].tolist() == [12, 6, 3]
+    with pytest.raises(MedalError, match=r"f1: not fold 0 of 3"):
+        pool_runs([runs[1], runs[0], runs[2]])
+    with pytest.raises(MedalError, match=r"f0: not fold 0 of 2 \(its cv: .*.folds.: 3"):  # a fold missing
+        pool_runs(runs[:1] + runs[2:])
 
 
 # -- real fold runs ----------------------------------------------------------------------------------------------

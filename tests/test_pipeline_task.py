@@ -281,3 +281,100 @@ def test_dicom_and_16_bit_png_give_the_estimate_of_the_same_pixels_as_png(finish
             assert out.loc[f"{image_id}_{kind}", "status"] == "ok"
             assert out.loc[f"{image_id}_{kind}", "boneage"] == pytest.approx(reference, abs=0.5), (image_id, kind)
         assert out.loc[f"{image_id}_mono1", "boneage"] == out.loc[f"{image_id}_mono2", "boneage"]
+
+
+# -- k-fold cross-validation in the pipeline (pipeline.cv) -------------------------------------------------------
+
+def _beside(finished_root: Path, root: Path, *overrides: str) -> tuple[dict, Path]:
+    """The smoke pipeline with `overrides` on the finished pipeline's data set and work folder (its committee and
+    enhancer are reused, not retrained), in a pipeline folder and run folder of its own under `root`."""
+    cfg = compose_task("pipeline", ["experiment=smoke", f"paths.data_root={finished_root}/outputs/data",
+                                    f"paths.work_root={finished_root}/outputs/work", *overrides], root)
+    return run_pipeline(cfg), Path(cfg.pipeline.dir)
+
+
+def _oof(stage_dir: Path) -> pd.DataFrame:
+    frame = pd.read_csv(stage_dir / "predictions.csv", dtype={"id": str})
+    return frame[frame["split"] == "oof"]
+
+
+def test_a_k_fold_pipeline_resumes_pools_its_folds_and_exports_them_as_one_cv_plus_bundle(
+        finished: tuple[Path, dict, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _, _ = finished
+    real, called = runner.task_function, []
+
+    def crashing(name: str):
+        called.append(name)
+        if called.count("boneage") == 2:
+            raise RuntimeError("killed in fold 1")
+        return real(name)
+
+    monkeypatch.setattr(plan, "task_function", crashing)
+    with pytest.raises(RuntimeError, match="killed in fold 1"):
+        _beside(root, tmp_path, "pipeline.cv.folds=2")
+    state = next((tmp_path / "outputs" / "pipeline").iterdir())
+    fold0 = {p.name: p.stat().st_mtime_ns for p in (state / "boneage_all_fold0").rglob("*") if p.is_file()}
+    assert read_record(state / "state", "boneage_all_fold0") and not read_record(state / "state", "boneage_all_fold1")
+
+    called.clear()
+    monkeypatch.setattr(plan, "task_function", lambda name: called.append(name) or real(name))
+    metrics, state = _beside(root, tmp_path, "pipeline.cv.folds=2")
+    assert called == ["boneage", "cam", "export", "phantoms", "predict"]  # fold 1 on; fold 0 not redone
+    assert {p.name: p.stat().st_mtime_ns for p in (state / "boneage_all_fold0").rglob("*") if p.is_file()} == fold0
+
+    # pooled out of fold: the mean over images of the two fold models' out-of-fold errors
+    oof = pd.concat([_oof(state / f"boneage_all_fold{i}").assign(fold=i) for i in range(2)], ignore_index=True)
+    folds = pd.read_csv(state / "boneage_all_fold0" / "split.csv", dtype={"id": str}).dropna(subset=["fold"])
+    assert sorted(oof["id"]) == sorted(folds["id"]) and metrics["boneage_all_cv/cv/folds"] == 2
+    assert metrics["boneage_all_cv/cv/mae"] == pytest.approx((oof["predicted"] - oof["true"]).abs().mean(), rel=1e-5)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Bone age: k-fold cross-validation" in report and "CV+ intervals" in report
+
+    # one bundle of both folds' models: every folded image estimated by its own fold's model, as the fold run did
+    calibration = json.loads((state / "export" / "bundle" / "calibration.json").read_text())
+    assert calibration["schema"] == 3 and calibration["regressor_folds"] == [0, 1]
+    cases = pd.DataFrame({"id": calibration["cases"]["id"], "fold": calibration["cases"]["fold"],
+                          "known": calibration["cases"]["known"]["none"]}).set_index("id")
+    by_id = oof.set_index("id")
+    assert sorted(cases.index) == sorted(by_id.index) and (cases["fold"] == by_id.loc[cases.index, "fold"]).all()
+    np.testing.assert_allclose(cases["known"].to_numpy(float), by_id.loc[cases.index, "predicted"].to_numpy(), atol=1e-3)
+    roles = pd.read_csv(state / "boneage_all_fold0" / "split.csv", dtype={"id": str})
+    assert metrics["export/export/cv_plus_check_images"] == (roles["role"] == "calibration").sum()
+    assert metrics["export/export/regressors"] == 2 and metrics["predict/predict/ok"] == 12
+    rows = read_rows(state / "predict" / PREDICTIONS)
+    assert ((rows["low"] <= rows["boneage"]) & (rows["boneage"] <= rows["high"])).all()
+    assert (state / "cam" / "split.csv").read_bytes() == (state / "boneage_all_fold0" / "split.csv").read_bytes()
+
+    called.clear()
+    _beside(root, tmp_path, "pipeline.cv.folds=2")
+    assert called == []  # every stage finished: nothing redone
+
+
+@pytest.mark.slow  # two GANs and two folds beside the finished pipeline: a minute under load (plan-level: test_pipeline_cv)
+def test_a_refitted_enhancer_per_fold_never_sees_its_folds_images_as_gold_standard_pairs(
+        finished: tuple[Path, dict, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medal.enhance import train
+
+    root, _, _ = finished
+    trained: list[set[str]] = []
+    real = train.PairDataModule
+
+    def recording(input_dir, gold_dir, split, **kwargs):  # every pair an enhancer trains, selects or is scored on
+        trained.append(set(split.train) | set(split.val) | set(split.test))
+        return real(input_dir, gold_dir, split, **kwargs)
+
+    monkeypatch.setattr(train, "PairDataModule", recording)
+    metrics, state = _beside(root, tmp_path, "pipeline.cv.folds=2", "pipeline.cv.refit=[enhance]",
+                             "pipeline.export=false")
+    assert metrics["pipeline/stopped"] == 0.0 and len(trained) == 2  # the common enhancer is the finished one
+    cfg = compose_task("pipeline", ["experiment=smoke"], root)
+    gold = {p.stem for p in (Path(cfg.data.work_dir) / "roi_gold").glob("*.png")}  # the gold standards
+    for fold in range(2):
+        held = set(_oof(state / f"boneage_all_fold{fold}")["id"])
+        excluded = set(pd.read_csv(next((state / "cv").glob(f"exclude_fold{fold}_*.csv")), dtype={"id": str})["id"])
+        assert excluded == held and held & gold and not trained[fold] & held
+        record = json.loads((state / f"boneage_all_fold{fold}" / ".medal" / "boneage.json").read_text())
+        assert record["parts"]["data"]["images"].endswith(f"_cv2s0_fold{fold}")
+    assert metrics["boneage_all_cv/cv/folds"] == 2  # pooled, though each fold read its own enhancer's images
+    assert (state / "cam" / "split.csv").read_bytes() == (state / "boneage_all_fold0" / "split.csv").read_bytes()
+

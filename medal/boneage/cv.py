@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from medal.data.cache import file_stamp
 from medal.data.split import FOLD_COLUMN, SPLIT_FILE, read_folds
 from medal.errors import MedalError
 from medal.resume import Marker, fingerprint
-from medal.runs import METRICS_FILE, write_metrics
+from medal.runs import METRICS_FILE, read_metrics, write_metrics
 
 log = logging.getLogger("medal.boneage")
 
@@ -194,3 +195,42 @@ def pool_when_complete(run_dir: Path, settings: dict[str, Any]) -> Path | None:
     out = pool_dir(run_dir.parent, settings)
     pool_folds(runs, out, settings)
     return out
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """A pooled record as its readers (the pipeline's report) see it: where it is, its metrics, its folds."""
+
+    folder: Path
+    metrics: dict[str, float]
+    folds: pd.DataFrame  # folds.csv: fold, run, images, oof/mae (and CI), test/mae, val/mae_best_epoch
+
+
+def pool_runs(runs: list[Path]) -> Pooled:
+    """Pool the finished fold runs `runs` (fold 0 to K-1 of one cross-validation, whose folders the caller knows:
+    a pipeline's fold stages) beside them, where their last fold would (`pool_dir` of fold 0's settings; a record
+    already there for the same runs is kept), and read it back.
+
+    Unlike `pool_when_complete` it does not ask that the runs' settings agree but for `cv.fold`: a pipeline that
+    refits the enhancer per fold trains each fold on its own enhancer's images. It asks that run i holds out fold
+    i of one fold draw (`cv.folds`, `cv.seed`, and, through `_fold_frames`, one assignment).
+    """
+    from medal.boneage.experiment import run_marker
+
+    settings = []
+    for fold, run in enumerate(runs):
+        record = run_marker(run).read()
+        if not record or not record.get("finished"):
+            raise MedalError(f"{run}: no finished bone age run; finish fold {fold} before pooling the folds")
+        cv = record["parts"].get("cv")
+        if cv is None or cv.get("fold") != fold or int(cv["folds"]) != len(runs):
+            raise MedalError(f"{run}: not fold {fold} of {len(runs)} (its cv: {cv}); give fold 0 to K-1 of one "
+                             "cross-validation, in order")
+        settings.append(record["parts"])
+    draws = {(int(p["cv"]["folds"]), int(p["cv"]["seed"])) for p in settings}
+    if len(draws) > 1:
+        raise MedalError(f"{runs[0].parent}: the fold runs come from different fold draws (cv.folds, cv.seed: "
+                         f"{sorted(draws)}); pool the folds of one cross-validation")
+    out = pool_dir(runs[0].parent, settings[0])
+    pool_folds(dict(enumerate(runs)), out, settings[0])
+    return Pooled(out, read_metrics(out), pd.read_csv(out / FOLDS_FILE))

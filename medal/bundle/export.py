@@ -188,6 +188,7 @@ def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device
         calibration = _cv_plus_calibration(sources, bundle, inputs, settings, device, batch_size, num_workers)
         metrics |= {f"export/cv_plus_coverage_{float(c) * 100:.0f}": float(v)
                     for c, v in calibration["check"]["coverage"]["none"].items() if v is not None}
+        metrics["export/cv_plus_check_images"] = float(calibration["check"]["images"])
     else:
         source = {"kind": "split", "split_file": sources.data["split_file"], "role": "calibration",
                   "root": sources.data["root"], "sha256": sha256(sources.data["split_file"])}

@@ -20,7 +20,7 @@ from medal.data.cache import file_stamp
 from medal.data.rsna import read_index
 from medal.data.split import HoldoutOptions, held_out_ids
 from medal.enhance.clahe import clahe_params
-from medal.enhance.pairs import PairSplit, matching_ids, split_ids
+from medal.enhance.pairs import PairSplit, excluded_ids, matching_ids, split_ids
 from medal.enhance.run import (
     Method,
     clahe_method,
@@ -40,14 +40,18 @@ log = logging.getLogger("medal.enhance")
 
 def held_out_pairs(pairs: DictConfig, data: DictConfig) -> PairSplit | None:
     """The seeded train/val/test split of the (input, gold) pairs, without the data set's bone age test holdout
-    (`data.holdout`), or None when there are no gold standards."""
+    (`data.holdout`) and the ids of `pairs.exclude`, or None when there are no gold standards."""
     if not Path(pairs.gold_dir).is_dir():
         log.warning("%s not found: enhancing without scoring against gold standards", pairs.gold_dir)
         return None
     holdout = held_out_ids(read_index(data.root, strict=False), data.work_dir,
                            options_from(HoldoutOptions, data.holdout, "data.holdout"))
-    split = split_ids(matching_ids(pairs.input_dir, pairs.gold_dir), float(pairs.val_fraction),
-                      float(pairs.test_fraction), int(pairs.seed), exclude=holdout)
+    ids, left_out = matching_ids(pairs.input_dir, pairs.gold_dir), excluded_ids(pairs.exclude)
+    if pairs.exclude is not None:
+        log.info("pairs: enhance.pairs.exclude=%s leaves out %d of its %d ids that have a gold standard",
+                 pairs.exclude, len(left_out & set(ids)), len(left_out))
+    split = split_ids(ids, float(pairs.val_fraction), float(pairs.test_fraction), int(pairs.seed),
+                      exclude=holdout | left_out)
     log.info("pairs: %d train, %d val, %d test", len(split.train), len(split.val), len(split.test))
     return split
 

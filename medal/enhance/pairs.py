@@ -15,6 +15,7 @@ from pathlib import Path
 
 import kornia.augmentation as K
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,23 @@ def matching_ids(input_dir: str | Path, gold_dir: str | Path) -> list[str]:
     return ids
 
 
+def excluded_ids(exclude: str | Path | None) -> set[str]:
+    """The ids of `enhance.pairs.exclude` (a CSV with an `id` column), or none when it is null.
+
+    The pipeline's per-fold enhancers (`pipeline.cv.refit=[enhance]`) leave their fold out this way, so no image
+    that a fold's bone age model is scored on out of fold was a gold-standard pair of the enhancer it reads.
+    """
+    if exclude is None:
+        return set()
+    path = Path(str(exclude))
+    if not path.is_file():
+        raise MedalError(f"enhance.pairs.exclude={path}: no such file; give a CSV with an id column, or null")
+    table = pd.read_csv(path, dtype={"id": str})
+    if "id" not in table.columns:
+        raise MedalError(f"enhance.pairs.exclude={path}: no id column; give a CSV with an id column, or null")
+    return set(table["id"])
+
+
 @dataclass(frozen=True)
 class PairSplit:
     train: list[str]
@@ -79,7 +97,7 @@ def split_ids(ids: Sequence[str], val_fraction: float, test_fraction: float, see
         )
     excluded = set(exclude)
     if excluded & set(ids):
-        log.info("pairs: %d of %d are bone age test images (the data set's holdout) and left out",
+        log.info("pairs: %d of %d are left out (the bone age test holdout, and enhance.pairs.exclude where given)",
                  len(excluded & set(ids)), len(ids))
         ids = [i for i in ids if i not in excluded]
     if len(ids) < 3:

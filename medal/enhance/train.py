@@ -22,7 +22,7 @@ from medal.atomic import atomic_path
 from medal.callbacks.checkpoints import LAST, best_and_last, resume_from
 from medal.config import to_plain
 from medal.enhance.module import Enhancer, build_generator
-from medal.enhance.pairs import PairDataModule, PairedAugment, PairSplit
+from medal.enhance.pairs import PairDataModule, PairedAugment, PairSplit, excluded_ids
 from medal.resume import Marker, fingerprint
 
 log = logging.getLogger("medal.enhance")
@@ -34,9 +34,16 @@ TRAINING_KEYS = ("generator", "residual", "discriminator", "adversarial", "recon
 
 
 def training_parts(method: DictConfig, trainer_cfg: DictConfig, seed: int) -> dict[str, Any]:
-    """What a trained generator depends on: the `TRAINING_KEYS` of the method, the precision and the seed."""
-    return {"method": {k: to_plain(method[k]) for k in TRAINING_KEYS}, "precision": str(trainer_cfg.precision),
-            "seed": int(seed)}
+    """What a trained generator depends on: the `TRAINING_KEYS` of the method, the precision and the seed.
+
+    `pairs.exclude` counts by the ids it leaves out (a per-fold enhancer's fold), not by its file name; null is
+    left out, so generators trained before the key existed keep their folders.
+    """
+    parts = {k: to_plain(method[k]) for k in TRAINING_KEYS}
+    exclude = parts["pairs"].pop("exclude")
+    if exclude is not None:
+        parts["pairs"]["exclude_ids"] = fingerprint(sorted(excluded_ids(exclude)))
+    return {"method": parts, "precision": str(trainer_cfg.precision), "seed": int(seed)}
 
 
 def training_dir(method: DictConfig, parts: dict[str, Any]) -> Path:

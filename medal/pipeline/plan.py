@@ -10,6 +10,13 @@ that matches no key of any stage's config is refused in one line (a typo must no
 a full-size run); one that names a real key of a config this run does not compose (GAN settings with
 `pipeline.enhance=none`, bone age settings with `pipeline.cohorts=[]`) is logged as unused.
 
+With `pipeline.cv.folds=K` (k-fold cross-validation; off by default and in the demo) each cohort's bone age
+stage becomes K fold stages, `boneage_<cohort>_fold<i>` (`cv.folds=K cv.fold=i cv.seed=pipeline.cv.seed`), the
+last of which pools their out-of-fold predictions (`medal.boneage.cv`); the CAM stage explains fold 0's model and
+the export stage bundles every fold's models with CV+ intervals (`export.conformal.source=cv_plus`). The stages
+before them (segmentation, the enhancer) are fitted once on every image; `pipeline.cv.refit=[enhance]` adds one
+enhancer per fold, `enhance_fold<i>`, trained without the fold's images, whose images that fold's stages read.
+
 Each stage carries the artefacts its task declares (`ARTIFACTS` in the producing module: name -> path or glob
 relative to the run folder), so the report finds files by name without knowing any task's file layout.
 """
@@ -30,10 +37,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from medal.config import CONF_DIR
+from medal.atomic import write_text
+from medal.config import CONF_DIR, options_from
+from medal.data.rsna import read_index
+from medal.data.split import CVOptions, HoldoutOptions, SplitOptions, fixed_holdout, load_or_make_split
 from medal.errors import MedalError
 from medal.overrides import composition_problem
 from medal.pipeline.stages import Stage, StopPipeline
+from medal.resume import fingerprint
 from medal.runs import write_metrics
 from medal.tasks.runner import task_function
 
@@ -51,6 +62,8 @@ ARTIFACT_MODULES: dict[str, str] = {"segment": "medal.segment.experiment", "enha
 NO_DATA_TASKS = ("phantoms", "export", "predict")
 #: Enhancement methods that learn from gold standards (the enhance stage waits for a person's where there are none).
 GOLD_METHODS = ("gan", "gan_l1")
+#: Stages a k-fold pipeline can refit per fold (`pipeline.cv.refit`); the others are fitted once on every image.
+REFITTABLE = ("enhance",)
 
 _MISSING = object()
 
@@ -298,19 +311,110 @@ class StageBuilder:
         for baseline in ("clahe", "none"):  # the report compares the enhancer with both on the same pairs
             if pipe.enhance != baseline:
                 stages.append(PlannedStage(f"enhance_{baseline}", "enhance", (f"enhance={baseline}",)))
-        for cohort in pipe.cohorts:
-            stages.append(PlannedStage(f"boneage_{cohort}", "boneage", (f"enhance={pipe.enhance}", f"cohort={cohort}"),
-                                       keys=("pipeline.enhance",)))
+        stages += self._fold_enhancers()
+        stages += [self._boneage_stage(cohort, name, fold) for cohort in pipe.cohorts
+                   for name, fold in self.boneage_names(cohort)]
         if pipe.cam_cohort:
             if pipe.cam_cohort not in pipe.cohorts:
                 raise MedalError(f"pipeline.cam_cohort={pipe.cam_cohort} is not in pipeline.cohorts="
                                  f"{list(pipe.cohorts)}; add it there or set pipeline.cam_cohort=null")
-            run_dir = self.stage_dir(f"boneage_{pipe.cam_cohort}")
+            run_dir = self.stage_dir(self.boneage_names(pipe.cam_cohort)[0][0])  # k-fold: fold 0's model explains
             stages.append(PlannedStage("cam", "cam", (f"enhance={pipe.enhance}", f"cohort={pipe.cam_cohort}"),
                                        keys=("pipeline.enhance", "pipeline.cam_cohort"),
                                        late=lambda: [f"ckpt={best_checkpoint(run_dir)}"]))
         stages += self._use_stages()
         return stages
+
+    # -- k-fold cross-validation (pipeline.cv) -----------------------------------------------------------------
+    def folds(self) -> int | None:
+        """`pipeline.cv.folds`, checked with `pipeline.cv.refit` and the stage overrides; None when the bone age
+        stages are not folded."""
+        cv = self.cfg.pipeline.cv
+        unknown = sorted(set(cv.refit) - set(REFITTABLE))
+        if unknown:
+            raise MedalError(f"pipeline.cv.refit={list(cv.refit)}: only {', '.join(REFITTABLE)} can be refitted per "
+                             f"fold; {unknown[0]} is fitted once on every image (docs/experiments.md, \"k-fold "
+                             "cross-validation\", says what that means for the folds)")
+        if cv.folds is None:
+            if cv.refit:
+                raise MedalError(f"pipeline.cv.refit={list(cv.refit)}: needs pipeline.cv.folds=K (e.g. 5)")
+            return None
+        if int(cv.folds) < 2:
+            raise MedalError(f"pipeline.cv.folds={cv.folds}: must be >= 2 (or null for one model per cohort)")
+        for source in ("pipeline.common", "pipeline.stages.boneage"):
+            for override in self.overrides(source):
+                key = override.split("=", 1)[0].lstrip("+~")
+                if key in ("cv.folds", "cv.fold", "cv.seed", "cv"):
+                    raise MedalError(f"{source}: {override} with pipeline.cv.folds={cv.folds}: the plan sets each fold "
+                                     "stage's cv.folds, cv.fold and cv.seed; set pipeline.cv.folds / pipeline.cv.seed")
+        return int(cv.folds)
+
+    def boneage_names(self, cohort: str) -> list[tuple[str, int | None]]:
+        """(stage name, fold) of a cohort's bone age stages: `boneage_<cohort>`, or one per fold."""
+        folds = self.folds()
+        if folds is None:
+            return [(f"boneage_{cohort}", None)]
+        return [(f"boneage_{cohort}_fold{i}", i) for i in range(folds)]
+
+    def _refits_enhancer(self) -> bool:
+        return self.folds() is not None and "enhance" in self.cfg.pipeline.cv.refit
+
+    def fold_images(self, fold: int) -> str:
+        """Where fold `fold`'s own enhancer writes its images (`pipeline.cv.refit=[enhance]`)."""
+        cv = self.cfg.pipeline.cv
+        return (f"{self.cfg.data.work_dir}/enhanced/{self.cfg.pipeline.enhance}_cv{int(cv.folds)}s{int(cv.seed)}"
+                f"_fold{fold}")
+
+    def _fold_overrides(self, fold: int | None) -> tuple[str, ...]:
+        """A fold stage's overrides: its fold, and the images of its own enhancer where the enhancer is refitted."""
+        if fold is None:
+            return ()
+        cv = self.cfg.pipeline.cv
+        images = (f"enhance.images_dir={self.fold_images(fold)}",) if self._refits_enhancer() else ()
+        return (f"cv.folds={int(cv.folds)}", f"cv.fold={fold}", f"cv.seed={int(cv.seed)}", *images)
+
+    def _boneage_stage(self, cohort: str, name: str, fold: int | None) -> PlannedStage:
+        return PlannedStage(name, "boneage", (f"enhance={self.cfg.pipeline.enhance}", f"cohort={cohort}",
+                                              *self._fold_overrides(fold)), keys=("pipeline.enhance", "pipeline.cv"))
+
+    def _fold_enhancers(self) -> list[PlannedStage]:
+        """With `pipeline.cv.refit=[enhance]`: one enhancer per fold, trained without its fold's images
+        (`enhance.pairs.exclude`, `fold_exclusion`), enhancing every RoI into a folder of its own
+        (`fold_images`) that the fold's bone age stages read."""
+        pipe = self.cfg.pipeline
+        if not self._refits_enhancer() or not pipe.cohorts:
+            return []
+        if pipe.enhance not in GOLD_METHODS:
+            raise MedalError(f"pipeline.cv.refit=[enhance] with pipeline.enhance={pipe.enhance}: it learns nothing from "
+                             "gold standards, so there is nothing to refit per fold; drop pipeline.cv.refit")
+        return [PlannedStage(f"enhance_fold{fold}", "enhance",
+                             (f"enhance={pipe.enhance}", f"enhance.images_dir={self.fold_images(fold)}"),
+                             # the fold's ids follow the bone age stages' data.split: their overrides define it too
+                             keys=("pipeline.enhance", "pipeline.cv", "pipeline.stages.boneage"), before=wait_for_gold,
+                             late=lambda fold=fold: [f"enhance.pairs.exclude={self.fold_exclusion(fold)}"])
+                for fold in range(int(pipe.cv.folds))]
+
+    def fold_exclusion(self, fold: int) -> Path:
+        """A CSV of the ids of fold `fold`, drawn as its bone age stages draw it (`load_or_make_split` on their
+        data set, `data.split` and `cv`; the folds do not depend on the cohort), at
+        `<pipeline.dir>/cv/exclude_fold<i>_<hash of the ids>.csv`."""
+        cohort = str(self.cfg.pipeline.cohorts[0])
+        cfg = self.task_config(self._boneage_stage(cohort, f"boneage_{cohort}_fold{fold}", fold))
+        index = read_index(cfg.data.root, strict=cfg.data.strict)
+        holdout = fixed_holdout(index, cfg.data.work_dir, options_from(HoldoutOptions, cfg.data.holdout, "data.holdout"))
+        roles = load_or_make_split(index, options_from(SplitOptions, cfg.data.split, "data.split"), None, holdout,
+                                   options_from(CVOptions, cfg.cv, "cv"))
+        ids = sorted(index.loc[roles.index[roles == "oof"], "id"].astype(str))
+        path = self.root / "cv" / f"exclude_fold{fold}_{fingerprint(ids)}.csv"
+        if not path.is_file():
+            write_text(path, "id\n" + "".join(f"{i}\n" for i in ids))
+        return path
+
+    def fold_stage_dirs(self) -> dict[str, list[Path]]:
+        """The fold stages' folders of each cohort (none without `pipeline.cv.folds`): what `run_pipeline` pools."""
+        if self.folds() is None:
+            return {}
+        return {str(c): [self.stage_dir(name) for name, _ in self.boneage_names(str(c))] for c in self.cfg.pipeline.cohorts}
 
     def heldout_root(self) -> Path:
         """Where `pipeline.heldout` generates its phantoms: beside the data set, `<data.root>_heldout`."""
@@ -322,9 +426,14 @@ class StageBuilder:
         pipe = self.cfg.pipeline
         if not pipe.export or not pipe.cohorts:
             return []
-        runs = ",".join(f"'{self.stage_dir(f'boneage_{c}')}'" for c in pipe.cohorts)
-        stages = [PlannedStage("export", "export", (f"export.regressors=[{runs}]",),
-                               keys=("pipeline.enhance", "pipeline.cohorts", "pipeline.export"))]
+        if self._refits_enhancer():
+            raise MedalError("pipeline.cv.refit=[enhance] with pipeline.export=true: each fold's models read the images "
+                             "of their own enhancer, and a bundle holds one enhancer; set pipeline.export=false")
+        runs = ",".join(f"'{self.stage_dir(name)}'" for c in pipe.cohorts for name, _ in self.boneage_names(c))
+        # the K folds' bundle takes CV+ intervals from their out-of-fold residuals (a stage override may say otherwise)
+        source = ("export.conformal.source=cv_plus",) if self.folds() is not None else ()
+        stages = [PlannedStage("export", "export", (f"export.regressors=[{runs}]", *source),
+                               keys=("pipeline.enhance", "pipeline.cohorts", "pipeline.export", "pipeline.cv"))]
         source = pipe.predict_input
         if pipe.heldout:
             if not pipe.phantoms:

@@ -7,18 +7,22 @@ The report knows what to say about an artefact (its caption), never where a task
 from __future__ import annotations
 
 import math
+import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from medal.boneage.cv import Pooled
 from medal.data.checks import summarize
 from medal.data.phantom.sheet import ARTIFACTS as PHANTOM_ARTIFACTS
 from medal.data.rsna import read_index
 from medal.pipeline.report import Figure, Section, Table, write_report
 from medal.pipeline.stages import StageResult
 
+#: A fold stage's name other than fold 0's (`boneage_<cohort>_fold<i>`, i > 0).
+FOLD_STAGE = re.compile(r"_fold([1-9]\d*)$")
 PACKAGES = ("medal", "torch", "pytorch-lightning", "timm", "kornia", "torchmetrics", "hydra-core", "wandb")
 
 
@@ -81,7 +85,8 @@ def enhancement_section(trained: StageResult, metrics: dict[str, dict[str, Any]]
                    [Table(["method", "test PSNR", "PSNR 5th pct", "test SSIM", "images/s"], rows)], figs)
 
 
-def boneage_section(runs: dict[str, StageResult]) -> Section:
+def boneage_section(runs: dict[str, StageResult], figures_of: set[str] | None = None) -> Section:
+    """The bone age stages' test metrics, and the figures of `figures_of` (every stage's when None)."""
     rows = []
     for cohort, result in runs.items():
         m = result.metrics
@@ -93,6 +98,8 @@ def boneage_section(runs: dict[str, StageResult]) -> Section:
                          _fmt(m.get(f"test/mae_floor{sex}")), _fmt(m.get(f"test/mae_mean_predictor{sex}"))])
     figs: list[Figure] = []
     for cohort, result in runs.items():
+        if figures_of is not None and cohort not in figures_of:
+            continue
         m = result.metrics
         ci = (m.get("test/mae_ci_low"), m.get("test/mae_ci_high"))
         figs += _latest(result, "predicted_vs_true", f"{cohort} model: predicted vs true bone age (test MAE "
@@ -105,6 +112,47 @@ def boneage_section(runs: dict[str, StageResult]) -> Section:
                    + _missing(figs, "bone age"),
                    [Table(["model cohort", "test sex", "MAE", "RMSE", "bias", "within 12 mo", "noise floor MAE",
                            "mean predictor MAE"], rows)], figs)
+
+
+def cv_section(pools: dict[str, Pooled], cfg: DictConfig) -> Section:
+    """The k-fold cross-validation of each cohort: its pooled out-of-fold metrics, and each fold's."""
+    cv = cfg.pipeline.cv
+    refit = "enhance" in cv.refit
+    text = [f"{cv.folds} folds of the split's train and validation images, stratified by age and sex (`cv.seed="
+            f"{cv.seed}`); the test and calibration images are in no fold. Fold i's model trained on the other folds, "
+            "chose its checkpoint on an inner validation split of them (`cv.inner_val`), and estimated fold i, "
+            "which it never saw: its out-of-fold estimates. The pooled MAE is the mean over every folded image of "
+            "that error (not the mean of the folds' MAEs); its 95% CI resamples images and leaves the fold "
+            "models' own variability out, so it is narrower than the uncertainty of the recipe's MAE. The folds' "
+            "ensemble on the test split is what the exported bundle estimates.",
+            "Fitted once on every image, the folds' included: the segmentation committee (it saw their "
+            "appearance, never their ages)" + ("." if refit else ", and the enhancer with its gold standards "
+                                                "(pipeline.cv.refit=[enhance] refits it per fold).")
+            + (" The enhancer was refitted per fold without the fold's gold-standard pairs." if refit else "")
+            + " docs/experiments.md, \"k-fold cross-validation\", says what that means for the folds."]
+    pooled_rows, fold_rows = [], []
+    for cohort, pooled in pools.items():
+        m = pooled.metrics
+        for sex in ("", "_male", "_female"):
+            if f"cv/mae{sex}" not in m:
+                continue
+            ci = f" ({_fmt(m.get('cv/mae_ci_low'))}–{_fmt(m.get('cv/mae_ci_high'))})" if not sex else ""
+            pooled_rows.append([cohort, sex.strip("_") or "all", _fmt(m.get(f"cv/n{sex}"), 0),
+                                f"{_fmt(m.get(f'cv/mae{sex}'))}{ci}", _fmt(m.get(f"cv/rmse{sex}")),
+                                _fmt(m.get(f"cv/bias{sex}")), _fmt(m.get(f"cv/within12{sex}"), 3),
+                                _fmt(m.get(f"cv/mae_floor{sex}")), _fmt(m.get(f"ensemble/mae{sex}"))])
+        for values in pooled.folds.to_dict("records"):
+            fold_rows.append([cohort, str(values["fold"]), str(values["images"]),
+                              f"{_fmt(values.get('oof/mae'))} ({_fmt(values.get('oof/mae_ci_low'))}–"
+                              f"{_fmt(values.get('oof/mae_ci_high'))})", _fmt(values.get("test/mae"))])
+        fold_rows.append([cohort, "mean ± sd", "", f"{_fmt(m.get('cv/mae_fold_mean'))} ± {_fmt(m.get('cv/mae_fold_sd'))}",
+                          ""])
+    return Section("Bone age: k-fold cross-validation", text, [
+        Table(["model cohort", "sex", "images", "out-of-fold MAE (95% CI)", "RMSE", "bias", "within 12 mo",
+               "noise floor MAE", "folds' ensemble, test MAE"], pooled_rows,
+              caption="Pooled out-of-fold metrics, months"),
+        Table(["model cohort", "fold", "held-out images", "out-of-fold MAE (95% CI)", "test MAE"], fold_rows,
+              caption="Each fold's model")])
 
 
 CAM_REGIONS = (("hand", "hand"), ("bone", "bones"), ("centre", "ossification centres (carpals, epiphyses)"))
@@ -135,11 +183,20 @@ def cam_section(result: StageResult) -> Section:
 def use_section(export: StageResult, predict: StageResult | None) -> Section:
     """The exported bundle and its predictions on images no model saw, linked."""
     m = export.metrics
-    paragraphs = [f"The bone age stages' system as one portable bundle (`medal export`): MAE "
-                  f"{_fmt(m.get('export/calibration_mae'))} months on {_fmt(m.get('export/calibration_images'), 0)} "
-                  "calibration images (trained and selected on by no model), which calibrate its intervals. Use it "
-                  "on new radiographs with "
-                  "`medal predict bundle=<bundle> input=<folder>`."]
+    coverage = ", ".join(f"{_fmt(m[f'export/cv_plus_coverage_{c}'] * 100, 0)}% at {c}%" for c in (80, 90, 95)
+                         if f"export/cv_plus_coverage_{c}" in m)
+    if coverage:  # the K fold models of a cross-validation, CV+ intervals
+        calibrated = (f"The fold models of the cross-validation as one portable bundle (`medal export`): MAE "
+                      f"{_fmt(m.get('export/calibration_mae'))} months out of fold on "
+                      f"{_fmt(m.get('export/calibration_images'), 0)} images, each estimated by the models that "
+                      "never saw it; their residuals give the CV+ intervals (Barber et al. 2021). On the "
+                      f"{_fmt(m.get('export/cv_plus_check_images'), 0)} calibration images, which no fold model saw, "
+                      f"the intervals covered {coverage} nominal.")
+    else:
+        calibrated = (f"The bone age stages' system as one portable bundle (`medal export`): MAE "
+                      f"{_fmt(m.get('export/calibration_mae'))} months on {_fmt(m.get('export/calibration_images'), 0)} "
+                      "calibration images (trained and selected on by no model), which calibrate its intervals.")
+    paragraphs = [f"{calibrated} Use it on new radiographs with `medal predict bundle=<bundle> input=<folder>`."]
     links = [("bundle manifest (bundle.json)", f) for f in export.files("bundle")]
     links += [("model card", f) for f in export.files("card")]
     tables: list[Table] = []
@@ -175,8 +232,10 @@ def _resolved_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.to_container(OmegaConf.create(own), resolve=True))
 
 
-def build_report(cfg: DictConfig, results: list[StageResult], out_dir: Path) -> tuple[Path, Path]:
-    """Write report.md and report.html into `out_dir` from the stages' metrics and declared artefacts."""
+def build_report(cfg: DictConfig, results: list[StageResult], out_dir: Path,
+                 pools: dict[str, Pooled] | None = None) -> tuple[Path, Path]:
+    """Write report.md and report.html into `out_dir` from the stages' metrics and declared artefacts, and the
+    pooled cross-validation of each cohort (`pools`, with `pipeline.cv.folds`)."""
     by_name = {r.name: r for r in results}
     sections = [data_section(cfg)]
     if "segment" in by_name:
@@ -186,8 +245,10 @@ def build_report(cfg: DictConfig, results: list[StageResult], out_dir: Path) -> 
     if "enhance" in by_name:
         sections.append(enhancement_section(by_name["enhance"], enh))
     boneage = {r.name.removeprefix("boneage_"): r for r in results if r.name.startswith("boneage_")}
-    if boneage:
-        sections.append(boneage_section(boneage))
+    if boneage:  # of a cross-validation, the figures of fold 0's models, which the CAM stage explains too
+        sections.append(boneage_section(boneage, {n for n in boneage if not FOLD_STAGE.search(n)}))
+    if pools:
+        sections.append(cv_section(pools, cfg))
     if "cam" in by_name:
         sections.append(cam_section(by_name["cam"]))
     if "export" in by_name:

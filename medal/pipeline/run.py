@@ -1,7 +1,9 @@
 """`medal pipeline`: check-data -> segmentation -> enhancement -> bone age -> CAM -> report, resumably.
 
 The plan (`plan.py`) says which stages run and composes each one's task config; `stages.py` runs them,
-skipping finished ones; `report_builder.py` writes the report from their results.
+skipping finished ones; `report_builder.py` writes the report from their results. With `pipeline.cv.folds=K`
+each cohort's K fold stages are pooled here (`medal.boneage.cv.pool_runs`, beside them: where their last fold
+pooled them already, that record is kept) and reported out of fold.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from medal.boneage.cv import Pooled, pool_runs
 from medal.pipeline.plan import StageBuilder
 from medal.pipeline.report_builder import build_report
 from medal.pipeline.stages import run_stages
@@ -29,7 +32,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
         log.warning("pipeline stopped at stage %s: %s", stopped[0].name, stopped[0].message)
         log.warning("run the same command again once that is done; finished stages will be skipped")
         return {"pipeline/stopped": 1.0, "pipeline/stages_done": float(len(results) - 1)}
-    _, html = build_report(cfg, results, Path(cfg.paths.output_dir))
+    pools = pooled_folds(builder)
+    _, html = build_report(cfg, results, Path(cfg.paths.output_dir), pools)
     log.info("report: %s", html)
     metrics: dict[str, float] = {"pipeline/stopped": 0.0}
     for r in results:
@@ -37,4 +41,12 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
         for key, value in r.metrics.items():
             if isinstance(value, int | float):
                 metrics[f"{r.name}/{key}"] = float(value)
+    for cohort, pooled in pools.items():
+        metrics |= {f"boneage_{cohort}_cv/{key}": float(value) for key, value in pooled.metrics.items()
+                    if isinstance(value, int | float)}
     return metrics
+
+
+def pooled_folds(builder: StageBuilder) -> dict[str, Pooled]:
+    """Each cohort's pooled cross-validation (none without `pipeline.cv.folds`), its fold stages all finished."""
+    return {cohort: pool_runs(dirs) for cohort, dirs in builder.fold_stage_dirs().items()}
