@@ -4,7 +4,9 @@ Each fold run (`medal boneage cv.folds=K cv.fold=i`) predicts the fold it holds 
 predictions.csv, scored as `oof/*`: the per-fold metrics) and the test holdout (`test/*`). When a fold run
 finishes, or a rerun finds it finished, it looks for the other folds of its cross-validation among the run
 folders beside its own (a sweep's jobs, a pipeline's stages): finished bone age runs whose recorded settings are
-its own but for `cv.fold`. Once all K have finished, `pool_folds` writes `<parent>/cv_<fingerprint>/`:
+its own but for `cv.fold`. Once all K have finished, `pool_folds` writes `<parent>/cv_<fingerprint>/` (the
+fingerprint of fold 0's settings less `cv.fold`). A caller that knows its K fold runs (`medal pipeline`, whose
+folds may each read their own enhancer's images) pools them with `pool_runs`, into the same folder:
 
     predictions.csv     every out-of-fold prediction (split `cv`, with its `fold`) and, per test image, the mean of
                         the K fold models (split `ensemble`, what a bundle of the K models estimates)
@@ -20,7 +22,7 @@ its own but for `cv.fold`. Once all K have finished, `pool_folds` writes `<paren
 The pooled MAE is the mean over images of each image's out-of-fold error, not the mean of the K fold MAEs (they
 differ when the folds differ in size). Its bootstrap CI resamples images and treats the K models' errors as one
 sample; it leaves out the fold models' own variability, so it is narrower than the uncertainty of "the MAE of
-this training recipe" (Bates, Hastie & Tibshirani 2023, "Cross-validation: what does it estimate and how well
+this training recipe" (Bates, Hastie & Tibshirani, JASA 2024, "Cross-validation: what does it estimate and how well
 does it do it?").
 """
 

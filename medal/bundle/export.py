@@ -218,8 +218,9 @@ def export_bundle(sources: Sources, root: Path, *, name: str, onnx: bool, device
                               parts={**sources.parts, **extra}, data=sources.data, data_format=DATA_FORMAT)
     write_manifest(root, manifest)
     marker.finish({**parts, "gate": gate.__dict__}, metrics=metrics)
-    log.info("bundle written to %s (%d files; MAE %.2f months on %d calibration images)", root,
-             len(manifest["files"]), metrics["export/calibration_mae"], calibration["images"])
+    scored = "images out of fold (CV+)" if conformal.source == "cv_plus" else "calibration images"
+    log.info("bundle written to %s (%d files; MAE %.2f months on %d %s)", root, len(manifest["files"]),
+             metrics["export/calibration_mae"], calibration["images"], scored)
     return metrics
 
 
