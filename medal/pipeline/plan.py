@@ -11,8 +11,8 @@ a full-size run); one that names a real key of a config this run does not compos
 `pipeline.enhance=none`, bone age settings with `pipeline.cohorts=[]`) is logged as unused.
 
 With `pipeline.cv.folds=K` (k-fold cross-validation; off by default and in the demo) each cohort's bone age
-stage becomes K fold stages, `boneage_<cohort>_fold<i>` (`cv.folds=K cv.fold=i cv.seed=pipeline.cv.seed`), the
-last of which pools their out-of-fold predictions (`medal.boneage.cv`); the CAM stage explains fold 0's model and
+stage becomes K fold stages, `boneage_<cohort>_fold<i>` (`cv.folds=K cv.fold=i cv.seed=pipeline.cv.seed`), whose
+out-of-fold predictions `run_pipeline` pools (`medal.boneage.cv.pool_runs`); the CAM stage explains fold 0's model and
 the export stage bundles every fold's models with CV+ intervals (`export.conformal.source=cv_plus`). The stages
 before them (segmentation, the enhancer) are fitted once on every image; `pipeline.cv.refit=[enhance]` adds one
 enhancer per fold, `enhance_fold<i>`, trained without the fold's images, whose images that fold's stages read.

@@ -240,8 +240,9 @@ def build_report(cfg: DictConfig, results: list[StageResult], out_dir: Path,
     sections = [data_section(cfg)]
     if "segment" in by_name:
         sections.append(segmentation_section(by_name["segment"]))
+    # the methods on the same held-out pairs; a per-fold enhancer (pipeline.cv.refit) leaves its fold out of them
     enh = {(n.removeprefix("enhance_") if n != "enhance" else str(cfg.pipeline.enhance)): r.metrics
-           for n, r in by_name.items() if n.startswith("enhance")}
+           for n, r in by_name.items() if n.startswith("enhance") and not n.startswith("enhance_fold")}
     if "enhance" in by_name:
         sections.append(enhancement_section(by_name["enhance"], enh))
     boneage = {r.name.removeprefix("boneage_"): r for r in results if r.name.startswith("boneage_")}
