@@ -159,3 +159,17 @@ def test_copies_of_one_run_read_back_as_one_table_from_folders_and_from_w_and_b(
     assert len(folders) == len(w_and_b) == copies and cells(folders) == cells(w_and_b)
     assert len({c[:3] for c in cells(folders)}) == len(CELLS)  # every Figure 12 cell, then a second seed
     assert len({r.extra["id"] for r in w_and_b}) == copies
+
+
+def test_a_seeded_cache_is_the_cache_medal_would_build_from_the_links(layout: Path, tiny_phantoms: Path,
+                                                                        tmp_path: Path) -> None:
+    from medal.data.cache import cached_images
+
+    table = fixtures.layout_table(layout)
+    ids, paths = table["id"].tolist(), [str(layout / p) for p in table["path"]]
+    seeded = fixtures.seeded_cache(tiny_phantoms, tmp_path / "base_work", tmp_path / "work", ids, paths,
+                                   table["source_id"].tolist(), 32, "stretch")
+    found = cached_images(ids, paths, tmp_path / "work", 32, fit="stretch", workers=1)  # a hit: nothing decoded
+    built = cached_images(ids, paths, tmp_path / "fresh", 32, fit="stretch", workers=1)
+    assert Path(found.filename) == seeded
+    np.testing.assert_array_equal(np.asarray(found), np.asarray(built))

@@ -64,7 +64,8 @@ def _point(record: dict[str, Any]) -> dict[str, Any]:
             "peak": m["work_peak_anon"], "baseline": m["baseline_anon"] or 0, "peak_total": m["peak_total"],
             "maxrss": m["maxrss"], "processes": m["processes"], "disk_bytes": r["disk_bytes"],
             "gpu_peak_bytes": r.get("gpu_peak_bytes"), "notes": r.get("notes", ""), "commit": record.get("commit"),
-            "date": record.get("date"), "extra": {k: v for k, v in r.items() if k not in _REPORT_KEYS}}
+            "date": record.get("date"), "before": record.get("before"),
+            "extra": {k: v for k, v in r.items() if k not in _REPORT_KEYS}}
 
 
 _REPORT_KEYS = {"items", "seconds", "projected_s", "prefix", "disk_bytes", "notes", "child_s", "gpu_peak_bytes"}
@@ -99,7 +100,8 @@ def markdown(summaries: list[dict[str, Any]], machine: dict[str, Any], notes: st
             continue
         t1, t2 = targets(s["stage"])
         mark = {t: "*" if s.get(f"extrapolated_{t}") else "" for t in (t1, t2)}
-        label = s["stage"] + (f" ({t1:,}/{t2:,} runs)" if s["stage"].startswith("table_") else "")
+        label = s["stage"] + (f" ({t1:,}/{t2:,} runs)" if s["stage"].startswith("table_") else "") + \
+            (" †" if any(p["before"] for p in s["points"]) else "")
         mem = _exp(s["memory_exponent"]) + (" (flat)" if s["memory_law"] == "flat" else "")
         sizes = ", ".join(f"{p['n']:,}" for p in s["points"])
         texp = _exp(s["time_exponent"]) + (f" ({_exp(s['measured_exponent'])} measured part)"
@@ -111,6 +113,8 @@ def markdown(summaries: list[dict[str, Any]], machine: dict[str, Any], notes: st
               "n; memory: the baseline plus the growth above it). Time is the whole job's where a prefix was timed or a "
               "stand-in network ran (the real networks' seconds per image added); the exponent of what ran for every "
               "n (set-up, listing, the strategy's own arithmetic) is in brackets.", ""]
+    befores = sorted({p["before"] for s in summaries for p in s["points"] if p["before"]})
+    lines += [f"† measured {b}" for b in befores] + ([""] if befores else [])
     lines += ["## Every measurement", "",
               "| stage | n | items | seconds | projected | items/s | peak (anon) | above baseline | RSS incl. file "
               "pages | disk | how |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -119,7 +123,8 @@ def markdown(summaries: list[dict[str, Any]], machine: dict[str, Any], notes: st
             lines.append(f"| {s['stage']} | {p['n']:,} | {p['items']:,} | {_seconds(p['seconds'])} | "
                          f"{_seconds(p['projected_s']) if p['prefix'] else ''} | "
                          f"{p['items_per_s']:.3g} | {_gib(p['peak'])} | {_gib(p['peak'] - p['baseline'])} | "
-                         f"{_gib(p['peak_total'])} | {_gib(p['disk_bytes'])} | {p['prefix'] or p['notes']} |")
+                         f"{_gib(p['peak_total'])} | {_gib(p['disk_bytes'])} | {p['prefix'] or p['notes']}"
+                         f"{' †' if p['before'] else ''} |")
         for k in s["skipped"]:
             lines.append(f"| {s['stage']} | {k['n']:,} | — | not run | | | | | | | {k['why']} |")
         for n in s["failed"]:

@@ -108,6 +108,11 @@ class Runner:
                 self.layout(stages.small(self.ctx))
             elif need == "rois":
                 self.rois(n)
+            elif need == "seg_cache":
+                self.layout(n)
+                print(f"[fixture] segmentation caches of the layout of {n}, seeded from the base's", flush=True)
+                stages.seed_seg_cache(Ctx("seg_cache", n, self.root, self.root / "scratch", self.root / "unused",
+                                          quick=self.quick, shared=self.shared))
             elif need == "archive":
                 fixtures.archive_folder(self.base(), self.ctx.fixtures / "archive" / f"n{n}", n)
             elif need in ("runs", "wandb"):

@@ -35,17 +35,17 @@ log = logging.getLogger("medal.scale")
 #: the sizes every stage is measured at (training images), and the archive stages' larger ones
 SIZES = (500, 2000, 12_611)
 ARCHIVE = (500, 2000, 12_611, 50_000, 100_000)
-SEG_SIZES = (500, 2000, 5000, 12_611)  # 5,000: a size today's segmentation data still fits in 8 GB at
-SEG_ARCHIVE = (500, 2000, 5000, 12_611, 50_000, 100_000)
+SEG_SIZES = SIZES
+SEG_ARCHIVE = ARCHIVE  # pool scoring and selection: every strategy, core-set and hybrid included
 QUICK = (24, 48, 96)
 QUICK_ARCHIVE = (24, 48, 96, 192)
 BASE, BASE_SIZE = 500, 1280  # distinct phantoms and their nominal height (px): RSNA-like radiographs
 QUICK_BASE, QUICK_BASE_SIZE = 32, 256
 K_MASKS, K_GAN, K_BATCHES = 64, 8, 2  # prefixes: final masks written, RoIs enhanced, bone age training batches
+POOL_HOW = {"coreset": "; k-centre greedy on the projected bottleneck, dim 512",
+            "hybrid": "; entropy shortlist of 3k, k-centre greedy on its projected bottleneck"}
 STRATEGIES = ("qbc", "qbc_paper", "entropy", "entropy_power", "bald", "bald_mc", "vote_entropy", "coreset",
               "hybrid", "random_stratified")
-DIVERSITY = ("coreset", "hybrid")  # hold every pool image's full bottleneck: measured where it fits
-DIVERSITY_SIZES, QUICK_DIVERSITY = (100, 200, 350), (24, 48, 96)
 TABLE_SIZES, QUICK_TABLE = (200, 1000, 5000), (6, 12, 24)
 MERGE_SIZES = (500, 2000, 12_611, 50_000)  # 100,000 shards' pictures copied would be ~10 GB of this shared disk
 GAN_SIZE = 512  # px: the RoIs' own size (segment.roi.size), as the paper's enhancer sees them
@@ -91,6 +91,27 @@ def _seg_data(ctx: Ctx, cfg) -> Any:
     seg = cfg.segment
     return load_seg_data(index, Path(cfg.data.work_dir), int(seg.image_size), inverted, bool(seg.normalise_polarity),
                          Path(seg.eval_masks_dir), seg.workers)
+
+
+def seed_seg_cache(ctx: Ctx) -> None:
+    """The working-size caches of the layout of n's images and held-out masks, as `load_seg_data` finds them,
+    seeded from the base phantoms' own caches (`medal.scale.fixtures.seeded_cache`): the pool stages measure
+    scoring and selection, not the cache's build (stage `seg_data` measures that, up to 12,611)."""
+    from medal.data.rsna import read_index
+    from medal.scale.fixtures import layout_table, seeded_cache
+    from medal.segment.data import with_masks
+
+    cfg = _seg_cfg(ctx)
+    index = read_index(cfg.data.root, strict=True)
+    source = layout_table(Path(cfg.data.root)).set_index("id")["source_id"]
+    ids, size = [str(i) for i in index["id"]], int(cfg.segment.image_size)
+    base_work = ctx.fixtures / "work" / "base"
+    seeded_cache(ctx.base(), base_work, ctx.work(), ids, [str(p) for p in index["path"]], source.loc[ids].tolist(),
+                 size, "stretch")
+    masks = Path(cfg.segment.eval_masks_dir)
+    held = with_masks(ids, masks)
+    seeded_cache(ctx.base(), base_work, ctx.work(), held, [str(masks / f"{i}.png") for i in held],
+                 source.loc[held].tolist(), size, "stretch", folder="masks")
 
 
 def drop_caches(work: Path, size: int, fit: str) -> int:
@@ -210,17 +231,19 @@ def datamodule(ctx: Ctx) -> dict[str, Any]:
                       setup_s=setup_s, images_per_s=rate)
 
 
-# -- segmentation (medal/segment, medal/active: branch scalefix fixes these) ----------------------------------
+# -- segmentation (medal/segment, medal/active) ------------------------------------------------------------------
 
 def seg_data(ctx: Ctx) -> dict[str, Any]:
-    """`load_seg_data`: the working-size cache (built from the PNGs), then every image as float32 in memory."""
+    """`load_seg_data`: the working-size caches of the images and held-out masks (float16 memmaps built from the
+    PNGs), then one scoring chunk read from them as the loop reads it; nothing else is held in memory."""
     cfg = _seg_cfg(ctx)
     drop_caches(ctx.work(), int(cfg.segment.image_size), "stretch")
     ctx.disk(ctx.work() / "cache")
     ctx.begin()
     data = _seg_data(ctx, cfg)
-    return ctx.report(len(data.ids), notes=f"{cfg.segment.image_size} px images and held-out masks",
-                      images_bytes=int(np.asarray(data.images).nbytes))
+    chunk = data.images[: int(cfg.al.score_batch_size)]
+    return ctx.report(len(data.ids), notes=f"{cfg.segment.image_size} px images and held-out masks, float16 memmaps",
+                      images_bytes=int(np.prod(data.images.shape)) * 4, chunk_bytes=int(chunk.nbytes))
 
 
 def _labelled_learner(ctx: Ctx, cfg, data: Any, model: Any) -> Any:
@@ -259,9 +282,12 @@ def pool_scoring(strategy: str) -> Callable[[Ctx], dict[str, Any]]:
 
 
 def committee_masks(ctx: Ctx) -> dict[str, Any]:
-    """The final pass (`write_outputs`): the committee-mean probability of every image, then full-size masks,
-    RoIs and gold crops (a prefix of images written; the rest projected at its rate)."""
-    from medal.segment.evaluate import mean_probs
+    """The final pass (`write_outputs`): the committee-mean probability of every image streamed a chunk at a time
+    into full-size masks, RoIs and gold crops (the first `K_MASKS` images written, the rest of the stream read and
+    predicted; their writing projected at the measured rate)."""
+    from itertools import islice
+
+    from medal.segment.evaluate import mean_prob_maps
     from medal.segment.infer import FinalOutputs, write_final
 
     cfg = _seg_cfg(ctx)
@@ -272,16 +298,18 @@ def committee_masks(ctx: Ctx) -> dict[str, Any]:
     inverted = dict(zip(data.ids, data.inverted.tolist(), strict=True))
     ctx.disk(ctx.out / "final")
     ctx.begin()
-    probs = mean_probs(model, data.images, int(cfg.al.score_batch_size))
-    held = ctx.seconds()
+    probs = mean_prob_maps(model, data.images, int(cfg.al.score_batch_size))  # as write_outputs streams them
     k = min(K_MASKS, len(data.ids))
-    write_final(out, data.ids[:k], data.paths[:k], probs[:k], inverted, Path(seg.gold_dir))
-    per_image = (ctx.seconds() - held) / k
+    write_final(out, data.ids[:k], data.paths[:k], islice(probs, k), inverted, Path(seg.gold_dir))
+    written = ctx.seconds()
+    per_image = written / k
+    rest = sum(1 for _ in probs)  # the other images' maps, predicted and dropped as the real pass drops them
     network, rule = _network_seconds(ctx, model.seen)
     n = len(data.ids)
-    report = ctx.report(n, projected_s=held + n * per_image + network,
-                        prefix=f"{k} of {n} images written ({per_image:.3f} s each), the rest projected; stand-in "
-                               f"committee {rule}", probs_bytes=int(probs.nbytes), write_s_per_image=per_image)
+    report = ctx.report(n, projected_s=ctx.seconds() + (n - k) * per_image + network,
+                        prefix=f"{k} of {n} images written ({per_image:.3f} s each, their maps included), the other "
+                               f"{rest} maps predicted, their writing projected; stand-in committee {rule}",
+                        write_s_per_image=per_image)
     report["disk_bytes"] = int(report["disk_bytes"] * n / k)  # projected to every image
     return report
 
@@ -778,16 +806,16 @@ def _stages() -> dict[str, Stage]:
               "the bone age DataModule's `prepare_data`: index, split, image cache at 299 px from the PNGs"),
         Stage("datamodule", datamodule, SIZES, QUICK, ("layout", "cache"), "training images", "",
               "DataModule set-up on the built cache, then 20 training batches (sampler, memmap, augmentation)"),
-        Stage("seg_data", seg_data, SEG_SIZES, QUICK, ("layout",), "images (all splits)", "scalefix",
-              "`load_seg_data`: working-size cache from the PNGs, every image as float32 in memory"),
-        Stage("unit_committee", unit_committee, (1,), (1,), ("small_layout",), "one chunk", "scalefix",
+        Stage("seg_data", seg_data, SEG_SIZES, QUICK, ("layout",), "images (all splits)", "",
+              "`load_seg_data`: working-size float16 memmaps of images and masks built from the PNGs, read on demand"),
+        Stage("unit_committee", unit_committee, (1,), (1,), ("small_layout",), "one chunk", "",
               "the real committee (3 x FC-DenseNet, 192-map bottleneck, 256 px, random weights): s per image"),
-        *[Stage(f"pool_{name}", pool_scoring(name), DIVERSITY_SIZES if name in DIVERSITY else SEG_ARCHIVE,
-                QUICK_DIVERSITY if name in DIVERSITY else QUICK_ARCHIVE, ("layout", "seg_data"),
-                "pool images", "scalefix", f"one query of strategy={name} (`ActiveLearner._query`, stand-in committee)")
+        *[Stage(f"pool_{name}", pool_scoring(name), SEG_ARCHIVE, QUICK_ARCHIVE, ("layout", "seg_cache"),
+                "pool images", "", f"one query of strategy={name} (`ActiveLearner._query` on Rows of the memmap, "
+                f"stand-in committee{POOL_HOW.get(name, '')})")
           for name in STRATEGIES],
-        Stage("committee_masks", committee_masks, SEG_SIZES, QUICK, ("layout", "seg_data"), "images", "scalefix",
-              "final pass: committee-mean map of every image, then full-size masks, RoIs, gold crops (prefix)"),
+        Stage("committee_masks", committee_masks, SEG_SIZES, QUICK, ("layout", "seg_cache"), "images", "",
+              "final pass: committee-mean maps streamed into full-size masks, RoIs, gold crops (prefix written)"),
         Stage("unit_gan", unit_gan, (1,), (1,), ("small_layout",), "one batch", "",
               "one GAN training step (D then G) at 512 px, paper widths"),
         Stage("gan_inference", gan_inference, SIZES, QUICK, ("layout", "rois"), "RoIs", "",
